@@ -1,0 +1,59 @@
+// The CUDA Device: cudaMalloc'ed memory filed in the run's memory ledger.
+#include <cuda_runtime.h>
+
+#include "backend.hpp"
+#include "cuda_check.cuh"
+#include "error.hpp"
+
+namespace gpt2 {
+
+bool cuda_usable(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = cat("no usable CUDA driver/GPU: ", cudaGetErrorString(e));
+    cudaGetLastError();
+    return false;
+  }
+  if (n == 0) {
+    if (why) *why = "no GPU found";
+    return false;
+  }
+  return true;
+}
+
+class CudaDevice final : public Device {
+ public:
+  explicit CudaDevice(int gpu) : gpu_(gpu) { CUDA_CHECK(cudaSetDevice(gpu)); }
+  bool is_cuda() const override { return true; }
+  void to_host(void* host, const void* dev, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
+  }
+  void to_device(void* dev, const void* host, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
+  }
+  void zero(void* dev, size_t bytes) override { CUDA_CHECK(cudaMemset(dev, 0, bytes)); }
+  void synchronize() override { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+ protected:
+  void* raw_alloc(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    return p;
+  }
+  void raw_free(void* p) override { cudaFree(p); }
+
+ private:
+  int gpu_;
+};
+
+std::unique_ptr<Device> make_cuda_device(int gpu) {
+  std::string why;
+  if (!cuda_usable(&why)) fail("train.device is cuda but ", why);
+  return std::make_unique<CudaDevice>(gpu);
+}
+
+}  // namespace gpt2

@@ -1,0 +1,8 @@
+// Each subcommand lives in src/cmd_<name>.cpp and registers itself on the CLI here.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace gpt2 {
+
+
+}  // namespace gpt2

@@ -1,0 +1,72 @@
+// The operations GPT-2's forward and backward are made of. The model (src/gpt2.cpp)
+// is written once against this interface; CpuOps (src/reference/) and CudaOps
+// (kernels/) implement it, and the tests hold CudaOps to CpuOps.
+//
+// Conventions, shared by every implementation:
+// - Pointers are device pointers of the backend. Shapes: N = B*T rows, C channels,
+//   OC output channels, NH heads, HS = C / NH head size. Row-major everywhere.
+// - Linear weights are [OC, C] (out x in, as in llm.c and torch.nn.Linear).
+// - layernorm mean/rstd and attention lse statistics are fp32 whatever T is.
+// - Backward outputs: parameter gradients (dweight, dbias, dwte, dwpe) are ACCUMULATED
+//   (+=), so a tied or micro-batched gradient can sum into one buffer; dinp of
+//   layernorm_backward is ACCUMULATED (it carries the residual stream's gradient);
+//   every other dinp/dqkv/dlogits is OVERWRITTEN. Any gradient pointer may be null
+//   to skip that output.
+#pragma once
+#include <cstddef>
+
+namespace gpt2 {
+
+template <class T>
+class Ops {
+ public:
+  virtual ~Ops() = default;
+
+  // out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]
+  virtual void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe,
+                               int B, int T_, int C) = 0;
+  virtual void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp,
+                                int B, int T_, int C) = 0;
+
+  // out = (inp - mean) * rstd * weight + bias, eps 1e-5, biased variance (as GPT-2).
+  virtual void layernorm_forward(T* out, float* mean, float* rstd, const T* inp,
+                                 const T* weight, const T* bias, int N, int C) = 0;
+  virtual void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout,
+                                  const T* inp, const T* weight, const float* mean,
+                                  const float* rstd, int N, int C) = 0;
+
+  // pre = inp @ weight^T + bias (bias may be null). If gelu_out is non-null the GELU
+  // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre.
+  virtual void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight,
+                              const T* bias, int N, int C, int OC) = 0;
+  // dinp = dout @ weight, then, if pre_gelu is non-null, dinp *= gelu'(pre_gelu)
+  // (the backward of the GELU that produced this matmul's input from pre_gelu).
+  // dweight += dout^T @ inp, dbias += colsum(dout).
+  virtual void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                               const T* weight, const T* pre_gelu, int N, int C, int OC) = 0;
+
+  // Causal self-attention. qkv[B,T,3C] holds q, k, v (each [NH, HS] per token);
+  // out[B,T,C]; lse[B,NH,T] = logsumexp of each query's scaled scores, kept for the
+  // backward, which recomputes probabilities from it (no T x T matrix is stored).
+  virtual void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
+                                 int NH) = 0;
+  virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out,
+                                  const float* lse, int B, int T_, int C, int NH) = 0;
+
+  // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+  virtual void gelu_forward(T* out, const T* inp, size_t n) = 0;
+  // dinp = dout * gelu'(inp); dinp may alias dout.
+  virtual void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) = 0;
+
+  // out = a + b (out may alias a or b).
+  virtual void residual_forward(T* out, const T* a, const T* b, size_t n) = 0;
+
+  // Fused softmax + cross-entropy over logits[N, Vp] of which the first V columns are
+  // real: losses[i] = -log softmax(logits[i, :V])[targets[i]]. If dloss != 0, logits is
+  // overwritten in place by dlogits = (softmax - onehot) * dloss, and padded columns
+  // [V, Vp) by 0.
+  virtual void classifier(T* logits, float* losses, const int* targets, int N, int V,
+                          int Vp, float dloss) = 0;
+};
+
+}  // namespace gpt2

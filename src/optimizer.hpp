@@ -1,0 +1,41 @@
+// The optimizer interface shared by the CPU references (src/reference/optim/) and,
+// later, the CUDA kernels. The trainer's update pipeline calls update() once per
+// tensor per step, either the moment the tensor's gradient is final (fused) or after
+// the whole backward (after_backward); clipping is the pipeline's job, done to the
+// gradient before update() sees it, so both modes feed optimizers the same numbers.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "memory.hpp"
+#include "param_table.hpp"
+
+namespace gpt2 {
+
+// A piece of persistent state, saved to and restored from checkpoints in order.
+struct StateBlob {
+  std::string name;
+  void* data;
+  size_t bytes;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // Once per training step before its first update; t = 1 on the first step.
+  virtual void begin_step(int64_t t, float lr) = 0;
+  // Updates the p.numel parameters at `param` from their final gradient `grad`
+  // (which the optimizer may overwrite as scratch).
+  virtual void update(const ParamSpec& p, float* param, float* grad) = 0;
+  virtual std::vector<StateBlob> state() = 0;
+};
+
+// Builds the CPU reference optimizer named by cfg["optimizer"]["name"]; its state is
+// allocated on `dev` under MemCategory::optimizer_state. `seed` drives any randomness.
+std::unique_ptr<Optimizer> make_optimizer(const json& cfg, const ParamTable& table,
+                                          Device& dev, uint64_t seed);
+
+}  // namespace gpt2
