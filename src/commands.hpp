@@ -4,5 +4,6 @@
 
 namespace gpt2 {
 
+void add_config_command(CLI::App& app);
 
 }  // namespace gpt2

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "param_table.hpp"
+
 namespace gpt2 {
 
 using json = nlohmann::json;
@@ -54,5 +56,12 @@ inline const char* kDefaultConfig = R"json({
 // and validates: unknown keys (with a did-you-mean), wrong types, out-of-range values
 // and contradictory settings each throw one Error naming the file, JSON path and value.
 json load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The model shape of a validated config: model.channels / model.heads of 0 take
+// ModelConfig::from_depth(model.depth)'s value; vocab sizes and max_seq_len are copied.
+ModelConfig model_config(const json& cfg);
+
+// optimizer.update with "auto" resolved: "fused" for lomo/adalomo, else "after_backward".
+std::string resolved_update(const json& cfg);
 
 }  // namespace gpt2
