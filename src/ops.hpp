@@ -6,7 +6,9 @@
 // - Pointers are device pointers of the backend. Shapes: N = B*T rows, C channels,
 //   OC output channels, NH heads, HS = C / NH head size. Row-major everywhere.
 // - Linear weights are [OC, C] (out x in, as in llm.c and torch.nn.Linear).
-// - layernorm mean/rstd and attention lse statistics are fp32 whatever T is.
+// - layernorm mean/rstd, attention lse and per-token losses are Stat<T>: fp32 for
+//   fp32 and bf16 tensors, double for the double-precision model the whole-model
+//   gradient check runs.
 // - Backward outputs: parameter gradients (dweight, dbias, dwte, dwpe) are ACCUMULATED
 //   (+=), so a tied or micro-batched gradient can sum into one buffer; dinp of
 //   layernorm_backward is ACCUMULATED (it carries the residual stream's gradient);
@@ -14,8 +16,12 @@
 //   to skip that output.
 #pragma once
 #include <cstddef>
+#include <type_traits>
 
 namespace gpt2 {
+
+template <class T>
+using Stat = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T>
 class Ops {
@@ -29,11 +35,11 @@ class Ops {
                                 int B, int T_, int C) = 0;
 
   // out = (inp - mean) * rstd * weight + bias, eps 1e-5, biased variance (as GPT-2).
-  virtual void layernorm_forward(T* out, float* mean, float* rstd, const T* inp,
+  virtual void layernorm_forward(T* out, Stat<T>* mean, Stat<T>* rstd, const T* inp,
                                  const T* weight, const T* bias, int N, int C) = 0;
   virtual void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout,
-                                  const T* inp, const T* weight, const float* mean,
-                                  const float* rstd, int N, int C) = 0;
+                                  const T* inp, const T* weight, const Stat<T>* mean,
+                                  const Stat<T>* rstd, int N, int C) = 0;
 
   // pre = inp @ weight^T + bias (bias may be null). If gelu_out is non-null the GELU
   // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre.
@@ -48,10 +54,10 @@ class Ops {
   // Causal self-attention. qkv[B,T,3C] holds q, k, v (each [NH, HS] per token);
   // out[B,T,C]; lse[B,NH,T] = logsumexp of each query's scaled scores, kept for the
   // backward, which recomputes probabilities from it (no T x T matrix is stored).
-  virtual void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
+  virtual void attention_forward(T* out, Stat<T>* lse, const T* qkv, int B, int T_, int C,
                                  int NH) = 0;
   virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out,
-                                  const float* lse, int B, int T_, int C, int NH) = 0;
+                                  const Stat<T>* lse, int B, int T_, int C, int NH) = 0;
 
   // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
   virtual void gelu_forward(T* out, const T* inp, size_t n) = 0;
@@ -65,7 +71,7 @@ class Ops {
   // real: losses[i] = -log softmax(logits[i, :V])[targets[i]]. If dloss != 0, logits is
   // overwritten in place by dlogits = (softmax - onehot) * dloss, and padded columns
   // [V, Vp) by 0.
-  virtual void classifier(T* logits, float* losses, const int* targets, int N, int V,
+  virtual void classifier(T* logits, Stat<T>* losses, const int* targets, int N, int V,
                           int Vp, float dloss) = 0;
 };
 

@@ -50,6 +50,7 @@ ParamTable::ParamTable(const ModelConfig& c) : cfg(c) {
       p.cols = s.cols;
       p.offset = offset + l * slot;
       p.numel = one;
+      p.storage = slot;
       params.push_back(p);
     }
     offset += kind_size[k];

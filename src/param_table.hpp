@@ -41,6 +41,7 @@ struct ParamSpec {
   int64_t rows, cols;  // matrix m x n; vectors have rows == 1
   size_t offset;       // element offset in the parameter buffer
   size_t numel;        // elements the optimizer updates (wte: V x C, padding rows excluded)
+  size_t storage;      // elements the tensor occupies in the buffer (wte: Vp x C)
   bool is_matrix() const { return rows > 1; }
   bool decay() const { return is_matrix(); }  // llm.c: weight decay on 2-D tensors only
 };

@@ -1,0 +1,270 @@
+#include "gpt2.hpp"
+
+#include <cmath>
+
+#include "dtype.hpp"
+#include "error.hpp"
+
+namespace gpt2 {
+
+size_t ActivationPlan::total() const {
+  size_t t = 0;
+  for (const Entry& e : entries) t += e.bytes;
+  return t;
+}
+
+ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
+                               size_t E) {
+  const size_t S = E == 8 ? 8 : 4;  // Stat<T>: double only for the double model
+  const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads,
+               Vp = cfg.padded_vocab_size, BT = size_t(B) * T, BTC = BT * C;
+  const size_t ln_layers = recompute >= 2 ? 1 : L, gelu_layers = recompute >= 1 ? 1 : L;
+  ActivationPlan p;
+  p.entries = {
+      {"inputs", BT * 4},
+      {"targets", BT * 4},
+      {"encoded", BTC * E},
+      {"ln1", ln_layers * BTC * E},
+      {"ln1_stats", L * 2 * BT * S},
+      {"qkv", L * BTC * 3 * E},
+      {"atty", L * BTC * E},
+      {"lse", L * B * NH * T * S},
+      {"residual2", L * BTC * E},
+      {"ln2", ln_layers * BTC * E},
+      {"ln2_stats", L * 2 * BT * S},
+      {"fch", L * BTC * 4 * E},
+      {"fch_gelu", gelu_layers * BTC * 4 * E},
+      {"residual3", L * BTC * E},
+      {"lnf", BTC * E},
+      {"lnf_stats", 2 * BT * S},
+      {"logits", BT * Vp * E},
+      {"losses", BT * S},
+      {"scratch", BTC * E},
+      {"dresidual", BTC * E},
+      {"dbtc", BTC * E},
+      {"dfch", BTC * 4 * E},
+      {"dqkv", BTC * 3 * E},
+  };
+  return p;
+}
+
+namespace {
+
+struct SplitMix64 {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+
+void fill_normal(float* out, size_t n, float std, SplitMix64& rng) {
+  for (size_t i = 0; i < n; i += 2) {
+    const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();  // u1 in (0, 1]
+    const double r = std::sqrt(-2.0 * std::log(u1));
+    out[i] = float(std * r * std::cos(2 * M_PI * u2));
+    if (i + 1 < n) out[i + 1] = float(std * r * std::sin(2 * M_PI * u2));
+  }
+}
+
+}  // namespace
+
+std::vector<float> init_params(const ParamTable& table, uint64_t seed) {
+  std::vector<float> w(table.total, 0.0f);
+  const float std_resid = 0.02f / std::sqrt(2.0f * table.cfg.num_layers);
+  for (const ParamSpec& p : table.params) {
+    // One stream per tensor so a tensor's init does not depend on the others' sizes.
+    SplitMix64 rng{seed * 0x100000001b3ull + uint64_t(p.id) * 0x9e3779b97f4a7c15ull};
+    float* dst = w.data() + p.offset;
+    switch (p.kind) {
+      case ParamKind::ln1w: case ParamKind::ln2w: case ParamKind::lnfw:
+        std::fill(dst, dst + p.numel, 1.0f);
+        break;
+      case ParamKind::attprojw: case ParamKind::fcprojw:
+        fill_normal(dst, p.numel, std_resid, rng);
+        break;
+      case ParamKind::wte: case ParamKind::wpe: case ParamKind::qkvw: case ParamKind::fcw:
+        fill_normal(dst, p.numel, 0.02f, rng);
+        break;
+      default:
+        break;  // biases start at 0
+    }
+  }
+  return w;
+}
+
+template <class T>
+GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, int rc)
+    : table(cfg), batch(B), seq_len(T_), recompute(rc), ops_(ops), dev_(dev) {
+  if (T_ > cfg.max_seq_len)
+    fail("sequence length ", T_, " exceeds the model's max_seq_len ", cfg.max_seq_len);
+  params_ = DeviceBuffer<T>(dev, table.total, MemCategory::params, "parameters");
+  const ActivationPlan plan = activation_plan(cfg, B, T_, rc, sizeof(T));
+  auto bytes = [&](const char* name) {
+    for (const auto& e : plan.entries)
+      if (std::string(e.name) == name) return e.bytes;
+    fail("internal: no activation entry ", name);
+  };
+  auto act = [&](auto& buf, const char* name) {
+    using Elem = std::remove_pointer_t<decltype(buf.get())>;
+    buf = DeviceBuffer<Elem>(dev, bytes(name) / sizeof(Elem), MemCategory::activations, name);
+  };
+  act(inputs_, "inputs"), act(targets_, "targets"), act(encoded_, "encoded");
+  act(ln1_, "ln1"), act(ln1_stats_, "ln1_stats"), act(qkv_, "qkv"), act(atty_, "atty");
+  act(lse_, "lse"), act(residual2_, "residual2"), act(ln2_, "ln2");
+  act(ln2_stats_, "ln2_stats"), act(fch_, "fch"), act(fch_gelu_, "fch_gelu");
+  act(residual3_, "residual3"), act(lnf_, "lnf"), act(lnf_stats_, "lnf_stats");
+  act(logits_, "logits"), act(losses_, "losses"), act(scratch_, "scratch");
+  act(dresidual_, "dresidual"), act(dbtc_, "dbtc"), act(dfch_, "dfch"), act(dqkv_, "dqkv");
+  host_losses_.resize(size_t(B) * T_);
+}
+
+template <class T>
+typename GPT2<T>::Layer GPT2<T>::layer(int l) {
+  const size_t BT = size_t(batch) * seq_len, BTC = BT * table.cfg.channels;
+  const size_t ln = recompute >= 2 ? 0 : l, gl = recompute >= 1 ? 0 : l;
+  const size_t lse = size_t(batch) * table.cfg.num_heads * seq_len;
+  return Layer{
+      ln1_.get() + ln * BTC,          qkv_.get() + l * 3 * BTC,
+      atty_.get() + l * BTC,          residual2_.get() + l * BTC,
+      ln2_.get() + ln * BTC,          fch_.get() + l * 4 * BTC,
+      fch_gelu_.get() + gl * 4 * BTC, residual3_.get() + l * BTC,
+      ln1_stats_.get() + l * 2 * BT,  ln1_stats_.get() + l * 2 * BT + BT,
+      ln2_stats_.get() + l * 2 * BT,  ln2_stats_.get() + l * 2 * BT + BT,
+      lse_.get() + l * lse,
+  };
+}
+
+template <class T>
+void GPT2<T>::set_params(const std::vector<float>& host) {
+  if (host.size() != table.total)
+    fail("internal: parameter count ", host.size(), " != ", table.total);
+  std::vector<T> h(host.size());
+  for (size_t i = 0; i < h.size(); i++) {
+    if constexpr (std::is_same_v<T, bf16>) h[i] = float_to_bf16(host[i]);
+    else h[i] = T(host[i]);
+  }
+  dev_.to_device(params_.get(), h.data(), h.size() * sizeof(T));
+}
+
+template <class T>
+std::vector<float> GPT2<T>::get_params() const {
+  std::vector<T> h(table.total);
+  dev_.to_host(h.data(), params_.get(), h.size() * sizeof(T));
+  std::vector<float> host(h.size());
+  for (size_t i = 0; i < h.size(); i++) {
+    if constexpr (std::is_same_v<T, bf16>) host[i] = bf16_to_float(h[i]);
+    else host[i] = float(h[i]);
+  }
+  return host;
+}
+
+template <class T>
+double GPT2<T>::forward(const int* inputs, const int* targets, float dloss) {
+  using K = ParamKind;
+  const ModelConfig& c = table.cfg;
+  const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
+  const size_t BTC = size_t(BT) * C;
+  dev_.to_device(inputs_.get(), inputs, BT * sizeof(int));
+  ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
+  for (int l = 0; l < c.num_layers; l++) {
+    const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
+    Layer y = layer(l);
+    ops_.layernorm_forward(y.ln1, y.ln1_mean, y.ln1_rstd, residual, param(K::ln1w, l),
+                           param(K::ln1b, l), BT, C);
+    ops_.matmul_forward(y.qkv, nullptr, y.ln1, param(K::qkvw, l), param(K::qkvb, l), BT, C,
+                        3 * C);
+    ops_.attention_forward(y.atty, y.lse, y.qkv, B, Tn, C, NH);
+    ops_.matmul_forward(scratch_.get(), nullptr, y.atty, param(K::attprojw, l),
+                        param(K::attprojb, l), BT, C, C);
+    ops_.residual_forward(y.residual2, residual, scratch_.get(), BTC);
+    ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
+                           param(K::ln2b, l), BT, C);
+    ops_.matmul_forward(y.fch, y.fch_gelu, y.ln2, param(K::fcw, l), param(K::fcb, l), BT, C,
+                        4 * C);
+    ops_.matmul_forward(scratch_.get(), nullptr, y.fch_gelu, param(K::fcprojw, l),
+                        param(K::fcprojb, l), BT, 4 * C, C);
+    ops_.residual_forward(y.residual3, y.residual2, scratch_.get(), BTC);
+  }
+  Stat<T>* lnf_mean = lnf_stats_.get();
+  ops_.layernorm_forward(lnf_.get(), lnf_mean, lnf_mean + BT, layer(c.num_layers - 1).residual3,
+                         param(K::lnfw), param(K::lnfb), BT, C);
+  ops_.matmul_forward(logits_.get(), nullptr, lnf_.get(), param(K::wte), nullptr, BT, C,
+                      c.padded_vocab_size);
+  if (!targets) return 0.0;
+  dev_.to_device(targets_.get(), targets, BT * sizeof(int));
+  ops_.classifier(logits_.get(), losses_.get(), targets_.get(), BT, c.vocab_size,
+                  c.padded_vocab_size, dloss);
+  dev_.to_host(host_losses_.data(), losses_.get(), BT * sizeof(Stat<T>));
+  double sum = 0;
+  for (Stat<T> x : host_losses_) sum += x;
+  return sum / BT;
+}
+
+template <class T>
+void GPT2<T>::backward(GradSink<T>& sink) {
+  using K = ParamKind;
+  const ModelConfig& c = table.cfg;
+  const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
+  auto grad = [&](K k, int l = -1) { return sink.grad(table.get(k, l)); };
+  auto ready = [&](K k, int l = -1) { sink.ready(table.get(k, l)); };
+  T* dresidual = dresidual_.get();
+  T* dbtc = dbtc_.get();
+
+  // Classifier: the logits buffer already holds dlogits.
+  T* dwte = grad(K::wte);
+  ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf_.get(), param(K::wte), nullptr,
+                       BT, C, c.padded_vocab_size);
+  dev_.zero(dresidual, size_t(BT) * C * sizeof(T));
+  const Stat<T>* lnf_mean = lnf_stats_.get();
+  ops_.layernorm_backward(dresidual, grad(K::lnfw), grad(K::lnfb), dbtc,
+                          layer(c.num_layers - 1).residual3, param(K::lnfw), lnf_mean,
+                          lnf_mean + BT, BT, C);
+  ready(K::lnfw), ready(K::lnfb);
+
+  for (int l = c.num_layers - 1; l >= 0; l--) {
+    const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
+    Layer y = layer(l);
+    // Recompute what the forward did not keep (train.recompute).
+    if (recompute >= 2) {
+      ops_.layernorm_forward(y.ln1, y.ln1_mean, y.ln1_rstd, residual, param(K::ln1w, l),
+                             param(K::ln1b, l), BT, C);
+      ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
+                             param(K::ln2b, l), BT, C);
+    }
+    if (recompute >= 1) ops_.gelu_forward(y.fch_gelu, y.fch, size_t(BT) * 4 * C);
+
+    // dresidual holds d(residual3[l]); the residual adds pass it straight through.
+    ops_.matmul_backward(dfch_.get(), grad(K::fcprojw, l), grad(K::fcprojb, l), dresidual,
+                         y.fch_gelu, param(K::fcprojw, l), y.fch, BT, 4 * C, C);
+    ready(K::fcprojw, l), ready(K::fcprojb, l);
+    ops_.matmul_backward(dbtc, grad(K::fcw, l), grad(K::fcb, l), dfch_.get(), y.ln2,
+                         param(K::fcw, l), nullptr, BT, C, 4 * C);
+    ready(K::fcw, l), ready(K::fcb, l);
+    ops_.layernorm_backward(dresidual, grad(K::ln2w, l), grad(K::ln2b, l), dbtc, y.residual2,
+                            param(K::ln2w, l), y.ln2_mean, y.ln2_rstd, BT, C);
+    ready(K::ln2w, l), ready(K::ln2b, l);
+    // dresidual now holds d(residual2[l]).
+    ops_.matmul_backward(dbtc, grad(K::attprojw, l), grad(K::attprojb, l), dresidual, y.atty,
+                         param(K::attprojw, l), nullptr, BT, C, C);
+    ready(K::attprojw, l), ready(K::attprojb, l);
+    ops_.attention_backward(dqkv_.get(), dbtc, y.qkv, y.atty, y.lse, B, Tn, C, NH);
+    ops_.matmul_backward(dbtc, grad(K::qkvw, l), grad(K::qkvb, l), dqkv_.get(), y.ln1,
+                         param(K::qkvw, l), nullptr, BT, C, 3 * C);
+    ready(K::qkvw, l), ready(K::qkvb, l);
+    ops_.layernorm_backward(dresidual, grad(K::ln1w, l), grad(K::ln1b, l), dbtc, residual,
+                            param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C);
+    ready(K::ln1w, l), ready(K::ln1b, l);
+  }
+  ops_.encoder_backward(dwte, grad(K::wpe), dresidual, inputs_.get(), B, Tn, C);
+  ready(K::wte), ready(K::wpe);
+}
+
+template class GPT2<float>;
+template class GPT2<bf16>;
+template class GPT2<double>;
+
+}  // namespace gpt2

@@ -1,0 +1,71 @@
+#include "sample.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "dtype.hpp"
+#include "tokenizer.hpp"
+
+namespace gpt2 {
+
+namespace {
+
+double next_uniform(uint64_t& s) {  // splitmix64 -> [0, 1)
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return ((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+
+}  // namespace
+
+int sample_token(const std::vector<float>& logits, float temperature, int top_k, uint64_t& rng) {
+  const int V = int(logits.size());
+  std::vector<int> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  const int k = top_k > 0 && top_k < V ? top_k : V;
+  // Ties break toward the lower id so the draw is reproducible.
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  if (temperature <= 0) return idx[0];
+  std::vector<double> p(k);
+  const double top = logits[idx[0]];
+  double sum = 0;
+  for (int i = 0; i < k; i++) sum += p[i] = std::exp((logits[idx[i]] - top) / temperature);
+  double u = next_uniform(rng) * sum;
+  for (int i = 0; i < k; i++)
+    if ((u -= p[i]) < 0) return idx[i];
+  return idx[k - 1];
+}
+
+template <class T>
+std::vector<int> generate(GPT2<T>& model, std::vector<int> seq, const SampleOptions& opt) {
+  const int Tn = model.seq_len, V = model.table.cfg.vocab_size,
+            Vp = model.table.cfg.padded_vocab_size;
+  if (seq.empty()) seq.push_back(kEndOfText);
+  if (int(seq.size()) > Tn - 1) seq.erase(seq.begin(), seq.end() - (Tn - 1));
+  std::vector<int> inputs(size_t(model.batch) * Tn, kEndOfText);
+  std::vector<T> row(V);
+  std::vector<float> logits(V);
+  uint64_t rng = opt.seed;
+  for (int n = 0; n < opt.tokens && int(seq.size()) < Tn; n++) {
+    std::copy(seq.begin(), seq.end(), inputs.begin());
+    model.forward(inputs.data(), nullptr, 0.0f);
+    // Causal attention: positions after seq.size() - 1 do not affect this row.
+    const T* at = model.logits() + size_t(seq.size() - 1) * Vp;
+    model.device().to_host(row.data(), at, V * sizeof(T));
+    for (int i = 0; i < V; i++) {
+      if constexpr (std::is_same_v<T, float>) logits[i] = row[i];
+      else logits[i] = bf16_to_float(row[i]);
+    }
+    seq.push_back(sample_token(logits, opt.temperature, opt.top_k, rng));
+  }
+  return seq;
+}
+
+template std::vector<int> generate(GPT2<float>&, std::vector<int>, const SampleOptions&);
+template std::vector<int> generate(GPT2<bf16>&, std::vector<int>, const SampleOptions&);
+
+}  // namespace gpt2

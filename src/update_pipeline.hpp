@@ -1,0 +1,64 @@
+// What happens to a gradient once backward has produced it:
+//   [value clip] -> [global-norm scale] -> optimizer.update -> buffer released.
+// Two modes (config optimizer.update):
+// - after_backward: a full gradient buffer (category grads), micro-step accumulation,
+//   global-norm clipping measured over the whole gradient, then one update per tensor.
+// - fused: each tensor is updated the moment backward announces it final; gradients
+//   live in a dedicated wte buffer (the tied embedding is final only after the encoder
+//   backward) plus one layer's worth of arena, reused layer after layer. Global-norm
+//   clipping needs the norm before the first update, so it takes LOMO's two passes: a
+//   first backward that only measures per-tensor norms, then the updating backward.
+// Both modes sum per-tensor squared norms in parameter-id order and apply the same
+// arithmetic to each tensor, so on the CPU they produce bit-identical weights.
+#pragma once
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "config.hpp"
+#include "gpt2.hpp"
+#include "optimizer.hpp"
+
+namespace gpt2 {
+
+struct GradMemoryPlan {
+  size_t grad_elems;      // elements of gradient memory the mode allocates
+  size_t arena_elems;     // of which the fused arena (0 in after_backward)
+};
+// Gradient memory for a mode: after_backward = the whole parameter buffer; fused = wte's
+// storage + the largest group announced together (a layer, or lnf, or wpe).
+GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused);
+
+class UpdatePipeline {
+ public:
+  UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& opt, Device& dev);
+
+  // One optimizer step t (1-based): forward + backward over grad_accum_steps
+  // micro-batches (after_backward) or one batch (fused), every tensor updated exactly
+  // once. next_batch(inputs, targets) fills host arrays of batch*seq_len ids. A NaN/Inf
+  // loss is caught before any weight changes: train.nan_policy "stop" throws an Error
+  // naming the step, "skip" returns skipped = true with the weights untouched.
+  struct StepResult { float loss; double grad_norm; bool skipped; };
+  StepResult step(int64_t t, float lr, const std::function<void(int*, int*)>& next_batch);
+
+  bool fused() const { return fused_; }
+
+ private:
+  class FullSink;
+  class FusedSink;
+  void apply(const ParamSpec& p, float* grad);  // clip, scale, update one tensor
+  double sum_squares(const float* g, size_t n) const;
+  double total_norm() const;  // sqrt of per-tensor squares summed in id order
+
+  GPT2<float>& model_;
+  Optimizer& opt_;
+  bool fused_, two_pass_, skip_nan_;
+  int accum_;
+  float clip_norm_, clip_value_, clip_coef_ = 1.0f;
+  std::vector<double> sq_;  // per-tensor squared gradient norms of this step
+  std::unique_ptr<FullSink> full_;
+  std::unique_ptr<FusedSink> fused_sink_;
+  std::vector<int> inputs_, targets_;
+};
+
+}  // namespace gpt2
