@@ -240,4 +240,10 @@ std::string resolved_update(const json& cfg) {
   return name == "lomo" || name == "adalomo" ? "fused" : "after_backward";
 }
 
+double resolved_grad_clip(const json& cfg) {
+  const json& clip = cfg.at("train").at("grad_clip");
+  if (!clip.is_null()) return clip.get<double>();
+  return resolved_update(cfg) == "fused" ? 0.0 : 1.0;
+}
+
 }  // namespace gpt2

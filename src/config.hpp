@@ -12,7 +12,9 @@ namespace gpt2 {
 
 using json = nlohmann::json;
 
-// Keys whose default is null accept null or a number. "update": "auto" means fused for
+// Keys whose default is null accept null or a number; train.grad_clip null means "auto":
+// 1.0 (llm.c's global-norm clip) for after_backward updates, none for fused ones, which
+// could only clip with a second backward (train.two_pass_clip). "update": "auto" means fused for
 // lomo/adalomo and after_backward otherwise. Paths are relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
@@ -42,7 +44,7 @@ inline const char* kDefaultConfig = R"json({
   "schedule": {"steps": 1000, "warmup_steps": 0, "decay": "cosine", "min_lr_fraction": 0.0},
   "train": {
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
-    "grad_accum_steps": 1, "grad_clip": 1.0, "grad_clip_value": 0.0, "two_pass_clip": false,
+    "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
     "recompute": 0, "nan_policy": "stop", "threads": 0, "gpus": 1
   },
   "eval": {"every": 100, "batches": 8},
@@ -63,5 +65,8 @@ ModelConfig model_config(const json& cfg);
 
 // optimizer.update with "auto" resolved: "fused" for lomo/adalomo, else "after_backward".
 std::string resolved_update(const json& cfg);
+
+// train.grad_clip with null resolved: 1.0 after_backward, 0 (off) fused.
+double resolved_grad_clip(const json& cfg);
 
 }  // namespace gpt2

@@ -202,7 +202,7 @@ void check_config_rules(const json& cfg, const ConfigOrigins& origins) {
          update_text, " needs train.grad_accum_steps = 1, got ",
          shown(at(cfg, "train.grad_accum_steps")),
          "; set train.grad_accum_steps=1 or optimizer.update=after_backward");
-  if (update == "fused" && num("train.grad_clip") > 0 && !flag("train.two_pass_clip"))
+  if (update == "fused" && resolved_grad_clip(cfg) > 0 && !flag("train.two_pass_clip"))
     fail(origin(origins, {"optimizer.update", "optimizer.name", "train.grad_clip",
                           "train.two_pass_clip"}),
          ": ", update_text, " cannot clip to train.grad_clip = ",

@@ -91,7 +91,7 @@ UpdatePipeline::UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& o
   two_pass_ = tr["two_pass_clip"].get<bool>();
   skip_nan_ = tr["nan_policy"].get<std::string>() == "skip";
   accum_ = tr["grad_accum_steps"].get<int>();
-  clip_norm_ = tr["grad_clip"].get<float>();
+  clip_norm_ = float(resolved_grad_clip(cfg));
   clip_value_ = tr["grad_clip_value"].get<float>();
   // The config check rejects these with a message naming the keys; this guards callers
   // that build a pipeline from an unchecked config.

@@ -239,10 +239,16 @@ TEST_CASE("contradictory settings name both sides and the fix") {
   CHECK_NOTHROW(load_config(lomo, {"optimizer.update=after_backward",
                                    "train.grad_accum_steps=4"}));
 
-  check_error(error_of("", {"optimizer.name=adalomo"}),
+  check_error(error_of("", {"optimizer.name=adalomo", "train.grad_clip=1"}),
               {"--set optimizer.name=adalomo", "train.grad_clip = 1",
                "set train.two_pass_clip=true or train.grad_clip=0"});
-  CHECK_NOTHROW(load_config("", {"optimizer.name=adalomo", "train.two_pass_clip=true"}));
+  // grad_clip's default (null, "auto") clips after_backward updates only, so choosing a
+  // fused optimizer alone is a valid config, and its resolved clip is off.
+  const json fused = load_config("", {"optimizer.name=adalomo"});
+  CHECK(resolved_grad_clip(fused) == 0.0);
+  CHECK(resolved_grad_clip(load_config("", {})) == 1.0);
+  CHECK_NOTHROW(load_config("", {"optimizer.name=adalomo", "train.grad_clip=1",
+                                 "train.two_pass_clip=true"}));
   CHECK_NOTHROW(load_config("", {"optimizer.name=adalomo", "train.grad_clip=0"}));
 
   check_error(error_of("", {"train.device=cpu", "train.precision=bf16"}),
