@@ -43,13 +43,15 @@ inline ParamTable tiny_table() { return table_of({spec(0, 2, 3), spec(1, 1, 3)})
 // Fixed inputs of the hand-derived tests: weights and three steps of gradients.
 inline std::vector<float> tiny_w_matrix() { return {0.5f, -0.3f, 0.8f, 0.1f, -0.7f, 0.2f}; }
 inline std::vector<float> tiny_w_vector() { return {0.4f, -0.2f, 0.6f}; }
-inline std::vector<float> tiny_g_matrix(int step) {
+inline std::vector<float> tiny_g_matrix(int step, float shrink = 1.0f) {
   std::vector<float> g = {0.2f, -0.1f, 0.4f, -0.3f, 0.05f, 0.15f};
-  for (size_t i = 0; i < g.size(); i++) g[i] = g[i] * float(step) + 0.01f * float(i) - 0.02f;
+  const float scale = std::pow(shrink, float(step - 1));
+  for (size_t i = 0; i < g.size(); i++) g[i] = (g[i] * float(step) + 0.01f * float(i) - 0.02f) * scale;
   return g;
 }
-inline std::vector<float> tiny_g_vector(int step) {
-  return {0.3f - 0.1f * step, -0.2f, 0.1f * step};
+inline std::vector<float> tiny_g_vector(int step, float shrink = 1.0f) {
+  const float scale = std::pow(shrink, float(step - 1));
+  return {(0.3f - 0.1f * step) * scale, -0.2f * scale, 0.1f * step * scale};
 }
 
 inline std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
@@ -58,12 +60,14 @@ inline std::vector<double> to_double(const std::vector<float>& x) { return {x.be
 struct TinyRun {
   std::vector<float> wm = tiny_w_matrix(), wv = tiny_w_vector();
 };
-inline TinyRun run_tiny(Optimizer& opt, int steps, double lr) {
+// Gradients of step s are multiplied by shrink^(s-1): shrink < 1 makes later updates
+// fall below the RMS clipping threshold, so unclipped steps get tested too.
+inline TinyRun run_tiny(Optimizer& opt, int steps, double lr, float shrink = 1.0f) {
   const ParamTable t = tiny_table();
   TinyRun r;
   for (int s = 1; s <= steps; s++) {
     opt.begin_step(s, float(lr));
-    std::vector<float> gm = tiny_g_matrix(s), gv = tiny_g_vector(s);
+    std::vector<float> gm = tiny_g_matrix(s, shrink), gv = tiny_g_vector(s, shrink);
     opt.update(t.params[0], r.wm.data(), gm.data());
     opt.update(t.params[1], r.wv.data(), gv.data());
   }
