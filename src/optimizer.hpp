@@ -38,4 +38,11 @@ class Optimizer {
 std::unique_ptr<Optimizer> make_optimizer(const json& cfg, const ParamTable& table,
                                           Device& dev, uint64_t seed);
 
+// Bytes make_optimizer allocates under MemCategory::optimizer_state for `table`
+// (Adapprox: Q and U at k_max columns), and under MemCategory::workspace (Adapprox's
+// dense V_t scratch for the largest matrix; 0 for the others). The memory table uses
+// these; tests hold them equal to a CpuDevice's ledger.
+size_t optimizer_state_bytes(const json& cfg, const ParamTable& table);
+size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table);
+
 }  // namespace gpt2

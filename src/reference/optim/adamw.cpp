@@ -1,0 +1,63 @@
+// AdamW (Loshchilov & Hutter, arXiv 1711.05101), spec optimizers.md section 1: the
+// torch.optim.AdamW / llm.c update with bias correction from the global step and eps
+// added after the square root of the bias-corrected v. State: m, v (8 B/param).
+#include <cmath>
+
+#include "optim_common.hpp"
+
+namespace gpt2::optim {
+
+namespace {
+
+class AdamW final : public Optimizer {
+ public:
+  AdamW(const json& cfg, const ParamTable& table, Device& dev)
+      : common_(cfg),
+        beta1_(number(cfg, "adamw", "beta1", 0.0, 0.999999)),
+        beta2_(number(cfg, "adamw", "beta2", 0.0, 0.999999)),
+        eps_(number(cfg, "adamw", "eps", 0.0, 1.0)),
+        store_(dev) {
+    for (const ParamSpec& p : table.params) {
+      m_.push_back(store_.add("adamw.m." + p.name, p.numel));
+      v_.push_back(store_.add("adamw.v." + p.name, p.numel));
+    }
+  }
+
+  void begin_step(int64_t t, float lr) override {
+    lr_ = lr;
+    bc1_ = 1.0 - std::pow(beta1_, double(t));
+    bc2_ = 1.0 - std::pow(beta2_, double(t));
+  }
+
+  void update(const ParamSpec& p, float* w, float* g) override {
+    float* m = m_[p.id];
+    float* v = v_[p.id];
+    const double wd = common_.wd(p);
+    for (size_t i = 0; i < p.numel; i++) {
+      m[i] = float(beta1_ * m[i] + (1 - beta1_) * g[i]);
+      v[i] = float(beta2_ * v[i] + (1 - beta2_) * double(g[i]) * g[i]);
+      const double step = (m[i] / bc1_) / (std::sqrt(v[i] / bc2_) + eps_);
+      w[i] = float(w[i] - lr_ * (step + wd * w[i]));  // decay term uses W_old
+    }
+  }
+
+  std::vector<StateBlob> state() override { return store_.blobs(); }
+
+ private:
+  Common common_;
+  double beta1_, beta2_, eps_;
+  StateStore store_;
+  std::vector<float*> m_, v_;
+  double lr_ = 0, bc1_ = 1, bc2_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_adamw(const json& cfg, const ParamTable& table, Device& dev,
+                                      uint64_t) {
+  return std::make_unique<AdamW>(cfg, table, dev);
+}
+
+size_t adamw_state_bytes(const json&, const ParamSpec& p) { return 2 * p.numel * sizeof(float); }
+
+}  // namespace gpt2::optim

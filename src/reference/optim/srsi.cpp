@@ -1,0 +1,131 @@
+#include "srsi.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace gpt2::optim {
+
+using Eigen::MatrixXd;
+
+static uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+double gaussian(uint64_t seed, uint64_t i) {
+  const uint64_t a = splitmix64(seed ^ splitmix64(2 * i));
+  const uint64_t b = splitmix64(seed ^ splitmix64(2 * i + 1));
+  const double u1 = double((a >> 11) + 1) * 0x1p-53;  // (0, 1]: log stays finite
+  const double u2 = double(b >> 11) * 0x1p-53;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+uint64_t mix_seed(uint64_t run_seed, int64_t step, int tensor_id) {
+  return splitmix64(splitmix64(splitmix64(run_seed) ^ uint64_t(step)) ^ uint64_t(tensor_id));
+}
+
+double frobenius_sq(DenseView A) {
+  double s = 0;
+  for (int64_t i = 0; i < A.m * A.n; i++) s += double(A.a[i]) * A.a[i];
+  return s;
+}
+
+// A X (m x s) for X n x s.
+static MatrixXd times(DenseView A, const MatrixXd& X) {
+  const int64_t s = X.cols();
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Xr = X;
+  MatrixXd Y(A.m, s);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < A.m; i++) {
+    std::vector<double> acc(s, 0.0);
+    const float* row = A.a + i * A.n;
+    for (int64_t j = 0; j < A.n; j++)
+      for (int64_t c = 0; c < s; c++) acc[c] += row[j] * Xr(j, c);
+    for (int64_t c = 0; c < s; c++) Y(i, c) = acc[c];
+  }
+  return Y;
+}
+
+// A^T Q (n x s) for Q m x s; threads own disjoint column blocks of A.
+static MatrixXd times_transposed(DenseView A, const MatrixXd& Q) {
+  const int64_t s = Q.cols(), block = 64;
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Qr = Q;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Z =
+      Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Zero(A.n, s);
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < A.n; j0 += block) {
+    const int64_t j1 = std::min(A.n, j0 + block);
+    for (int64_t i = 0; i < A.m; i++)
+      for (int64_t j = j0; j < j1; j++) {
+        const double a = A.a[i * A.n + j];
+        for (int64_t c = 0; c < s; c++) Z(j, c) += a * Qr(i, c);
+      }
+  }
+  return Z;
+}
+
+void rotate_to_singular_order(LowRank& f, int k) {
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(f.U.transpose() * f.U);
+  // Eigen sorts ascending; take the k largest, largest first.
+  const int s = int(f.U.cols());
+  MatrixXd W(s, k);
+  f.lambda.resize(k);
+  for (int j = 0; j < k; j++) {
+    W.col(j) = eig.eigenvectors().col(s - 1 - j);
+    f.lambda(j) = std::max(0.0, eig.eigenvalues()(s - 1 - j));
+  }
+  f.Q = f.Q * W;
+  f.U = f.U * W;
+}
+
+LowRank srsi(DenseView A, int k, int p, int l, uint64_t seed) {
+  const int64_t full = std::min(A.m, A.n);
+  k = int(std::min<int64_t>(k, full));
+  const int64_t s = std::min<int64_t>(k + p, full);
+  LowRank f;
+  f.U.resize(A.n, s);
+  for (int64_t c = 0; c < s; c++)
+    for (int64_t j = 0; j < A.n; j++) f.U(j, c) = gaussian(seed, uint64_t(c * A.n + j));
+  for (int it = 0; it < l; it++) {
+    Eigen::HouseholderQR<MatrixXd> qr(times(A, f.U));
+    f.Q = qr.householderQ() * MatrixXd::Identity(A.m, s);
+    f.U = times_transposed(A, f.Q);
+  }
+  rotate_to_singular_order(f, k);
+  return f;
+}
+
+static double rel_error(double norm_sq, double kept) {
+  return norm_sq > 0 ? std::sqrt(std::max(0.0, norm_sq - kept) / norm_sq) : 0.0;
+}
+
+AsrsiResult as_rsi(DenseView A, int k, const RankRule& rule, bool allow_shrink, uint64_t seed) {
+  const double norm_sq = frobenius_sq(A);
+  AsrsiResult r{srsi(A, k, rule.p, rule.l, seed), 0, 0.0};
+  r.k = int(r.f.Q.cols());
+  r.xi = rel_error(norm_sq, r.f.lambda.sum());
+  while (r.xi > rule.xi_thr && r.k < rule.k_max) {
+    r.k = std::min(r.k + rule.delta_k, rule.k_max);
+    r.f = srsi(A, r.k, rule.p, rule.l, seed);
+    r.xi = rel_error(norm_sq, r.f.lambda.sum());
+  }
+  if (allow_shrink) {
+    int k_new = r.k;
+    while (k_new > rule.k_min &&
+           rel_error(norm_sq, r.f.lambda.head(k_new - 1).sum()) < rule.xi_thr / 2)
+      k_new--;
+    if (k_new < r.k) {
+      r.k = k_new;
+      r.f.Q.conservativeResize(Eigen::NoChange, k_new);
+      r.f.U.conservativeResize(Eigen::NoChange, k_new);
+      r.f.lambda.conservativeResize(k_new);
+      r.xi = rel_error(norm_sq, r.f.lambda.sum());
+    }
+  }
+  return r;
+}
+
+}  // namespace gpt2::optim

@@ -1,0 +1,252 @@
+#include <Eigen/Dense>
+#include <cmath>
+#include <cstring>
+
+#include "catch.hpp"
+#include "optim_fixture.hpp"
+#include "reference/optim/srsi.hpp"
+
+using namespace gpt2;
+using namespace gpt2::optim;
+using namespace gpt2::test;
+using Eigen::MatrixXd;
+
+// A nonnegative m x n matrix of exact rank r (sum of r outer products of positive vectors).
+static std::vector<float> rank_r(int m, int n, int r, unsigned salt) {
+  std::vector<float> a(size_t(m) * n, 0.0f);
+  for (int q = 0; q < r; q++)
+    for (int i = 0; i < m; i++)
+      for (int j = 0; j < n; j++)
+        a[i * n + j] += float((1.1 + std::sin(0.7 * i * (q + 1) + salt)) *
+                              (1.1 + std::cos((0.9 + 0.4 * q) * j + salt)));
+  return a;
+}
+
+static MatrixXd dense(const std::vector<float>& a, int m, int n) {
+  MatrixXd A(m, n);
+  for (int i = 0; i < m; i++)
+    for (int j = 0; j < n; j++) A(i, j) = a[i * n + j];
+  return A;
+}
+
+TEST_CASE("S-RSI reconstructs an exact low-rank nonnegative matrix") {
+  const int m = 40, n = 30;
+  const std::vector<float> a = rank_r(m, n, 3, 1);
+  const MatrixXd A = dense(a, m, n);
+  for (int k : {3, 5}) {
+    const LowRank f = srsi({a.data(), m, n}, k, 2, 2, 42);
+    CHECK((A - f.Q * f.U.transpose()).norm() / A.norm() < 1e-6);
+    CHECK((f.Q.transpose() * f.Q - MatrixXd::Identity(k, k)).norm() < 1e-10);
+  }
+}
+
+TEST_CASE("S-RSI is near the Eckart-Young optimum and its error identity is exact") {
+  const int m = 50, n = 35, k = 4;
+  std::vector<float> a(size_t(m) * n);
+  for (size_t i = 0; i < a.size(); i++) a[i] = float(std::fabs(gaussian(9, i)));
+  const MatrixXd A = dense(a, m, n);
+  const LowRank f = srsi({a.data(), m, n}, k, 5, 2, 7);
+  const double err_sq = (A - f.Q * f.U.transpose()).squaredNorm();
+  // ||A - Q U^T||^2 = ||A||^2 - ||U||^2 for orthonormal Q (spec 6.3).
+  CHECK(err_sq == Approx(A.squaredNorm() - f.U.squaredNorm()).epsilon(1e-9));
+  CHECK(f.lambda.sum() == Approx(f.U.squaredNorm()).epsilon(1e-12));
+  // Optimal rank-k error from the SVD (the test's independent oracle).
+  Eigen::JacobiSVD<MatrixXd> svd(A);
+  const Eigen::VectorXd sv = svd.singularValues();
+  const double best_sq = sv.tail(sv.size() - k).squaredNorm();
+  CHECK(err_sq >= best_sq * (1 - 1e-9));
+  CHECK(err_sq <= 1.2 * best_sq);  // l = 2, p = 5 is close to optimal on this spectrum
+}
+
+TEST_CASE("Rotating to singular order leaves Q U^T unchanged") {
+  const int m = 12, n = 9, s = 5;
+  Eigen::HouseholderQR<MatrixXd> qr(MatrixXd::NullaryExpr(m, s, [](Eigen::Index i, Eigen::Index j) {
+    return gaussian(3, uint64_t(i * 100 + j));
+  }));
+  LowRank f;
+  f.Q = qr.householderQ() * MatrixXd::Identity(m, s);
+  f.U = MatrixXd::NullaryExpr(n, s, [](Eigen::Index i, Eigen::Index j) { return gaussian(4, uint64_t(i * 100 + j)); });
+  const MatrixXd before = f.Q * f.U.transpose();
+  rotate_to_singular_order(f, s);
+  CHECK((f.Q * f.U.transpose() - before).norm() < 1e-6 * before.norm());
+  const MatrixXd G = f.U.transpose() * f.U;
+  for (int i = 0; i < s; i++) {
+    CHECK(G(i, i) == Approx(f.lambda(i)).epsilon(1e-10));
+    if (i > 0) CHECK(f.lambda(i) <= f.lambda(i - 1));
+    for (int j = 0; j < i; j++) CHECK(std::fabs(G(i, j)) < 1e-9 * f.lambda(0));
+  }
+}
+
+TEST_CASE("AS-RSI grows the rank while the error is above xi_thr, up to k_max") {
+  const int m = 30, n = 24;
+  const std::vector<float> a = rank_r(m, n, 6, 2);
+  const DenseView A{a.data(), m, n};
+  RankRule rule{1, 10, 1, 3, 2, 1e-4};
+  AsrsiResult r = as_rsi(A, 1, rule, false, 5);
+  CHECK(r.k == 6);  // the first rank whose error drops below 1e-4
+  CHECK(r.xi < 1e-4);
+  rule.k_max = 4;
+  r = as_rsi(A, 1, rule, false, 5);
+  CHECK(r.k == 4);
+  CHECK(r.xi > 1e-4);
+  rule.k_max = 10, rule.delta_k = 4;  // 1 -> 5 -> 9: steps of delta_k
+  CHECK(as_rsi(A, 1, rule, false, 5).k == 9);
+}
+
+TEST_CASE("AS-RSI shrinks the rank when allowed, never below k_min") {
+  const int m = 30, n = 24;
+  const std::vector<float> a6 = rank_r(m, n, 6, 2), a1 = rank_r(m, n, 1, 3);
+  const RankRule rule{2, 10, 1, 3, 2, 1e-4};
+  CHECK(as_rsi({a6.data(), m, n}, 10, rule, true, 5).k == 6);
+  CHECK(as_rsi({a6.data(), m, n}, 10, rule, false, 5).k == 10);
+  const AsrsiResult r = as_rsi({a1.data(), m, n}, 10, rule, true, 5);
+  CHECK(r.k == 2);
+  CHECK(r.f.Q.cols() == 2);
+  CHECK(r.xi < 1e-6);
+}
+
+// Dense "Adam without bias correction + RMS update clipping + momentum" (spec section 8
+// item 3), double precision: Adapprox's full-rank limit.
+struct DenseAdapprox {
+  std::vector<double> v, m1;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  void step(std::vector<double>& w, const std::vector<double>& g, double lr, double wd) {
+    v.resize(w.size()), m1.resize(w.size());
+    std::vector<double> D(w.size());
+    double ss = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+      v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+      D[i] = g[i] / (std::sqrt(v[i]) + eps);
+      ss += D[i] * D[i];
+    }
+    const double clip = std::max(1.0, std::sqrt(ss / w.size()));
+    for (size_t i = 0; i < w.size(); i++) {
+      m1[i] = beta1 * m1[i] + (1 - beta1) * D[i] / clip;
+      w[i] -= lr * ((beta1 > 0 ? m1[i] : D[i] / clip) + wd * w[i]);
+    }
+  }
+};
+
+static json full_rank_cfg(const char* denominator, double beta1) {
+  json cfg = optimizer_cfg("adapprox");
+  auto& a = cfg["optimizer"]["adapprox"];
+  a["k0"] = 2, a["k_min"] = 2, a["k_max"] = 2;  // min(2, 3): the full rank of the 2x3 matrix
+  a["denominator"] = denominator;
+  a["beta1"] = beta1;
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  return cfg;
+}
+
+TEST_CASE("Adapprox at full rank equals dense Adam without bias correction") {
+  for (const char* den : {"rebuilt", "refactored"})
+    for (double beta1 : {0.9, 0.0}) {
+      INFO(den << " beta1 " << beta1);
+      CpuDevice dev;
+      auto opt = make_optimizer(full_rank_cfg(den, beta1), tiny_table(), dev, 11);
+      const TinyRun got = run_tiny(*opt, 3, 0.01);
+      std::vector<double> wm = to_double(tiny_w_matrix()), wv = to_double(tiny_w_vector());
+      DenseAdapprox om, ov;
+      om.beta1 = ov.beta1 = beta1;
+      for (int t = 1; t <= 3; t++) {
+        om.step(wm, to_double(tiny_g_matrix(t)), 0.01, 0.1);
+        ov.step(wv, to_double(tiny_g_vector(t)), 0.01, 0.0);
+      }
+      // V passes through fp32 factors Q, U each step: ~1e-6 relative in D.
+      for (int i = 0; i < 6; i++) CHECK(got.wm[i] == Approx(wm[i]).epsilon(1e-5));
+      for (int i = 0; i < 3; i++) CHECK(got.wv[i] == Approx(wv[i]).epsilon(1e-5));
+    }
+}
+
+static const float* blob(Optimizer& o, const std::string& name) {
+  for (const StateBlob& b : o.state())
+    if (b.name == name) return static_cast<const float*>(b.data);
+  return nullptr;
+}
+
+// Runs `steps` steps of Adapprox on one 16x12 matrix with full-rank gradients.
+static std::vector<float> run_matrix(Optimizer& o, const ParamTable& t, int steps) {
+  std::vector<float> w(16 * 12, 0.1f);
+  for (int s = 1; s <= steps; s++) {
+    std::vector<float> g(w.size());
+    for (size_t i = 0; i < g.size(); i++) g[i] = float(gaussian(100 + s, i));
+    o.begin_step(s, 0.01f);
+    o.update(t.params[0], w.data(), g.data());
+  }
+  return w;
+}
+
+TEST_CASE("Adapprox adapts the rank inside the optimizer and is deterministic") {
+  const ParamTable t = table_of({spec(0, 16, 12)});
+  json cfg = optimizer_cfg("adapprox");
+  cfg["optimizer"]["adapprox"]["xi_thr"] = 1e-3;  // unreachable below full rank
+  CpuDevice dev;
+  auto a = make_optimizer(cfg, t, dev, 5), b = make_optimizer(cfg, t, dev, 5);
+  CHECK(blob(*a, "adapprox.rank_err.matrix0")[0] == 1.0f);  // k0
+  const std::vector<float> wa = run_matrix(*a, t, 3), wb = run_matrix(*b, t, 3);
+  CHECK(blob(*a, "adapprox.rank_err.matrix0")[0] == 3.0f);  // k_max = floor(12 / 4)
+  CHECK(blob(*a, "adapprox.rank_err.matrix0")[1] > 0.0f);  // smoothed error kept
+  CHECK(std::memcmp(wa.data(), wb.data(), wa.size() * 4) == 0);
+  for (size_t i = 0; i < a->state().size(); i++)
+    CHECK(std::memcmp(a->state()[i].data, b->state()[i].data, a->state()[i].bytes) == 0);
+  auto c = make_optimizer(cfg, t, dev, 6);  // another seed, another sketch
+  run_matrix(*c, t, 3);
+  CHECK(std::memcmp(blob(*a, "adapprox.Q.matrix0"), blob(*c, "adapprox.Q.matrix0"), 16 * 3 * 4) != 0);
+}
+
+TEST_CASE("Adapprox with beta1 = 0 allocates no first moment") {
+  json cfg = optimizer_cfg("adapprox");
+  cfg["optimizer"]["adapprox"]["beta1"] = 0.0;
+  CpuDevice dev;
+  auto opt = make_optimizer(cfg, tiny_table(), dev, 0);
+  for (const StateBlob& b : opt->state()) CHECK(b.name.find("m1") == std::string::npos);
+  // Q, U at k_max = 1 (floor(2/4) -> at least 1): (2 + 3) floats, rank/error 2, vector v 3.
+  CHECK(dev.ledger().current[int(MemCategory::optimizer_state)] == (5 + 2 + 3) * 4);
+}
+
+TEST_CASE("Adapprox cos_guidance scales the step by (1 + cos(D, m1)) / 2") {
+  // Vector path (exact v): step 1 has m1 = 0.1 D so cos = 1 and the steps agree; at step 2
+  // the test derives D2, m1 and c itself and expects dW_on = (1 + c) / 2 * dW_off.
+  const ParamTable t = table_of({spec(0, 1, 3)});
+  json off = optimizer_cfg("adapprox"), on = off;
+  on["optimizer"]["adapprox"]["cos_guidance"] = true;
+  CpuDevice dev;
+  auto a = make_optimizer(off, t, dev, 0), b = make_optimizer(on, t, dev, 0);
+  const std::vector<std::vector<double>> g = {{1.0, -2.0, 0.5}, {-1.0, 2.0, 0.0}};
+  std::vector<float> wa(3, 0.0f), wb(3, 0.0f), wa1, wb1;
+  for (int s = 0; s < 2; s++) {
+    std::vector<float> ga(g[s].begin(), g[s].end()), gb = ga;
+    a->begin_step(s + 1, 0.01f), b->begin_step(s + 1, 0.01f);
+    a->update(t.params[0], wa.data(), ga.data());
+    b->update(t.params[0], wb.data(), gb.data());
+    if (s == 0) wa1 = wa, wb1 = wb;
+  }
+  for (int i = 0; i < 3; i++) CHECK(wb1[i] == Approx(wa1[i]).epsilon(1e-6));
+  std::vector<double> v(3), m1(3), D(3);
+  for (int s = 0; s < 2; s++) {
+    double ss = 0;
+    for (int i = 0; i < 3; i++) {
+      v[i] = 0.999 * v[i] + 0.001 * g[s][i] * g[s][i];
+      D[i] = g[s][i] / (std::sqrt(v[i]) + 1e-8);
+      ss += D[i] * D[i];
+    }
+    const double clip = std::max(1.0, std::sqrt(ss / 3));
+    for (int i = 0; i < 3; i++) D[i] /= clip, m1[i] = 0.9 * m1[i] + 0.1 * D[i];
+  }
+  double dot = 0, nd = 0, nm = 0;
+  for (int i = 0; i < 3; i++) dot += D[i] * m1[i], nd += D[i] * D[i], nm += m1[i] * m1[i];
+  const double c = dot / std::sqrt(nd * nm);
+  REQUIRE(c < 0.6);  // the gradients were chosen to disagree
+  for (int i = 0; i < 3; i++)
+    CHECK(wb[i] - wb1[i] == Approx((1 + c) / 2 * (wa[i] - wa1[i])).epsilon(1e-5));
+  json bad = on;
+  bad["optimizer"]["adapprox"]["beta1"] = 0.0;
+  CHECK_THROWS_WITH(make_optimizer(bad, t, dev, 0), Catch::Contains("cos_guidance"));
+}
+
+TEST_CASE("Adapprox minimizes a convex quadratic and its state round-trips") {
+  const json cfg = optimizer_cfg("adapprox");
+  const auto [first, last] = convex_descent(cfg, 300, 0.01);
+  CHECK(last < 0.05 * first);
+  CHECK(state_round_trips(cfg, 2, 2));
+  CHECK_FALSE(state_round_trips(cfg, 2, 2, false));
+}
