@@ -60,7 +60,8 @@ const Range kRanges[] = {
     {"optimizer.adapprox.clip_threshold", 0, true, kInf, true},
     {"optimizer.adapprox.k0", 1, false, kInf, true},
     {"optimizer.adapprox.k_min", 1, false, kInf, true},
-    {"optimizer.adapprox.k_max", 0, false, kInf, true},  // 0: floor(min(m, n) / 4)
+    {"optimizer.adapprox.k_max", 0, false, kInf, true},  // 0: floor(min(m, n) / rank_divisor)
+    {"optimizer.adapprox.rank_divisor", 1, false, kInf, true},
     {"optimizer.adapprox.delta_k", 0, false, kInf, true},
     {"optimizer.adapprox.xi_thr", 0, true, kInf, true},
     {"optimizer.adapprox.rho", 0, false, 1, true},

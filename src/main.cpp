@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   CLI::App app{"train_gpt2: GPT-2 pretraining in C++/CUDA with memory-efficient optimizers"};
   app.require_subcommand(1);
   gpt2::add_config_command(app);
+  gpt2::add_memory_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

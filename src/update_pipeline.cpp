@@ -107,6 +107,8 @@ UpdatePipeline::UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& o
   inputs_.resize(n), targets_.resize(n);
 }
 
+UpdatePipeline::~UpdatePipeline() = default;
+
 double UpdatePipeline::sum_squares(const float* g, size_t n) const {
   double s = 0;
   for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];

@@ -32,6 +32,7 @@ GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused);
 class UpdatePipeline {
  public:
   UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& opt, Device& dev);
+  ~UpdatePipeline();
 
   // One optimizer step t (1-based): forward + backward over grad_accum_steps
   // micro-batches (after_backward) or one batch (fused), every tensor updated exactly

@@ -25,7 +25,7 @@ namespace {
 
 struct Settings {
   double beta1, beta2, eps, clip, xi_thr, rho;
-  int k0, k_min, k_max, delta_k, l, p;
+  int k0, k_min, k_max, rank_divisor, delta_k, l, p;
   bool cos_guidance, refactored;
 
   explicit Settings(const json& cfg)
@@ -38,6 +38,7 @@ struct Settings {
         k0(int(number(cfg, "adapprox", "k0", 1, 1e6))),
         k_min(int(number(cfg, "adapprox", "k_min", 1, 1e6))),
         k_max(int(number(cfg, "adapprox", "k_max", 0, 1e6))),
+        rank_divisor(int(number(cfg, "adapprox", "rank_divisor", 1, 1e6))),
         delta_k(int(number(cfg, "adapprox", "delta_k", 0, 1e6))),
         l(int(number(cfg, "adapprox", "l", 1, 100))),
         p(int(number(cfg, "adapprox", "p", 0, 1e6))) {
@@ -58,14 +59,14 @@ struct Settings {
            k0, "; the initial rank must be at least the minimum rank");
     if (k_max != 0 && k_max < k0)
       fail("config key optimizer.adapprox.k_max = ", k_max, " is below optimizer.adapprox.k0 = ",
-           k0, "; raise k_max (0 means floor(min(m, n) / 4)) or lower k0");
+           k0, "; raise k_max (0 means floor(min(m, n) / rank_divisor)) or lower k0");
   }
 
   // Ranks for one m x n matrix; configured ranks above min(m, n) are capped there.
   RankRule rule(const ParamSpec& p) const {
     const int full = int(std::min(p.rows, p.cols));
     RankRule r;
-    r.k_max = k_max == 0 ? std::max(1, full / 4) : std::min(k_max, full);
+    r.k_max = k_max == 0 ? std::max(1, full / rank_divisor) : std::min(k_max, full);
     r.k_min = std::min(k_min, r.k_max);
     r.delta_k = delta_k == 0 ? std::max(1, (r.k_max + 15) / 16) : delta_k;
     r.p = this->p;

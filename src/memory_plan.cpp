@@ -1,0 +1,71 @@
+#include "memory_plan.hpp"
+
+#include <cstdio>
+#include <random>
+
+#include "gpt2.hpp"
+#include "reference/cpu_ops.hpp"
+#include "optimizer.hpp"
+#include "update_pipeline.hpp"
+
+namespace gpt2 {
+
+size_t MemoryPlan::total() const {
+  size_t t = 0;
+  for (size_t b : bytes) t += b;
+  return t;
+}
+
+MemoryPlan plan_memory(const json& cfg, bool cuda) {
+  const ParamTable table(model_config(cfg));
+  const json& tr = cfg["train"];
+  MemoryPlan p;
+  p.cuda = cuda;
+  p.elem_size = cuda && tr["precision"].get<std::string>() != "fp32" ? 2 : 4;
+  auto& b = p.bytes;
+  b[int(MemCategory::params)] = table.total * p.elem_size;
+  if (p.elem_size == 2 && tr["master_weights"].get<bool>())
+    b[int(MemCategory::master_weights)] = table.total * 4;
+  const bool fused = resolved_update(cfg) == "fused";
+  b[int(MemCategory::grads)] = grad_memory_plan(table, fused).grad_elems * p.elem_size;
+  b[int(MemCategory::optimizer_state)] = optimizer_state_bytes(cfg, table);
+  b[int(MemCategory::activations)] =
+      activation_plan(table.cfg, cfg["data"]["batch_size"].get<int>(),
+                      cfg["data"]["seq_len"].get<int>(), tr["recompute"].get<int>(), p.elem_size)
+          .total();
+  b[int(MemCategory::workspace)] = optimizer_workspace_bytes(cfg, table);
+  return p;
+}
+
+MemoryLedger measure_memory_cpu(const json& cfg, int steps) {
+  CpuDevice dev;
+  CpuOps ops;
+  const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
+  const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
+  GPT2<float> model(model_config(cfg), ops, dev, B, T, cfg["train"]["recompute"].get<int>());
+  model.set_params(init_params(model.table, seed));
+  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, model.table, dev, seed);
+  UpdatePipeline pipeline(cfg, model, *opt, dev);
+  std::mt19937 rng{uint32_t(seed)};
+  std::uniform_int_distribution<int> token(0, model.table.cfg.vocab_size - 1);
+  for (int s = 1; s <= steps; s++)
+    pipeline.step(s, 1e-4f, [&](int* in, int* tg) {
+      for (int i = 0; i < B * T; i++) in[i] = token(rng), tg[i] = token(rng);
+    });
+  return dev.ledger();
+}
+
+std::string memory_plan_table(const MemoryPlan& plan) {
+  std::string s;
+  char line[128];
+  const double total = double(plan.total());
+  for (int c = 0; c < kMemCategories; c++) {
+    std::snprintf(line, sizeof line, "  %-15s %12s %6.1f%%\n", mem_category_name(MemCategory(c)),
+                  format_bytes(plan.bytes[c]).c_str(), 100.0 * plan.bytes[c] / total);
+    s += line;
+  }
+  std::snprintf(line, sizeof line, "  %-15s %12s\n", "total", format_bytes(total).c_str());
+  return s + line;
+}
+
+}  // namespace gpt2

@@ -1,0 +1,31 @@
+// The memory ledger a run will have, computed without allocating anything: the same
+// sizes the model, the update pipeline and the optimizer allocate (they share these
+// functions), so on the CPU the measured peak equals this plan to the byte, and on the
+// GPU the difference is the allocator's rounding.
+#pragma once
+#include <array>
+
+#include "config.hpp"
+#include "memory.hpp"
+
+namespace gpt2 {
+
+struct MemoryPlan {
+  std::array<size_t, kMemCategories> bytes{};
+  size_t total() const;
+  bool cuda;
+  size_t elem_size;  // bytes per parameter/activation element (4 fp32, 2 bf16)
+};
+
+// For a validated config on the CPU (fp32) or a GPU (train.precision; auto = bf16).
+MemoryPlan plan_memory(const json& cfg, bool cuda);
+
+// Builds the run of `cfg` on the CPU (model, optimizer, update pipeline), trains
+// `steps` steps on random tokens and returns the device ledger: the measured side of
+// the plan.
+MemoryLedger measure_memory_cpu(const json& cfg, int steps);
+
+// The plan as a table: category, bytes, share of the total.
+std::string memory_plan_table(const MemoryPlan& plan);
+
+}  // namespace gpt2
