@@ -1,0 +1,105 @@
+// Fused softmax + cross-entropy: worked values, uniform logits give ln(V), padded
+// columns neither win nor get gradient, finite-difference dlogits, bad targets, CpuOps
+// against the double reference and thread-count independence.
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+
+#include "catch.hpp"
+#include "error.hpp"
+#include "op_check.hpp"
+#include "reference/cpu_ops.hpp"
+#include "reference/ops_ref.hpp"
+
+using namespace gpt2;
+using namespace gpt2::test;
+
+TEST_CASE("classifier of logits [1, 2, 3] by hand") {
+  // loss = ln(e + e^2 + e^3) - 3; softmax worked out in Python.
+  double logits[] = {1, 2, 3, 0};  // V = 3, Vp = 4
+  const int target = 2;
+  double loss;
+  ref::classifier(logits, &loss, &target, 1, 3, 4, 0.5);
+  CHECK(loss == Approx(0.40760596444438013).epsilon(1e-14));
+  CHECK(logits[0] == Approx(0.5 * 0.09003057317038046).epsilon(1e-14));
+  CHECK(logits[1] == Approx(0.5 * 0.24472847105479767).epsilon(1e-14));
+  CHECK(logits[2] == Approx(0.5 * (0.6652409557748219 - 1)).epsilon(1e-14));
+  CHECK(logits[3] == 0);
+}
+
+TEST_CASE("classifier: uniform logits cost ln(V); padded columns never win") {
+  const int N = 3, V = 50257, Vp = 50304;
+  std::vector<double> logits(size_t(N) * Vp, 0.25);
+  for (int i = 0; i < N; i++)
+    for (int j = V; j < Vp; j++) logits[size_t(i) * Vp + j] = 1e4;  // would dominate
+  const int targets[] = {0, 17, V - 1};
+  std::vector<double> losses(N);
+  ref::classifier(logits.data(), losses.data(), targets, N, V, Vp, 1.0 / N);
+  for (int i = 0; i < N; i++) {
+    CHECK(losses[i] == Approx(std::log(double(V))).epsilon(1e-12));
+    for (int j = V; j < Vp; j++) REQUIRE(logits[size_t(i) * Vp + j] == 0);
+    // dlogits = (1/V - onehot) / N
+    CHECK(logits[size_t(i) * Vp + targets[i]] == Approx((1.0 / V - 1) / N).epsilon(1e-12));
+    CHECK(logits[size_t(i) * Vp + (targets[i] + 1) % V] == Approx(1.0 / V / N).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("classifier dlogits match finite differences of dloss * sum(losses)") {
+  const int N = 7, V = 12, Vp = 16;
+  const double dloss = 0.37;
+  std::mt19937 rng(16);
+  Vec logits = random_vec(size_t(N) * Vp, rng, 3.0);
+  const int targets[] = {0, 11, 3, 3, 7, 5, 1};
+  Vec work(logits.size()), losses(N);
+  auto loss = [&] {
+    work = logits;
+    ref::classifier(work.data(), losses.data(), targets, N, V, Vp, 0.0);
+    double s = 0.0;
+    for (double l : losses) s += l;
+    return dloss * s;
+  };
+  const Vec want = numeric_grad(logits, loss);  // padded columns: exactly 0
+  Vec dlogits = logits;  // overwritten in place, padded columns included
+  ref::classifier(dlogits.data(), losses.data(), targets, N, V, Vp, dloss);
+  const double e = rel_err(dlogits, want);
+  INFO("FD rel err dlogits " << e);
+  CHECK(e < 1e-6);
+
+  Vec untouched = logits;  // dloss = 0: losses only, logits kept
+  ref::classifier(untouched.data(), losses.data(), targets, N, V, Vp, 0.0);
+  CHECK(untouched == logits);
+}
+
+TEST_CASE("classifier rejects a target outside the vocabulary") {
+  std::vector<double> logits(2 * 8, 0.0), losses(2);
+  const int targets[] = {3, 6};
+  CHECK_THROWS_AS(ref::classifier(logits.data(), losses.data(), targets, 2, 6, 8, 1.0), Error);
+  CHECK_THROWS_WITH(ref::classifier(logits.data(), losses.data(), targets, 2, 6, 8, 1.0),
+                    Catch::Contains("target token 6 at row 1") && Catch::Contains("[0, 6)"));
+}
+
+TEST_CASE("CpuOps classifier matches the double reference, for any thread count") {
+  const int N = 21, V = 1000, Vp = 1024;
+  std::mt19937 rng(17);
+  const Vec logits = random_vec(size_t(N) * Vp, rng, 8.0);
+  std::vector<int> targets(N);
+  for (int& t : targets) t = int(rng() % V);
+  Vec dlogits = logits, losses(N);
+  ref::classifier(dlogits.data(), losses.data(), targets.data(), N, V, Vp, 1.0 / N);
+
+  struct Result { std::vector<float> dlogits, losses; };
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    Result r{to_float(logits), std::vector<float>(N)};
+    CpuOps().classifier(r.dlogits.data(), r.losses.data(), targets.data(), N, V, Vp, 1.f / N);
+    return r;
+  };
+  const int max_threads = omp_get_max_threads();
+  const Result one = run(1), three = run(3);
+  omp_set_num_threads(max_threads);
+  CHECK(rel_err(one.losses, losses) < 1e-5);
+  CHECK(rel_err(one.dlogits, dlogits) < 1e-5);
+  CHECK(one.losses == three.losses);
+  CHECK(one.dlogits == three.dlogits);
+}

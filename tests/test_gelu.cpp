@@ -1,0 +1,59 @@
+// GELU (tanh form): values worked out independently in Python, finite-difference
+// backward, in-place backward (dinp aliasing dout), CpuOps against the double reference.
+#include <random>
+
+#include "catch.hpp"
+#include "op_check.hpp"
+#include "reference/cpu_ops.hpp"
+#include "reference/ops_ref.hpp"
+
+using namespace gpt2;
+using namespace gpt2::test;
+
+TEST_CASE("gelu forward matches values computed in Python") {
+  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) with Python's math module.
+  const double x[] = {-3, -1, 0, 0.5, 2, 5};
+  const double want[] = {-0.0036373920817729943, -0.15880800939172324, 0.0,
+                         0.34571400982514394,    1.954597694087775,    4.999999770820381};
+  double out[6];
+  ref::gelu_forward(out, x, 6);
+  for (int i = 0; i < 6; i++) CHECK(out[i] == Approx(want[i]).epsilon(1e-13).margin(1e-300));
+}
+
+TEST_CASE("gelu backward matches finite differences, in place too") {
+  const size_t n = 7 * 12;
+  std::mt19937 rng(13);
+  Vec inp = random_vec(n, rng, 4.0);
+  const Vec dout = random_vec(n, rng);
+  Vec out(n);
+  auto loss = [&] {
+    ref::gelu_forward(out.data(), inp.data(), n);
+    return dot(out, dout);
+  };
+  const Vec want = numeric_grad(inp, loss);
+  Vec dinp = random_vec(n, rng);  // overwritten, not accumulated
+  ref::gelu_backward(dinp.data(), inp.data(), dout.data(), n);
+  const double e = rel_err(dinp, want);
+  INFO("FD rel err dinp " << e);
+  CHECK(e < 1e-6);
+
+  Vec inplace = dout;
+  ref::gelu_backward(inplace.data(), inp.data(), inplace.data(), n);
+  CHECK(inplace == dinp);
+}
+
+TEST_CASE("CpuOps gelu matches the double reference") {
+  const size_t n = 4099;
+  std::mt19937 rng(14);
+  const Vec inp = random_vec(n, rng, 6.0), dout = random_vec(n, rng);
+  Vec out(n), dinp(n);
+  ref::gelu_forward(out.data(), inp.data(), n);
+  ref::gelu_backward(dinp.data(), inp.data(), dout.data(), n);
+  const auto inp_f = to_float(inp), dout_f = to_float(dout);
+  std::vector<float> out_f(n), dinp_f(n);
+  CpuOps ops;
+  ops.gelu_forward(out_f.data(), inp_f.data(), n);
+  ops.gelu_backward(dinp_f.data(), inp_f.data(), dout_f.data(), n);
+  CHECK(rel_err(out_f, out) < 1e-5);
+  CHECK(rel_err(dinp_f, dinp) < 1e-5);
+}

@@ -1,0 +1,110 @@
+// LayerNorm: the [1, 2, 3] worked example, finite-difference backward, the += convention
+// of all three gradients, CpuOps against the double reference and thread-count
+// independence.
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+
+#include "catch.hpp"
+#include "op_check.hpp"
+#include "reference/cpu_ops.hpp"
+#include "reference/ops_ref.hpp"
+
+using namespace gpt2;
+using namespace gpt2::test;
+
+TEST_CASE("layernorm of [1, 2, 3] by hand") {
+  // mean 2, biased variance 2/3, so xhat = [-1, 0, 1] / sqrt(2/3 + 1e-5).
+  const double x[] = {1, 2, 3}, w[] = {1, 2, -1}, b[] = {0, 0.5, 1};
+  double out[3], mean, rstd;
+  ref::layernorm_forward(out, &mean, &rstd, x, w, b, 1, 3);
+  const double r = 1.0 / std::sqrt(2.0 / 3.0 + 1e-5);
+  CHECK(mean == Approx(2.0).epsilon(1e-14));
+  CHECK(rstd == Approx(r).epsilon(1e-14));
+  CHECK(out[0] == Approx(-r).epsilon(1e-14));
+  CHECK(out[1] == Approx(0.5).epsilon(1e-14));
+  CHECK(out[2] == Approx(-r + 1).epsilon(1e-14));
+  CHECK(r == Approx(1.2247357).epsilon(1e-7));  // the eps visibly shifts 1.2247449
+}
+
+TEST_CASE("layernorm backward matches finite differences and accumulates") {
+  const int N = 7, C = 12;
+  std::mt19937 rng(3);
+  Vec inp = random_vec(size_t(N) * C, rng, 2.0), w = random_vec(C, rng), b = random_vec(C, rng);
+  const Vec dout = random_vec(inp.size(), rng);
+  Vec out(inp.size()), mean(N), rstd(N);
+  auto loss = [&] {
+    ref::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
+                           N, C);
+    return dot(out, dout);
+  };
+  const Vec want_inp = numeric_grad(inp, loss), want_w = numeric_grad(w, loss),
+            want_b = numeric_grad(b, loss);
+  loss();  // mean and rstd of the unperturbed input
+
+  const Vec g0_inp = random_vec(inp.size(), rng), g0_w = random_vec(C, rng),
+            g0_b = random_vec(C, rng);
+  Vec dinp = g0_inp, dw = g0_w, db = g0_b;
+  auto backward = [&] {
+    ref::layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                            mean.data(), rstd.data(), N, C);
+  };
+  auto minus = [](const Vec& a, const Vec& b) {
+    Vec d(a.size());
+    for (size_t i = 0; i < a.size(); i++) d[i] = a[i] - b[i];
+    return d;
+  };
+  backward();
+  const Vec once_inp = minus(dinp, g0_inp), once_w = minus(dw, g0_w), once_b = minus(db, g0_b);
+  const double e_inp = rel_err(once_inp, want_inp), e_w = rel_err(once_w, want_w),
+               e_b = rel_err(once_b, want_b);
+  INFO("FD rel err dinp " << e_inp << " dweight " << e_w << " dbias " << e_b);
+  CHECK(e_inp < 1e-6);
+  CHECK(e_w < 1e-6);
+  CHECK(e_b < 1e-6);
+
+  backward();  // all three outputs are += (dinp carries the residual stream's gradient)
+  for (size_t i = 0; i < dinp.size(); i++) CHECK(dinp[i] == Approx(g0_inp[i] + 2 * once_inp[i]));
+  for (int c = 0; c < C; c++) CHECK(dw[c] == Approx(g0_w[c] + 2 * once_w[c]));
+  for (int c = 0; c < C; c++) CHECK(db[c] == Approx(g0_b[c] + 2 * once_b[c]));
+}
+
+TEST_CASE("CpuOps layernorm matches the double reference, for any thread count") {
+  // C = 200 spans several of the backward's 64-column blocks, the last one partial.
+  const int N = 33, C = 200;
+  std::mt19937 rng(4);
+  const Vec inp = random_vec(size_t(N) * C, rng, 3.0), w = random_vec(C, rng),
+            b = random_vec(C, rng), dout = random_vec(inp.size(), rng);
+  Vec out(inp.size()), mean(N), rstd(N), dinp(inp.size(), 0.0), dw(C, 0.0), db(C, 0.0);
+  ref::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N,
+                         C);
+  ref::layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                          mean.data(), rstd.data(), N, C);
+
+  const auto inp_f = to_float(inp), w_f = to_float(w), b_f = to_float(b), dout_f = to_float(dout);
+  struct Result { std::vector<float> out, mean, rstd, dinp, dw, db; };
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    Result r{std::vector<float>(inp.size()), std::vector<float>(N), std::vector<float>(N),
+             std::vector<float>(inp.size()), std::vector<float>(C), std::vector<float>(C)};
+    CpuOps ops;
+    ops.layernorm_forward(r.out.data(), r.mean.data(), r.rstd.data(), inp_f.data(), w_f.data(),
+                          b_f.data(), N, C);
+    ops.layernorm_backward(r.dinp.data(), r.dw.data(), r.db.data(), dout_f.data(), inp_f.data(),
+                           w_f.data(), r.mean.data(), r.rstd.data(), N, C);
+    return r;
+  };
+  const int max_threads = omp_get_max_threads();
+  const Result one = run(1), three = run(3);
+  omp_set_num_threads(max_threads);
+  CHECK(rel_err(one.out, out) < 1e-5);
+  CHECK(rel_err(one.rstd, rstd) < 1e-5);
+  CHECK(rel_err(one.dinp, dinp) < 1e-5);
+  CHECK(rel_err(one.dw, dw) < 1e-5);
+  CHECK(rel_err(one.db, db) < 1e-5);
+  CHECK(one.out == three.out);
+  CHECK(one.dinp == three.dinp);
+  CHECK(one.dw == three.dw);
+  CHECK(one.db == three.db);
+}

@@ -1,0 +1,180 @@
+// Linear layer: hand-computed forward, finite-difference backward (also through the
+// GELU of the input), the overwrite/accumulate conventions, CpuOps' Eigen path against
+// the double loops, and a hidden benchmark: ./build/test_matmul "[bench]".
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "catch.hpp"
+#include "op_check.hpp"
+#include "reference/cpu_ops.hpp"
+#include "reference/ops_ref.hpp"
+
+using namespace gpt2;
+using namespace gpt2::test;
+
+TEST_CASE("matmul forward by hand: inp @ weight^T + bias") {
+  const double inp[] = {1, 2, -1, 3};          // N = 2, C = 2
+  const double w[] = {1, 0, 0, 1, 1, 1};       // OC = 3: rows e1, e2, e1 + e2
+  const double bias[] = {0.5, 0, -1};
+  double out[6], gelu_out[6], no_bias[6];
+  ref::matmul_forward(out, gelu_out, inp, w, bias, 2, 2, 3);
+  const double want[] = {1.5, 2, 2, -0.5, 3, 1};
+  for (int i = 0; i < 6; i++) CHECK(out[i] == want[i]);
+  ref::matmul_forward<double>(no_bias, nullptr, inp, w, nullptr, 2, 2, 3);
+  const double want_no_bias[] = {1, 2, 3, -1, 3, 2};
+  for (int i = 0; i < 6; i++) CHECK(no_bias[i] == want_no_bias[i]);
+  // The epilogue writes gelu(pre) and leaves pre in out; gelu(2) = 1.9545976941 and
+  // gelu(-0.5) = -0.1542859902 (tanh form, worked out independently in Python).
+  CHECK(gelu_out[1] == Approx(1.9545976941).epsilon(1e-9));
+  CHECK(gelu_out[3] == Approx(-0.1542859902).epsilon(1e-9));
+}
+
+namespace {
+Vec minus(const Vec& a, const Vec& b) {
+  Vec d(a.size());
+  for (size_t i = 0; i < a.size(); i++) d[i] = a[i] - b[i];
+  return d;
+}
+}  // namespace
+
+TEST_CASE("matmul backward matches finite differences; dinp is overwritten, dweight/dbias +=") {
+  const int N = 7, C = 12, OC = 9;
+  std::mt19937 rng(5);
+  Vec inp = random_vec(size_t(N) * C, rng), w = random_vec(size_t(OC) * C, rng),
+      b = random_vec(OC, rng);
+  const Vec dout = random_vec(size_t(N) * OC, rng);
+  Vec out(dout.size());
+  auto loss = [&] {
+    ref::matmul_forward<double>(out.data(), nullptr, inp.data(), w.data(), b.data(), N, C, OC);
+    return dot(out, dout);
+  };
+  const Vec want_inp = numeric_grad(inp, loss), want_w = numeric_grad(w, loss),
+            want_b = numeric_grad(b, loss);
+
+  const Vec g0_w = random_vec(w.size(), rng), g0_b = random_vec(OC, rng);
+  Vec dinp = random_vec(inp.size(), rng), dw = g0_w, db = g0_b;
+  auto backward = [&] {
+    ref::matmul_backward<double>(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(),
+                                 w.data(), nullptr, N, C, OC);
+  };
+  backward();
+  const Vec once_w = minus(dw, g0_w), once_b = minus(db, g0_b);
+  const double e_inp = rel_err(dinp, want_inp), e_w = rel_err(once_w, want_w),
+               e_b = rel_err(once_b, want_b);
+  INFO("FD rel err dinp " << e_inp << " dweight " << e_w << " dbias " << e_b);
+  CHECK(e_inp < 1e-6);
+  CHECK(e_w < 1e-6);
+  CHECK(e_b < 1e-6);
+
+  const Vec dinp_once = dinp;
+  backward();
+  CHECK(dinp == dinp_once);
+  for (size_t i = 0; i < dw.size(); i++) CHECK(dw[i] == Approx(g0_w[i] + 2 * once_w[i]));
+  for (int o = 0; o < OC; o++) CHECK(db[o] == Approx(g0_b[o] + 2 * once_b[o]));
+}
+
+TEST_CASE("matmul backward through the input's GELU matches finite differences") {
+  // The MLP's projection: its input is gelu(pre); pre_gelu folds gelu' into dinp.
+  const int N = 7, C = 12, OC = 5;
+  std::mt19937 rng(6);
+  Vec pre = random_vec(size_t(N) * C, rng, 3.0);
+  const Vec w = random_vec(size_t(OC) * C, rng), dout = random_vec(size_t(N) * OC, rng);
+  Vec act(pre.size()), out(dout.size());
+  auto loss = [&] {
+    ref::gelu_forward(act.data(), pre.data(), act.size());
+    ref::matmul_forward<double>(out.data(), nullptr, act.data(), w.data(), nullptr, N, C, OC);
+    return dot(out, dout);
+  };
+  const Vec want = numeric_grad(pre, loss);
+  loss();
+  Vec dpre(pre.size());
+  ref::matmul_backward<double>(dpre.data(), nullptr, nullptr, dout.data(), act.data(), w.data(),
+                               pre.data(), N, C, OC);
+  const double e = rel_err(dpre, want);
+  INFO("FD rel err dpre " << e);
+  CHECK(e < 1e-6);
+}
+
+TEST_CASE("CpuOps matmul (Eigen) matches the double loops and repeats bit for bit") {
+  // Big enough for Eigen's blocked, threaded GEMM; odd sizes exercise its edges.
+  const int N = 67, C = 96, OC = 130;
+  std::mt19937 rng(7);
+  const Vec inp = random_vec(size_t(N) * C, rng), w = random_vec(size_t(OC) * C, rng),
+            b = random_vec(OC, rng), pre = random_vec(inp.size(), rng, 3.0),
+            dout = random_vec(size_t(N) * OC, rng);
+  const Vec g0_w = random_vec(w.size(), rng), g0_b = random_vec(OC, rng);
+  Vec out(dout.size()), gout(dout.size()), dinp(inp.size()), dw = g0_w, db = g0_b;
+  ref::matmul_forward(out.data(), gout.data(), inp.data(), w.data(), b.data(), N, C, OC);
+  ref::matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                       pre.data(), N, C, OC);
+
+  const auto inp_f = to_float(inp), w_f = to_float(w), b_f = to_float(b), pre_f = to_float(pre),
+             dout_f = to_float(dout);
+  struct Result { std::vector<float> out, gout, dinp, dw, db; };
+  auto run = [&] {
+    Result r{std::vector<float>(out.size()), std::vector<float>(out.size()),
+             std::vector<float>(inp.size(), 7.f), to_float(g0_w), to_float(g0_b)};
+    CpuOps ops;
+    ops.matmul_forward(r.out.data(), r.gout.data(), inp_f.data(), w_f.data(), b_f.data(), N, C,
+                       OC);
+    ops.matmul_backward(r.dinp.data(), r.dw.data(), r.db.data(), dout_f.data(), inp_f.data(),
+                        w_f.data(), pre_f.data(), N, C, OC);
+    return r;
+  };
+  const Result first = run(), second = run();
+  CHECK(rel_err(first.out, out) < 1e-5);
+  CHECK(rel_err(first.gout, gout) < 1e-5);
+  CHECK(rel_err(first.dinp, dinp) < 1e-5);
+  CHECK(rel_err(first.dw, dw) < 1e-5);
+  CHECK(rel_err(first.db, db) < 1e-5);
+  CHECK(first.out == second.out);
+  CHECK(first.dinp == second.dinp);
+  CHECK(first.dw == second.dw);
+
+  // Null bias in forward; null dinp and dbias in backward leave those untouched.
+  Vec out_nb(out.size());
+  ref::matmul_forward<double>(out_nb.data(), nullptr, inp.data(), w.data(), nullptr, N, C, OC);
+  std::vector<float> out_nb_f(out.size()), dw_f = to_float(g0_w);
+  CpuOps ops;
+  ops.matmul_forward(out_nb_f.data(), nullptr, inp_f.data(), w_f.data(), nullptr, N, C, OC);
+  ops.matmul_backward(nullptr, dw_f.data(), nullptr, dout_f.data(), inp_f.data(), w_f.data(),
+                      nullptr, N, C, OC);
+  CHECK(rel_err(out_nb_f, out_nb) < 1e-5);
+  CHECK(dw_f == first.dw);
+}
+
+TEST_CASE("CpuOps matmul speed at GPT-2 124M's MLP shape", "[.][bench]") {
+  const int N = 256, C = 768, OC = 3072;
+  std::mt19937 rng(8);
+  const auto inp = to_float(random_vec(size_t(N) * C, rng)),
+             w = to_float(random_vec(size_t(OC) * C, rng)), b = to_float(random_vec(OC, rng)),
+             dout = to_float(random_vec(size_t(N) * OC, rng));
+  std::vector<float> out(size_t(N) * OC), dinp(inp.size()), dw(w.size()), db(OC);
+  CpuOps ops;
+  const double flop = 2.0 * N * C * OC;
+  auto time = [&](auto&& f) {
+    f();  // warm-up
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+      const auto t0 = std::chrono::steady_clock::now();
+      f();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                                .count());
+    }
+    return best;
+  };
+  const double fwd = time([&] {
+    ops.matmul_forward(out.data(), nullptr, inp.data(), w.data(), b.data(), N, C, OC);
+  });
+  const double bwd = time([&] {
+    ops.matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                        nullptr, N, C, OC);
+  });
+  std::printf("matmul %d x %d x %d, %d threads: forward %.2f ms (%.1f GFLOP/s), backward %.2f ms"
+              " (%.1f GFLOP/s)\n",
+              N, C, OC, omp_get_max_threads(), fwd * 1e3, flop / fwd * 1e-9, bwd * 1e3,
+              2 * flop / bwd * 1e-9);
+}
