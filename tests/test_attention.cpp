@@ -3,7 +3,9 @@
 // double reference and thread-count independence.
 #include <omp.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "catch.hpp"
@@ -146,4 +148,44 @@ TEMPLATE_TEST_CASE("CudaOps attention matches the reference (T not a multiple of
                                as<R>(out_t).data(), as<R>(lse_f).data(), s.B, s.T, C, s.NH);
     CHECK(rel_err(gpu.download(d_dqkv, 3 * n), dqkv) <= tol);
   }
+}
+
+// Hidden: ./build/test_attention "[cudabench]" times the attention kernels at GPT-2
+// 124M's shape (B 8, T 1024, 12 heads of 64) against the qkv matmul that feeds them.
+TEMPLATE_TEST_CASE("CudaOps attention speed at GPT-2 124M's shape", "[.][cudabench]", float,
+                   bf16) {
+  const int B = 8, T = 1024, NH = 12, C = 768, N = B * T;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  std::mt19937 rng(1);
+  auto qkv = gpu.upload<TestType>(random_vec(size_t(N) * 3 * C, rng));
+  auto dout = gpu.upload<TestType>(random_vec(size_t(N) * C, rng));
+  auto w = gpu.upload<TestType>(random_vec(size_t(3) * C * C, rng, 0.03));
+  auto out = gpu.zeros<TestType>(size_t(N) * C), dqkv = gpu.zeros<TestType>(size_t(N) * 3 * C);
+  auto lse = gpu.zeros<float>(size_t(B) * NH * T);
+  auto time_ms = [&](auto&& f) {
+    f();
+    gpu.dev->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; i++) f();
+    gpu.dev->synchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+               .count() / 10;
+  };
+  const double fwd = time_ms(
+      [&] { ops->attention_forward(out.get(), lse.get(), qkv.get(), B, T, C, NH); });
+  const double bwd = time_ms([&] {
+    ops->attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), B, T, C,
+                            NH);
+  });
+  const double mm = time_ms([&] {
+    ops->matmul_forward(dqkv.get(), nullptr, out.get(), w.get(), nullptr, N, C, 3 * C);
+  });
+  // Causal attention: 2 matmuls of T^2/2 x HS per head forward, 5 (with recompute) backward.
+  const double flop = 2.0 * B * NH * (double(T) * T / 2) * 64;
+  std::printf("%s attention fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s); "
+              "qkv matmul %.3f ms (%.1f TFLOP/s)\n",
+              std::is_same_v<TestType, float> ? "fp32" : "bf16", fwd, 2 * flop / fwd / 1e9, bwd,
+              5 * flop / bwd / 1e9, mm, 2.0 * N * C * 3 * C / mm / 1e9);
+  CHECK(fwd > 0);
 }

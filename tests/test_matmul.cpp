@@ -225,8 +225,10 @@ TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, D
     ref::matmul_backward<R>(dinp.data(), dw.data(), db.data(), as<R>(dout).data(),
                             as<R>(inp).data(), as<R>(w).data(), as<R>(pre_gelu).data(), s.N,
                             s.C, s.OC);
-    CHECK(rel_err(gpu.download(d_dinp, nin), dinp) <= tol);
-    CHECK(rel_err(gpu.download(d_dw, w.size()), dw) <= tol);
+    // DGELU and beta = 1 epilogues round twice in bf16 (see gpu_check.hpp).
+    constexpr double tol2 = tolerance_twice_rounded<TestType>();
+    CHECK(rel_err(gpu.download(d_dinp, nin), dinp) <= tol2);
+    CHECK(rel_err(gpu.download(d_dw, w.size()), dw) <= tol2);
     CHECK(rel_err(gpu.download(d_db, s.OC), db) <= tol);
     ops->matmul_backward(d_dinp.get(), nullptr, nullptr, d_dout.get(), d_inp.get(), d_w.get(),
                          nullptr, s.N, s.C, s.OC);
