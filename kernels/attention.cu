@@ -17,8 +17,10 @@
 // Splitting dK/dV from dQ costs one extra recompute of p but needs no atomics, so the
 // backward is deterministic. All math is fp32 (bf16 only as storage); exp is the
 // accurate expf so fp32 results match the reference to rounding.
-// Not yet done: tensor cores (mma) for the two dot products; these kernels use the FMA
-// pipes, which is simple and exact but leaves most of an H100 idle.
+// Not yet done: tensor cores (mma) for the dot products; these kernels use the FMA pipes,
+// simple and exact but slow. Measured on an H200 at B 8, T 1024, 12 heads of 64
+// (tests/test_attention.cpp "[cudabench]"): forward 1.17 ms, backward 4.1 ms in fp32 or
+// bf16 (11 and 8 TFLOP/s), against 0.05 ms for the bf16 qkv matmul.
 #include "cuda_check.cuh"
 #include "error.hpp"
 #include "kernels.cuh"
