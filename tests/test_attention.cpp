@@ -24,8 +24,12 @@ TEST_CASE("attention with zero queries averages the causal prefix of each head")
   std::vector<double> qkv(size_t(T) * 3 * C, 0.0);
   const double k[T][4] = {{1, -2, 3, 0.5}, {2, 1, -1, 4}, {-3, 2, 2, 1}};
   const double v[T][4] = {{1, 2, 10, 0}, {3, 4, 20, -6}, {5, 9, 60, 3}};
-  for (int t = 0; t < T; t++)
-    for (int c = 0; c < C; c++) qkv[t * 3 * C + C + c] = k[t][c], qkv[t * 3 * C + 2 * C + c] = v[t][c];
+  for (int t = 0; t < T; t++) {
+    for (int c = 0; c < C; c++) {
+      qkv[t * 3 * C + C + c] = k[t][c];
+      qkv[t * 3 * C + 2 * C + c] = v[t][c];
+    }
+  }
   std::vector<double> out(size_t(T) * C), lse(size_t(NH) * T);
   ref::attention_forward(out.data(), lse.data(), qkv.data(), 1, T, C, NH);
   const double want[T][4] = {{1, 2, 10, 0}, {2, 3, 15, -3}, {3, 5, 30, -1}};
@@ -76,7 +80,7 @@ TEST_CASE("attention backward matches finite differences and overwrites dqkv") {
 }
 
 TEST_CASE("CpuOps attention matches the double reference, for any thread count") {
-  const int B = 2, T = 33, C = 48, NH = 4;
+  const int B = 2, T = 33, C = 48, NH = 4;  // B*NH*T*T*HS > kParallelMinWork: threaded
   std::mt19937 rng(12);
   const Vec qkv = random_vec(size_t(B) * T * 3 * C, rng, 2.0),
             dout = random_vec(size_t(B) * T * C, rng);

@@ -44,7 +44,7 @@ TEST_CASE("gelu backward matches finite differences, in place too") {
 }
 
 TEST_CASE("CpuOps gelu matches the double reference") {
-  const size_t n = 4099;
+  const size_t n = 40009;  // above kParallelMinWork: threaded
   std::mt19937 rng(14);
   const Vec inp = random_vec(n, rng, 6.0), dout = random_vec(n, rng);
   Vec out(n), dinp(n);

@@ -72,8 +72,9 @@ TEST_CASE("layernorm backward matches finite differences and accumulates") {
 }
 
 TEST_CASE("CpuOps layernorm matches the double reference, for any thread count") {
-  // C = 200 spans several of the backward's 64-column blocks, the last one partial.
-  const int N = 33, C = 200;
+  // C = 520 spans nine of the backward's 64-column blocks, the last one partial;
+  // N * C is above kParallelMinWork, so the loops really run threaded.
+  const int N = 70, C = 520;
   std::mt19937 rng(4);
   const Vec inp = random_vec(size_t(N) * C, rng, 3.0), w = random_vec(C, rng),
             b = random_vec(C, rng), dout = random_vec(inp.size(), rng);

@@ -28,7 +28,7 @@ TEST_CASE("residual forward adds, also in place") {
 }
 
 TEST_CASE("CpuOps residual matches the double reference") {
-  const size_t n = 7 * 12 * 3 + 1;
+  const size_t n = 40001;  // above kParallelMinWork: threaded
   std::mt19937 rng(15);
   const Vec a = random_vec(n, rng), b = random_vec(n, rng);
   Vec out(n);

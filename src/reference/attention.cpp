@@ -15,7 +15,7 @@ template <class S>
 void attention_forward(S* out, S* lse, const S* qkv, int B, int T, int C, int NH) {
   const int HS = C / NH;
   const double scale = 1.0 / std::sqrt(double(HS));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(B) * NH * T * T * HS >= kParallelMinWork)
   for (int bh = 0; bh < B * NH; bh++) {
     const int b = bh / NH, h = bh % NH;
     const S* base = qkv + size_t(b) * T * 3 * C;
@@ -55,7 +55,7 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
   if (!dqkv) return;
   const int HS = C / NH;
   const double scale = 1.0 / std::sqrt(double(HS));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(B) * NH * T * T * HS >= kParallelMinWork)
   for (int bh = 0; bh < B * NH; bh++) {
     const int b = bh / NH, h = bh % NH;
     const S* base = qkv + size_t(b) * T * 3 * C;

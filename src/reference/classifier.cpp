@@ -17,7 +17,7 @@ void classifier(S* logits, S* losses, const int* targets, int N, int V, int Vp, 
       fail("classifier: target token ", targets[i], " at row ", i,
            " is outside the vocabulary [0, ", V, "); check the data shards' tokenizer");
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * V >= kParallelMinWork)
   for (int i = 0; i < N; i++) {
     S* row = logits + size_t(i) * Vp;
     double mx = -std::numeric_limits<double>::infinity();

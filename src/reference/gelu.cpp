@@ -6,7 +6,7 @@ namespace gpt2::ref {
 
 template <class S>
 void gelu_forward(S* out, const S* inp, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (size_t i = 0; i < n; i++) out[i] = S(gelu(double(inp[i])));
 }
 
@@ -14,7 +14,7 @@ void gelu_forward(S* out, const S* inp, size_t n) {
 template <class S>
 void gelu_backward(S* dinp, const S* inp, const S* dout, size_t n) {
   if (!dinp) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (size_t i = 0; i < n; i++) dinp[i] = S(double(dout[i]) * gelu_grad(double(inp[i])));
 }
 

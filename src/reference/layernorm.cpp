@@ -17,7 +17,7 @@ constexpr int kColumnBlock = 64;
 template <class S>
 void layernorm_forward(S* out, S* mean, S* rstd, const S* inp, const S* weight, const S* bias,
                        int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMinWork)
   for (int i = 0; i < N; i++) {
     const S* x = inp + size_t(i) * C;
     double sum = 0.0;
@@ -39,7 +39,7 @@ template <class S>
 void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
                         const S* weight, const S* mean, const S* rstd, int N, int C) {
   if (dinp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMinWork)
     for (int i = 0; i < N; i++) {
       const S* x = inp + size_t(i) * C;
       const S* d = dout + size_t(i) * C;
@@ -60,7 +60,7 @@ void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* i
   }
   if (!dweight && !dbias) return;
   const int blocks = (C + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMinWork)
   for (int blk = 0; blk < blocks; blk++) {
     const int c0 = blk * kColumnBlock, c1 = std::min(C, c0 + kColumnBlock);
     std::vector<double> dw(c1 - c0, 0.0), db(c1 - c0, 0.0);

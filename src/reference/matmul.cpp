@@ -10,7 +10,7 @@ namespace gpt2::ref {
 template <class S>
 void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N,
                     int C, int OC) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
   for (int n = 0; n < N; n++) {
     const S* x = inp + size_t(n) * C;
     for (int o = 0; o < OC; o++) {
@@ -27,7 +27,7 @@ template <class S>
 void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
                      const S* weight, const S* pre_gelu, int N, int C, int OC) {
   if (dinp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
     for (int n = 0; n < N; n++) {
       const S* d = dout + size_t(n) * OC;
       for (int c = 0; c < C; c++) {
@@ -39,7 +39,7 @@ void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
     }
   }
   if (dweight || dbias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
     for (int o = 0; o < OC; o++) {
       std::vector<double> dw(dweight ? C : 0, 0.0);
       double db = 0.0;

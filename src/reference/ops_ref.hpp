@@ -56,6 +56,11 @@ void residual_forward(S* out, const S* a, const S* b, size_t n);
 template <class S>
 void classifier(S* logits, S* losses, const int* targets, int N, int V, int Vp, S dloss);
 
+// Loops go parallel (OpenMP `if` clause) only above this many inner iterations: a
+// parallel region costs microseconds on an idle machine and milliseconds on a loaded
+// one, which the tests' finite differences (thousands of tiny forwards) would feel.
+constexpr size_t kParallelMinWork = size_t(1) << 15;
+
 // GELU (tanh form, as GPT-2) and its derivative, shared by gelu.cpp and matmul.cpp's
 // GELU epilogue/backward so both use one formula.
 constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2 / pi)

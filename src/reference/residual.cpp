@@ -5,7 +5,7 @@ namespace gpt2::ref {
 
 template <class S>
 void residual_forward(S* out, const S* a, const S* b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
