@@ -3,7 +3,9 @@
 #include <memory>
 #include <string>
 
+#include "dtype.hpp"
 #include "memory.hpp"
+#include "ops.hpp"
 
 namespace gpt2 {
 
@@ -12,5 +14,16 @@ namespace gpt2 {
 bool cuda_usable(std::string* why);
 // The GPU device for `rank` (Error if unusable).
 std::unique_ptr<Device> make_cuda_device(int gpu);
+
+// The CUDA kernels (kernels/cuda_ops.cu) for T = float or bf16 on a CUDA `dev`, which
+// also holds their cuBLASLt workspace and scratch (MemCategory::workspace).
+template <class T>
+std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev);
+
+// Adds the sum of squares of the device buffer x[0, n) to the device float *acc
+// (fp32 accumulation, deterministic): the global gradient norm is the sqrt of the
+// running total. Runs on the default stream.
+template <class T>
+void cuda_sum_squares(float* acc, const T* x, size_t n);
 
 }  // namespace gpt2

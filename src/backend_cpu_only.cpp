@@ -1,4 +1,4 @@
-// Stand-ins for kernels/cuda_device.cu in a build without CUDA.
+// Stand-ins for kernels/cuda_device.cu and kernels/cuda_ops.cu in a build without CUDA.
 #ifndef TRAIN_GPT2_CUDA
 #include "backend.hpp"
 #include "error.hpp"
@@ -13,6 +13,20 @@ bool cuda_usable(std::string* why) {
 std::unique_ptr<Device> make_cuda_device(int) {
   fail("this build has no CUDA support (rebuild on a machine with nvcc, or set train.device=cpu)");
 }
+
+template <class T>
+std::unique_ptr<Ops<T>> make_cuda_ops(Device&) {
+  fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
+}
+template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&);
+template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&);
+
+template <class T>
+void cuda_sum_squares(float*, const T*, size_t) {
+  fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
+}
+template void cuda_sum_squares<float>(float*, const float*, size_t);
+template void cuda_sum_squares<bf16>(float*, const bf16*, size_t);
 
 }  // namespace gpt2
 #endif

@@ -3,10 +3,13 @@
 // double reference and thread-count independence.
 #include <omp.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "catch.hpp"
+#include "gpu_check.hpp"
 #include "op_check.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ops_ref.hpp"
@@ -111,4 +114,82 @@ TEST_CASE("CpuOps attention matches the double reference, for any thread count")
   std::vector<float> out_no_lse(out.size());
   CpuOps().attention_forward(out_no_lse.data(), nullptr, qkv_f.data(), B, T, C, NH);
   CHECK(out_no_lse == one.out);
+}
+
+TEMPLATE_TEST_CASE("CudaOps attention matches the reference (T not a multiple of the tiles)",
+                   "[gpu]", float, bf16) {
+  using R = RefScalar<TestType>;
+  constexpr double tol = tolerance<TestType>();
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  struct Shape { int B, T, NH, HS; };
+  for (const Shape s : {Shape{1, 37, 3, 32}, Shape{2, 130, 2, 64}, Shape{1, 200, 4, 64},
+                        Shape{3, 64, 1, 64}}) {
+    INFO("B " << s.B << " T " << s.T << " NH " << s.NH << " HS " << s.HS);
+    const int C = s.NH * s.HS;
+    const size_t n = size_t(s.B) * s.T * C;
+    std::mt19937 rng(s.B * 100 + s.T + s.NH);
+    // Scale 2 makes scores of O(1..10): peaked rows that exercise the online max.
+    const Vec qkv = rounded<TestType>(random_vec(3 * n, rng, 2.0)),
+              dout = rounded<TestType>(random_vec(n, rng));
+    auto d_qkv = gpu.upload<TestType>(qkv), d_out = gpu.zeros<TestType>(n);
+    auto d_lse = gpu.zeros<float>(size_t(s.B) * s.NH * s.T);
+    ops->attention_forward(d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, C, s.NH);
+    std::vector<R> out(n), lse(size_t(s.B) * s.NH * s.T);
+    ref::attention_forward<R>(out.data(), lse.data(), as<R>(qkv).data(), s.B, s.T, C, s.NH);
+    CHECK(rel_err(gpu.download(d_out, n), out) <= tol);
+    CHECK(rel_err(gpu.download(d_lse, lse.size()), lse) <= stat_tolerance<TestType>());
+
+    // Backward from the reference's forward, stored as the model would store it.
+    const Vec out_t = rounded<TestType>(to_double(out)), lse_f = rounded<float>(to_double(lse));
+    auto d_dout = gpu.upload<TestType>(dout), d_out_t = gpu.upload<TestType>(out_t);
+    auto d_lse_f = gpu.upload<float>(lse_f);
+    auto d_dqkv = gpu.upload<TestType>(random_vec(3 * n, rng));  // must be overwritten
+    ops->attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out_t.get(),
+                            d_lse_f.get(), s.B, s.T, C, s.NH);
+    std::vector<R> dqkv(3 * n);
+    ref::attention_backward<R>(dqkv.data(), as<R>(dout).data(), as<R>(qkv).data(),
+                               as<R>(out_t).data(), as<R>(lse_f).data(), s.B, s.T, C, s.NH);
+    CHECK(rel_err(gpu.download(d_dqkv, 3 * n), dqkv) <= tol);
+  }
+}
+
+// Hidden: ./build/test_attention "[cudabench]" times the attention kernels at GPT-2
+// 124M's shape (B 8, T 1024, 12 heads of 64) against the qkv matmul that feeds them.
+TEMPLATE_TEST_CASE("CudaOps attention speed at GPT-2 124M's shape", "[.][cudabench]", float,
+                   bf16) {
+  const int B = 8, T = 1024, NH = 12, C = 768, N = B * T;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  std::mt19937 rng(1);
+  auto qkv = gpu.upload<TestType>(random_vec(size_t(N) * 3 * C, rng));
+  auto dout = gpu.upload<TestType>(random_vec(size_t(N) * C, rng));
+  auto w = gpu.upload<TestType>(random_vec(size_t(3) * C * C, rng, 0.03));
+  auto out = gpu.zeros<TestType>(size_t(N) * C), dqkv = gpu.zeros<TestType>(size_t(N) * 3 * C);
+  auto lse = gpu.zeros<float>(size_t(B) * NH * T);
+  auto time_ms = [&](auto&& f) {
+    f();
+    gpu.dev->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; i++) f();
+    gpu.dev->synchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+               .count() / 10;
+  };
+  const double fwd = time_ms(
+      [&] { ops->attention_forward(out.get(), lse.get(), qkv.get(), B, T, C, NH); });
+  const double bwd = time_ms([&] {
+    ops->attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), B, T, C,
+                            NH);
+  });
+  const double mm = time_ms([&] {
+    ops->matmul_forward(dqkv.get(), nullptr, out.get(), w.get(), nullptr, N, C, 3 * C);
+  });
+  // Causal attention: 2 matmuls of T^2/2 x HS per head forward, 5 (with recompute) backward.
+  const double flop = 2.0 * B * NH * (double(T) * T / 2) * 64;
+  std::printf("%s attention fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s); "
+              "qkv matmul %.3f ms (%.1f TFLOP/s)\n",
+              std::is_same_v<TestType, float> ? "fp32" : "bf16", fwd, 2 * flop / fwd / 1e9, bwd,
+              5 * flop / bwd / 1e9, mm, 2.0 * N * C * 3 * C / mm / 1e9);
+  CHECK(fwd > 0);
 }

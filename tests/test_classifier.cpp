@@ -8,6 +8,7 @@
 
 #include "catch.hpp"
 #include "error.hpp"
+#include "gpu_check.hpp"
 #include "op_check.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ops_ref.hpp"
@@ -102,4 +103,36 @@ TEST_CASE("CpuOps classifier matches the double reference, for any thread count"
   CHECK(rel_err(one.dlogits, dlogits) < 1e-5);
   CHECK(one.losses == three.losses);
   CHECK(one.dlogits == three.dlogits);
+}
+
+TEMPLATE_TEST_CASE("CudaOps classifier matches the reference and zeroes padded columns",
+                   "[gpu]", float, bf16) {
+  using R = RefScalar<TestType>;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  struct Shape { int N, V, Vp; };
+  for (const Shape s : {Shape{1, 10, 16}, Shape{5, 1000, 1024}, Shape{3, 50257, 50304}}) {
+    INFO("N " << s.N << " V " << s.V << " Vp " << s.Vp);
+    std::mt19937 rng(s.N + s.V);
+    const size_t n = size_t(s.N) * s.Vp;
+    // Padded columns hold garbage: they must not enter the softmax and must come back 0.
+    const Vec logits = rounded<TestType>(random_vec(n, rng, 4.0));
+    std::vector<int> targets(s.N);
+    std::uniform_int_distribution<int> tok(0, s.V - 1);
+    for (int& t : targets) t = tok(rng);
+    auto d_targets = gpu.upload_ints(targets);
+    auto d_logits = gpu.upload<TestType>(logits);
+    auto d_losses = gpu.zeros<float>(s.N);
+    const R dloss = R(1.0 / s.N);
+    ops->classifier(d_logits.get(), d_losses.get(), d_targets.get(), s.N, s.V, s.Vp, 0.f);
+    std::vector<R> dlogits = as<R>(logits), losses(s.N);
+    ref::classifier<R>(dlogits.data(), losses.data(), targets.data(), s.N, s.V, s.Vp, dloss);
+    CHECK(rel_err(gpu.download(d_losses, s.N), losses) <= stat_tolerance<TestType>());
+    CHECK(gpu.download(d_logits, n) == logits);  // dloss 0: logits left alone
+
+    ops->classifier(d_logits.get(), d_losses.get(), d_targets.get(), s.N, s.V, s.Vp,
+                    float(dloss));
+    CHECK(rel_err(gpu.download(d_losses, s.N), losses) <= stat_tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_logits, n), dlogits) <= tolerance<TestType>());
+  }
 }

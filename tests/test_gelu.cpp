@@ -3,6 +3,7 @@
 #include <random>
 
 #include "catch.hpp"
+#include "gpu_check.hpp"
 #include "op_check.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ops_ref.hpp"
@@ -56,4 +57,26 @@ TEST_CASE("CpuOps gelu matches the double reference") {
   ops.gelu_backward(dinp_f.data(), inp_f.data(), dout_f.data(), n);
   CHECK(rel_err(out_f, out) < 1e-5);
   CHECK(rel_err(dinp_f, dinp) < 1e-5);
+}
+
+TEMPLATE_TEST_CASE("CudaOps gelu matches the reference, in place too", "[gpu]", float, bf16) {
+  using R = RefScalar<TestType>;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  for (const size_t n : {size_t(1), size_t(1000), size_t(100003)}) {
+    INFO("n " << n);
+    std::mt19937 rng{unsigned(n)};
+    const Vec inp = rounded<TestType>(random_vec(n, rng, 4.0)),
+              dout = rounded<TestType>(random_vec(n, rng));
+    auto d_inp = gpu.upload<TestType>(inp), d_out = gpu.zeros<TestType>(n);
+    ops->gelu_forward(d_out.get(), d_inp.get(), n);
+    std::vector<R> out(n), dinp(n);
+    ref::gelu_forward<R>(out.data(), as<R>(inp).data(), n);
+    CHECK(rel_err(gpu.download(d_out, n), out) <= tolerance<TestType>());
+
+    auto d_dout = gpu.upload<TestType>(dout);
+    ops->gelu_backward(d_dout.get(), d_inp.get(), d_dout.get(), n);  // dinp aliases dout
+    ref::gelu_backward<R>(dinp.data(), as<R>(inp).data(), as<R>(dout).data(), n);
+    CHECK(rel_err(gpu.download(d_dout, n), dinp) <= tolerance<TestType>());
+  }
 }

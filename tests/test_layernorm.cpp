@@ -7,6 +7,7 @@
 #include <random>
 
 #include "catch.hpp"
+#include "gpu_check.hpp"
 #include "op_check.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ops_ref.hpp"
@@ -108,4 +109,49 @@ TEST_CASE("CpuOps layernorm matches the double reference, for any thread count")
   CHECK(one.dinp == three.dinp);
   CHECK(one.dw == three.dw);
   CHECK(one.db == three.db);
+}
+
+TEMPLATE_TEST_CASE("CudaOps layernorm matches the reference (odd sizes, accumulation)", "[gpu]",
+                   float, bf16) {
+  using R = RefScalar<TestType>;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  for (const auto& [N, C] : {std::pair{1, 768}, std::pair{37, 100}, std::pair{130, 1600}}) {
+    INFO("N " << N << " C " << C);
+    std::mt19937 rng(N * 7 + C);
+    Vec inp = random_vec(size_t(N) * C, rng, 2.0);
+    for (double& x : inp) x += 0.5;  // a nonzero mean, as in the residual stream
+    inp = rounded<TestType>(inp);
+    const Vec w = rounded<TestType>(random_vec(C, rng)), b = rounded<TestType>(random_vec(C, rng)),
+              dout = rounded<TestType>(random_vec(inp.size(), rng)),
+              dinp0 = rounded<TestType>(random_vec(inp.size(), rng)),
+              dw0 = rounded<TestType>(random_vec(C, rng)),
+              db0 = rounded<TestType>(random_vec(C, rng));
+    auto d_inp = gpu.upload<TestType>(inp), d_w = gpu.upload<TestType>(w),
+         d_b = gpu.upload<TestType>(b), d_out = gpu.zeros<TestType>(inp.size());
+    auto d_mean = gpu.zeros<float>(N), d_rstd = gpu.zeros<float>(N);
+    ops->layernorm_forward(d_out.get(), d_mean.get(), d_rstd.get(), d_inp.get(), d_w.get(),
+                           d_b.get(), N, C);
+    std::vector<R> out(inp.size()), mean(N), rstd(N);
+    ref::layernorm_forward<R>(out.data(), mean.data(), rstd.data(), as<R>(inp).data(),
+                              as<R>(w).data(), as<R>(b).data(), N, C);
+    CHECK(rel_err(gpu.download(d_out, out.size()), out) <= tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_mean, N), mean) <= stat_tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_rstd, N), rstd) <= stat_tolerance<TestType>());
+
+    // Both sides get the same fp32 statistics, as the model passes them on.
+    const Vec mean_f = rounded<float>(to_double(mean)), rstd_f = rounded<float>(to_double(rstd));
+    auto d_dout = gpu.upload<TestType>(dout), d_dinp = gpu.upload<TestType>(dinp0),
+         d_dw = gpu.upload<TestType>(dw0), d_db = gpu.upload<TestType>(db0);
+    auto d_mean_f = gpu.upload<float>(mean_f), d_rstd_f = gpu.upload<float>(rstd_f);
+    ops->layernorm_backward(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(),
+                            d_w.get(), d_mean_f.get(), d_rstd_f.get(), N, C);
+    std::vector<R> dinp = as<R>(dinp0), dw = as<R>(dw0), db = as<R>(db0);
+    ref::layernorm_backward<R>(dinp.data(), dw.data(), db.data(), as<R>(dout).data(),
+                               as<R>(inp).data(), as<R>(w).data(), as<R>(mean_f).data(),
+                               as<R>(rstd_f).data(), N, C);
+    CHECK(rel_err(gpu.download(d_dinp, dinp.size()), dinp) <= tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_dw, C), dw) <= tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_db, C), db) <= tolerance<TestType>());
+  }
 }

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "catch.hpp"
+#include "gpu_check.hpp"
 #include "op_check.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ops_ref.hpp"
@@ -36,4 +37,21 @@ TEST_CASE("CpuOps residual matches the double reference") {
   std::vector<float> out_f(n);
   CpuOps().residual_forward(out_f.data(), a_f.data(), b_f.data(), n);
   CHECK(rel_err(out_f, out) < 1e-5);
+}
+
+TEMPLATE_TEST_CASE("CudaOps residual matches the reference, in place too", "[gpu]", float,
+                   bf16) {
+  using R = RefScalar<TestType>;
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  for (const size_t n : {size_t(1), size_t(1000), size_t(100003)}) {
+    INFO("n " << n);
+    std::mt19937 rng{unsigned(n)};
+    const Vec a = rounded<TestType>(random_vec(n, rng)), b = rounded<TestType>(random_vec(n, rng));
+    auto d_a = gpu.upload<TestType>(a), d_b = gpu.upload<TestType>(b);
+    std::vector<R> want(n);
+    ref::residual_forward<R>(want.data(), as<R>(a).data(), as<R>(b).data(), n);
+    ops->residual_forward(d_a.get(), d_a.get(), d_b.get(), n);  // out aliases a
+    CHECK(rel_err(gpu.download(d_a, n), want) <= tolerance<TestType>());
+  }
 }

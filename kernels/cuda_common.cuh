@@ -1,0 +1,62 @@
+// Shared by every kernel file: the device element types (float, __nv_bfloat16) and how
+// they map from the host's storage types, fp32 load/store, and warp/block reductions.
+// All arithmetic happens in fp32; bf16 is only a storage format.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "dtype.hpp"
+
+namespace gpt2::cuda {
+
+// Host storage type -> device element type (gpt2::bf16 and __nv_bfloat16 share a layout).
+template <class T> struct DeviceType { using type = T; };
+template <> struct DeviceType<gpt2::bf16> { using type = __nv_bfloat16; };
+template <class T> using device_t = typename DeviceType<T>::type;
+
+template <class T> device_t<T>* dev_ptr(T* p) { return reinterpret_cast<device_t<T>*>(p); }
+template <class T> const device_t<T>* dev_ptr(const T* p) {
+  return reinterpret_cast<const device_t<T>*>(p);
+}
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class D> __device__ __forceinline__ D from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// result. Fixed reduction order, so deterministic. `shared` holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // shared may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? shared[lane] : 0.f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? shared[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace gpt2::cuda

@@ -1,0 +1,117 @@
+// CudaOps<T>: the Ops interface (src/ops.hpp) on one GPU, T = float or bf16. It maps
+// host storage types to device types, owns the cuBLASLt handle and workspace, and a
+// scratch buffer that grows to the largest need of any kernel (encoder sort, layernorm
+// and bias partial sums, attention's delta); both are filed as MemCategory::workspace.
+// Kernels live one concern per file beside this one; see kernels.cuh.
+#include "backend.hpp"
+#include "cuda_check.cuh"
+#include "kernels.cuh"
+
+namespace gpt2 {
+namespace {
+
+constexpr size_t kLtWorkspaceBytes = 32u << 20;  // what cuBLASLt's Hopper kernels ask for
+
+Device& require_cuda(Device& dev) {
+  if (!dev.is_cuda()) fail("make_cuda_ops needs a CUDA device, but was given a CPU device");
+  return dev;
+}
+
+template <class T>
+class CudaOps final : public Ops<T> {
+  using D = cuda::device_t<T>;
+
+ public:
+  explicit CudaOps(Device& dev)
+      : dev_(require_cuda(dev)),
+        lt_workspace_(dev, kLtWorkspaceBytes, MemCategory::workspace, "cuBLASLt workspace") {
+    CUBLAS_CHECK(cublasLtCreate(&lt_.handle));
+    lt_.workspace = lt_workspace_.get();
+    lt_.workspace_bytes = lt_workspace_.bytes();
+  }
+  ~CudaOps() override { cublasLtDestroy(lt_.handle); }
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, int T_,
+                       int C) override {
+    cuda::encoder_forward(d(out), inp, d(wte), d(wpe), B, T_, C);
+  }
+  void encoder_backward(T* dwte, T* dwpe, const T* dout, const int* inp, int B, int T_,
+                        int C) override {
+    const size_t bytes = cuda::encoder_backward_scratch_bytes(B * T_);
+    cuda::encoder_backward(d(dwte), d(dwpe), d(dout), inp, B, T_, C, scratch(bytes), bytes);
+  }
+  void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                         const T* bias, int N, int C) override {
+    cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C);
+  }
+  void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                          const T* weight, const float* mean, const float* rstd, int N,
+                          int C) override {
+    void* s = scratch(cuda::layernorm_backward_scratch_bytes(N, C));
+    cuda::layernorm_backward(d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight), mean,
+                             rstd, N, C, s);
+  }
+  void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight, const T* bias, int N,
+                      int C, int OC) override {
+    cuda::matmul_forward(lt_, d(out), d(gelu_out), d(inp), d(weight), d(bias), N, C, OC);
+  }
+  void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                       const T* weight, const T* pre_gelu, int N, int C, int OC) override {
+    void* s = scratch(cuda::matmul_backward_scratch_bytes(N, OC));
+    cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
+                          d(pre_gelu), N, C, OC, s);
+  }
+  void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
+                         int NH) override {
+    cuda::attention_forward(d(out), lse, d(qkv), B, T_, C, NH);
+  }
+  void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
+                          int B, int T_, int C, int NH) override {
+    void* s = scratch(cuda::attention_backward_scratch_bytes(B, T_, NH));
+    cuda::attention_backward(d(dqkv), d(dout), d(qkv), d(out), lse, B, T_, C, NH, s);
+  }
+  void gelu_forward(T* out, const T* inp, size_t n) override {
+    cuda::gelu_forward(d(out), d(inp), n);
+  }
+  void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) override {
+    cuda::gelu_backward(d(dinp), d(inp), d(dout), n);
+  }
+  void residual_forward(T* out, const T* a, const T* b, size_t n) override {
+    cuda::residual_forward(d(out), d(a), d(b), n);
+  }
+  void classifier(T* logits, float* losses, const int* targets, int N, int V, int Vp,
+                  float dloss) override {
+    cuda::classifier(d(logits), losses, targets, N, V, Vp, dloss);
+  }
+
+ private:
+  static D* d(T* p) { return cuda::dev_ptr(p); }
+  static const D* d(const T* p) { return cuda::dev_ptr(p); }
+
+  void* scratch(size_t bytes) {
+    if (bytes > scratch_.bytes()) {
+      scratch_ = DeviceBuffer<char>();  // free the old buffer before allocating the new one
+      scratch_ = DeviceBuffer<char>(dev_, bytes, MemCategory::workspace, "kernel scratch");
+    }
+    return scratch_.get();
+  }
+
+  Device& dev_;
+  DeviceBuffer<char> lt_workspace_;
+  DeviceBuffer<char> scratch_;
+  cuda::Lt lt_{};
+};
+
+}  // namespace
+
+template <class T>
+std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev) {
+  return std::make_unique<CudaOps<T>>(dev);
+}
+
+template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&);
+template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&);
+
+}  // namespace gpt2

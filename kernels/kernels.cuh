@@ -1,0 +1,75 @@
+// Launchers of the forward/backward kernels, one group per kernels/<op>.cu, templated on
+// the device element type D (float or __nv_bfloat16) and explicitly instantiated for
+// both in their file. CudaOps (cuda_ops.cu) is their only caller; it owns the cuBLASLt
+// handle and the scratch memory that some of them need (sized by *_scratch_bytes).
+// Everything runs on the default stream.
+#pragma once
+#include <cublasLt.h>
+
+#include <cstddef>
+
+#include "cuda_common.cuh"
+#include "error.hpp"
+
+#define CUBLAS_CHECK(call)                                                             \
+  do {                                                                                 \
+    cublasStatus_t st_ = (call);                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                  \
+      ::gpt2::fail("cuBLASLt error ", int(st_), " (see cublasStatus_t) in ", #call,     \
+                   " at ", __FILE__, ":", __LINE__);                                   \
+  } while (0)
+
+namespace gpt2::cuda {
+
+// encoder.cu
+template <class D>
+void encoder_forward(D* out, const int* inp, const D* wte, const D* wpe, int B, int T, int C);
+size_t encoder_backward_scratch_bytes(int N);
+template <class D>
+void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, int T, int C,
+                      void* scratch, size_t scratch_bytes);
+
+// layernorm.cu
+template <class D>
+void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
+                       const D* bias, int N, int C);
+size_t layernorm_backward_scratch_bytes(int N, int C);
+template <class D>
+void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
+                        const D* weight, const float* mean, const float* rstd, int N, int C,
+                        void* scratch);
+
+// matmul.cu. `workspace` is cuBLASLt's; `scratch` holds dbias partial sums.
+struct Lt {
+  cublasLtHandle_t handle;
+  void* workspace;
+  size_t workspace_bytes;
+};
+template <class D>
+void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
+                    const D* bias, int N, int C, int OC);
+size_t matmul_backward_scratch_bytes(int N, int OC);
+template <class D>
+void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
+                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch);
+
+// attention.cu
+template <class D>
+void attention_forward(D* out, float* lse, const D* qkv, int B, int T, int C, int NH);
+size_t attention_backward_scratch_bytes(int B, int T, int NH);
+template <class D>
+void attention_backward(D* dqkv, const D* dout, const D* qkv, const D* out, const float* lse,
+                        int B, int T, int C, int NH, void* scratch);
+
+// gelu.cu
+template <class D> void gelu_forward(D* out, const D* inp, size_t n);
+template <class D> void gelu_backward(D* dinp, const D* inp, const D* dout, size_t n);
+
+// residual.cu
+template <class D> void residual_forward(D* out, const D* a, const D* b, size_t n);
+
+// classifier.cu
+template <class D>
+void classifier(D* logits, float* losses, const int* targets, int N, int V, int Vp, float dloss);
+
+}  // namespace gpt2::cuda

@@ -1,0 +1,195 @@
+// Linear layers through cuBLASLt: out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias, and the
+// backward dinp = dout @ weight, dweight += dout^T @ inp, dbias += colsum(dout).
+// cuBLASLt is column-major and a row-major X reads as column-major X^T, so each
+// product is issued transposed (the comment at each call gives the column-major form).
+// Epilogues fold the elementwise neighbours into the GEMM: BIAS, GELU_AUX_BIAS (writes
+// gelu(pre) and keeps pre as the aux output) and DGELU (dinp *= gelu'(pre_gelu)), each
+// saving a full read and write of an N x OC activation. Where cuBLASLt offers no
+// algorithm for an epilogue (e.g. an aux leading dimension that is not a multiple of 8)
+// we fall back to the plain GEMM plus gelu.cu. BGRADB is not used for dbias: it
+// overwrites, while dbias accumulates, so it would need a scratch vector and an extra
+// add; the two-stage column-sum kernel below is deterministic and costs one read of dout.
+// Precision: fp32 uses CUBLAS_COMPUTE_32F (no TF32), so it matches the reference to
+// fp32 rounding; bf16 keeps bf16 in/out with fp32 accumulation.
+#include "cuda_check.cuh"
+#include "error.hpp"
+#include "kernels.cuh"
+
+namespace gpt2::cuda {
+namespace {
+
+constexpr int kRowChunks = 64;
+
+template <class D> constexpr cudaDataType_t cuda_type();
+template <> constexpr cudaDataType_t cuda_type<float>() { return CUDA_R_32F; }
+template <> constexpr cudaDataType_t cuda_type<__nv_bfloat16>() { return CUDA_R_16BF; }
+
+struct Gemm {
+  int m, n, k;         // column-major D[m,n] = op(A)[m,k] op(B)[k,n]
+  bool ta, tb;         // op = transpose
+  int lda, ldb, ldd;
+  float beta;          // 1 accumulates into D
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const void* bias = nullptr;
+  void* aux = nullptr;
+  int ldaux = 0;
+};
+
+// Runs the GEMM; returns false (doing nothing) if cuBLASLt has no algorithm for it.
+template <class D>
+bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
+  const cudaDataType_t t = cuda_type<D>();
+  cublasLtMatmulDesc_t desc;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t opa = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t opb = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &g.epilogue,
+                                              sizeof g.epilogue));
+  if (g.bias)
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
+                                                sizeof g.bias));
+  if (g.aux) {
+    const int64_t ld = g.ldaux;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                &g.aux, sizeof g.aux));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
+                                                sizeof ld));
+  }
+  cublasLtMatrixLayout_t la, lb, ld;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, t, g.m, g.n, g.ldd));
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.workspace_bytes,
+      sizeof lt.workspace_bytes));
+  cublasLtMatmulHeuristicResult_t heuristic;
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt.handle, desc, la, lb, ld, ld, pref,
+                                                           1, &heuristic, &found);
+  bool ok = hs == CUBLAS_STATUS_SUCCESS && found > 0;
+  if (ok) {
+    const float alpha = 1.f;
+    CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
+                                &heuristic.algo, lt.workspace, lt.workspace_bytes, 0));
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(ld);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatmulDescDestroy(desc);
+  return ok;
+}
+
+template <class D>
+void must_run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
+  if (!run_gemm(lt, g, d, a, b))
+    fail("cuBLASLt found no algorithm for a ", g.m, "x", g.n, "x", g.k,
+         " matmul (check that the model's channel sizes are positive)");
+}
+
+// Column sums of dout[N,OC] in two fixed-order stages (see layernorm.cu).
+template <class D>
+__global__ void bias_partial_kernel(float* partial, const D* dout, int N, int OC) {
+  __shared__ float s[8][32];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  const int rows_per_chunk = (N + gridDim.y - 1) / gridDim.y;
+  const int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
+  float sum = 0.f;
+  if (c < OC)
+    for (int row = r0 + threadIdx.y; row < r1; row += blockDim.y)
+      sum += to_f(dout[size_t(row) * OC + c]);
+  s[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < OC) {
+    for (int k = 1; k < blockDim.y; k++) sum += s[k][threadIdx.x];
+    partial[size_t(blockIdx.y) * OC + c] = sum;
+  }
+}
+
+template <class D>
+__global__ void bias_final_kernel(D* dbias, const float* partial, int chunks, int OC) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= OC) return;
+  float sum = 0.f;
+  for (int k = 0; k < chunks; k++) sum += partial[size_t(k) * OC + c];
+  dbias[c] = from_f<D>(to_f(dbias[c]) + sum);
+}
+
+}  // namespace
+
+template <class D>
+void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
+                    const D* bias, int N, int C, int OC) {
+  if (N == 0 || OC == 0) return;
+  // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
+  Gemm g{OC, N, C, true, false, C, C, OC, 0.f};
+  g.bias = bias;
+  if (gelu_out) {
+    Gemm ge = g;
+    ge.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    ge.aux = out;
+    ge.ldaux = OC;
+    if (run_gemm(lt, ge, gelu_out, weight, inp)) return;
+  }
+  g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  must_run_gemm(lt, g, out, weight, inp);
+  if (gelu_out) gelu_forward(gelu_out, out, size_t(N) * OC);
+}
+
+size_t matmul_backward_scratch_bytes(int, int OC) {
+  return size_t(kRowChunks) * OC * sizeof(float);
+}
+
+template <class D>
+void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
+                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch) {
+  if (N == 0) return;
+  if (dinp) {
+    // dinp^T[C,N] = weight^T[C,OC] (col-major C x OC as stored) @ dout^T[OC,N]
+    Gemm g{C, N, OC, false, false, C, OC, C, 0.f};
+    bool done = false;
+    if (pre_gelu) {
+      Gemm gd = g;
+      gd.epilogue = CUBLASLT_EPILOGUE_DGELU;
+      gd.aux = const_cast<D*>(pre_gelu);
+      gd.ldaux = C;
+      done = run_gemm(lt, gd, dinp, weight, dout);
+    }
+    if (!done) {
+      must_run_gemm(lt, g, dinp, weight, dout);
+      if (pre_gelu) gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
+    }
+  }
+  if (dweight) {
+    // dweight^T[C,OC] += inp^T[C,N] @ dout[N,OC] (dout^T stored col-major OC x N, transposed)
+    Gemm g{C, OC, N, false, true, C, OC, C, 1.f};
+    must_run_gemm(lt, g, dweight, inp, dout);
+  }
+  if (dbias) {
+    float* partial = static_cast<float*>(scratch);
+    bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8)>>>(partial, dout, N,
+                                                                             OC);
+    CUDA_CHECK_LAUNCH();
+    bias_final_kernel<<<ceil_div(OC, 256), 256>>>(dbias, partial, kRowChunks, OC);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+template void matmul_forward<float>(const Lt&, float*, float*, const float*, const float*,
+                                    const float*, int, int, int);
+template void matmul_forward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
+                                            const __nv_bfloat16*, const __nv_bfloat16*,
+                                            const __nv_bfloat16*, int, int, int);
+template void matmul_backward<float>(const Lt&, float*, float*, float*, const float*,
+                                     const float*, const float*, const float*, int, int, int,
+                                     void*);
+template void matmul_backward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
+                                             __nv_bfloat16*, const __nv_bfloat16*,
+                                             const __nv_bfloat16*, const __nv_bfloat16*,
+                                             const __nv_bfloat16*, int, int, int, void*);
+
+}  // namespace gpt2::cuda
