@@ -4,5 +4,6 @@
 
 namespace gpt2 {
 
+void add_prepare_command(CLI::App& app);
 
 }  // namespace gpt2
