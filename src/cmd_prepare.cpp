@@ -28,7 +28,7 @@ void add_prepare_command(CLI::App& app) {
     std::printf("prepare: %zu documents (%zu train, %zu val) -> %s\n",
                 s.train_documents + s.val_documents, s.train_documents, s.val_documents,
                 opts->out.c_str());
-    std::printf("prepare: train %zu tokens in %zu shards, val %zu tokens in %zu shards\n",
+    std::printf("prepare: train %zu tokens in %zu shard(s), val %zu tokens in %zu shard(s)\n",
                 s.train_tokens, s.train_shards, s.val_tokens, s.val_shards);
     std::printf("prepare: %.1f MB of text in %.2f s (%.1f MB/s)\n", double(s.bytes) / 1e6, s.seconds,
                 s.seconds > 0 ? double(s.bytes) / 1e6 / s.seconds : 0.0);
