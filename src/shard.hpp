@@ -14,6 +14,9 @@ constexpr int32_t kShardVersion = 1;
 void write_shard(const std::string& path, const std::vector<int>& tokens);
 // Validates magic, version and count against the file size; errors name the file.
 std::vector<uint16_t> read_shard(const std::string& path);
+// The same checks, reading only the header: the token count, for loaders that visit
+// shards one at a time and must not read them all up front.
+size_t read_shard_header(const std::string& path);
 // Sorted paths matching a glob; Error naming the pattern if none match.
 std::vector<std::string> glob_shards(const std::string& pattern);
 
