@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   gpt2::add_config_command(app);
   gpt2::add_memory_command(app);
   gpt2::add_prepare_command(app);
+  gpt2::add_train_command(app);
+  gpt2::add_sample_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

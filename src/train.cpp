@@ -1,0 +1,181 @@
+// `train_gpt2 train <config.json> [--set key=value]...`
+// Reads top to bottom as the whole algorithm: config, device, model, optimizer, data,
+// resume, then the loop (eval, sample, checkpoint, step, log), then the final report.
+#include "train.hpp"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "checkpoint.hpp"
+#include "dataloader.hpp"
+#include "error.hpp"
+#include "gpt2.hpp"
+#include "reference/cpu_ops.hpp"
+#include "report.hpp"
+#include "sample.hpp"
+#include "schedule.hpp"
+#include "tokenizer.hpp"
+#include "update_pipeline.hpp"
+
+namespace gpt2 {
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) {
+  g_interrupted = 1;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C kills at once
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// What must not change across a resume: the model, the optimizer and the batch shape.
+uint64_t resume_hash(const json& cfg) {
+  const json key = {cfg["model"], cfg["optimizer"], cfg["data"]["batch_size"],
+                    cfg["data"]["seq_len"], cfg["train"]["seed"]};
+  return fnv1a(key.dump());
+}
+
+}  // namespace
+
+void train(const json& cfg) {
+  // ---- config and device
+  const json& tr = cfg["train"];
+  const std::string device = tr["device"].get<std::string>();
+  if (device == "cuda")
+    fail("train.device=cuda: GPU training is not built yet (issue 6); use train.device=cpu");
+  if (tr["threads"].get<int>() > 0) omp_set_num_threads(tr["threads"].get<int>());
+  const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
+  const int64_t steps = cfg["schedule"]["steps"].get<int64_t>();
+  const uint64_t seed = tr["seed"].get<uint64_t>();
+  const std::string out_dir = cfg["checkpoint"]["dir"].get<std::string>();
+  std::filesystem::create_directories(out_dir);
+
+  // ---- model, optimizer, update pipeline
+  CpuDevice dev;
+  CpuOps ops;
+  GPT2<float> model(model_config(cfg), ops, dev, B, T, tr["recompute"].get<int>());
+  const std::string init_from = cfg["model"]["init_from"].get<std::string>();
+  if (init_from.empty()) {
+    model.set_params(init_params(model.table, seed));
+  } else {
+    ModelFile m = load_model(init_from);
+    check_model_matches(m, model.table.cfg, init_from);
+    model.set_params(m.params);
+  }
+  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, model.table, dev, seed);
+  UpdatePipeline pipeline(cfg, model, *opt, dev);
+  const Schedule schedule(cfg);
+
+  // ---- data
+  DataLoader train_loader(cfg["data"]["train"].get<std::string>(), B, T, 0, 1, seed,
+                          cfg["data"]["shuffle"].get<bool>());
+  const int eval_every = cfg["eval"]["every"].get<int>();
+  std::unique_ptr<DataLoader> val_loader;
+  if (eval_every > 0)
+    val_loader = std::make_unique<DataLoader>(cfg["data"]["val"].get<std::string>(), B, T, 0,
+                                              1, seed, false);
+
+  // ---- resume
+  int64_t start = 0;
+  uint64_t sample_rng = seed;
+  if (cfg["checkpoint"]["resume"].get<bool>()) {
+    const std::string model_path = latest_checkpoint(out_dir);
+    if (model_path.empty()) {
+      std::printf("resume: no checkpoint in %s, starting from scratch\n", out_dir.c_str());
+    } else {
+      ModelFile m = load_model(model_path);
+      check_model_matches(m, model.table.cfg, model_path);
+      model.set_params(m.params);
+      const std::string state_path = state_path_for(model_path);
+      TrainState st = load_train_state(state_path, opt->state(), dev);
+      if (st.config_hash != resume_hash(cfg))
+        fail(state_path, " was written with a different model/optimizer/batch config; ",
+             "resume with the same config or pick another checkpoint.dir");
+      train_loader.restore(st.loader);
+      start = st.step;
+      if (!st.rng.empty()) sample_rng = st.rng[0];
+      std::printf("resumed from %s at step %lld\n", model_path.c_str(), (long long)start);
+    }
+  }
+  auto save_checkpoint = [&](int64_t step) {
+    const std::string model_path = model_checkpoint_path(out_dir, step);
+    save_model(model_path, model.table.cfg, model.get_params().data(), model.table.total,
+               DType::f32);
+    TrainState st{step, resume_hash(cfg), train_loader.state(), {sample_rng}};
+    save_train_state(state_checkpoint_path(out_dir, step), st, opt->state(), dev);
+    std::printf("saved checkpoint %s\n", model_path.c_str());
+  };
+
+  // ---- report what this run is
+  RunLog log(cfg, start > 0);
+  log.startup(model.table, dev.ledger(), pipeline.fused());
+
+  std::unique_ptr<Tokenizer> tokenizer;
+  auto sample_text = [&]() {
+    if (!tokenizer) tokenizer = std::make_unique<Tokenizer>(load_default_tokenizer());
+    const json& s = cfg["sample"];
+    SampleOptions so{s["tokens"].get<int>(), s["temperature"].get<float>(),
+                     s["top_k"].get<int>(), sample_rng};
+    const std::vector<int> prompt = tokenizer->encode(s["prompt"].get<std::string>());
+    const std::vector<int> out = generate(model, prompt, so);
+    sample_rng = fnv1a(std::to_string(sample_rng));  // next sample draws differently
+    return tokenizer->decode(out);
+  };
+  auto val_loss = [&]() {
+    val_loader->reset();
+    std::vector<int> in(size_t(B) * T), tg(in.size());
+    double sum = 0;
+    const int batches = cfg["eval"]["batches"].get<int>();
+    for (int i = 0; i < batches; i++) {
+      val_loader->next(in.data(), tg.data());
+      sum += model.forward(in.data(), tg.data(), 0.0f);
+    }
+    return sum / batches;
+  };
+
+  // ---- the loop
+  std::signal(SIGINT, on_sigint);
+  const int sample_every = cfg["sample"]["every"].get<int>();
+  const int ckpt_every = cfg["checkpoint"]["every"].get<int>();
+  for (int64_t step = start; step < steps; step++) {
+    if (eval_every > 0 && step % eval_every == 0) log.val(step, val_loss());
+    if (sample_every > 0 && step > start && step % sample_every == 0) log.sample(step, sample_text());
+    if (ckpt_every > 0 && step > start && step % ckpt_every == 0) save_checkpoint(step);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const float lr = float(schedule.at(step));
+    const UpdatePipeline::StepResult r =
+        pipeline.step(step + 1, lr, [&](int* in, int* tg) { train_loader.next(in, tg); });
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    log.step(step, steps, r.loss, lr, r.grad_norm, ms,
+             double(B) * T * tr["grad_accum_steps"].get<int>(), dev.ledger(), r.skipped);
+
+    if (g_interrupted) {
+      std::printf("\ninterrupted at step %lld: saving a checkpoint\n", (long long)step + 1);
+      save_checkpoint(step + 1);
+      std::signal(SIGINT, SIG_DFL);
+      return;
+    }
+  }
+  std::signal(SIGINT, SIG_DFL);
+
+  // ---- the end: final eval, sample, checkpoint, memory peak
+  if (eval_every > 0) log.val(steps, val_loss());
+  if (sample_every > 0) log.sample(steps, sample_text());
+  save_checkpoint(steps);
+  log.finish(dev.ledger());
+}
+
+}  // namespace gpt2
