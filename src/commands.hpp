@@ -4,5 +4,6 @@
 
 namespace gpt2 {
 
+void add_tokenize_command(CLI::App& app);  // src/cmd_tokenize.cpp
 
 }  // namespace gpt2

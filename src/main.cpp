@@ -9,6 +9,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"train_gpt2: GPT-2 pretraining in C++/CUDA with memory-efficient optimizers"};
   app.require_subcommand(1);
+  gpt2::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
