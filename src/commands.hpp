@@ -9,5 +9,6 @@ void add_memory_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);  // src/cmd_tokenize.cpp
 
 }  // namespace gpt2

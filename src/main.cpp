@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   gpt2::add_prepare_command(app);
   gpt2::add_train_command(app);
   gpt2::add_sample_command(app);
+  gpt2::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -8,6 +8,8 @@ namespace gpt2 {
 
 constexpr int kEndOfText = 50256;  // <|endoftext|>
 
+// encode and decode may be called from several threads at once (the word cache is
+// shared under a lock taken once per call).
 class Tokenizer {
  public:
   // Throws Error naming the file if either is missing or malformed.
