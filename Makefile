@@ -36,7 +36,7 @@ test: build $(TOKENIZER) $(BROWN_TEXT)
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 run: data
-	$(BUILD)/train_gpt2 config $(CONFIG)
+	$(BUILD)/train_gpt2 train $(CONFIG)
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

@@ -103,9 +103,9 @@ TEST_CASE("init_from loads a model file and refuses one of another shape") {
   TempDir dir;
   train(tiny_run(dir, {"schedule.steps=2", "checkpoint.every=0"}));
   const std::string model = model_checkpoint_path(dir / "run", 2);
-  CHECK_NOTHROW(train(tiny_run(dir, {"schedule.steps=1", "model.init_from=\"" + model + "\"",
+  CHECK_NOTHROW(train(tiny_run(dir, {"schedule.steps=2", "model.init_from=\"" + model + "\"",
                                      "checkpoint.dir=\"" + dir / "run2" + "\""})));
-  REQUIRE_THROWS_WITH(train(tiny_run(dir, {"schedule.steps=1", "model.depth=3",
+  REQUIRE_THROWS_WITH(train(tiny_run(dir, {"schedule.steps=2", "model.depth=3",
                                            "model.init_from=\"" + model + "\""})),
                       Catch::Contains(model) && Catch::Contains("num_layers"));
 }
