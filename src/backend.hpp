@@ -3,9 +3,11 @@
 #include <memory>
 #include <string>
 
+#include "config.hpp"
 #include "dtype.hpp"
 #include "memory.hpp"
 #include "ops.hpp"
+#include "optimizer.hpp"
 
 namespace gpt2 {
 
@@ -25,5 +27,16 @@ std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev);
 // running total. Runs on the default stream.
 template <class T>
 void cuda_sum_squares(float* acc, const T* x, size_t n);
+
+template <class T> class GradOps;
+
+// The CUDA optimizers (kernels/<name>.cu): the same algorithms as the CPU references,
+// state on `dev` (MemCategory::optimizer_state, scratch under workspace).
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_optimizer(const json& cfg, const ParamTable& table,
+                                                  Device& dev, uint64_t seed);
+// The update pipeline's gradient arithmetic on the GPU, for `slots` tensors.
+template <class T>
+std::unique_ptr<GradOps<T>> make_cuda_grad_ops(size_t slots, Device& dev);
 
 }  // namespace gpt2

@@ -2,6 +2,7 @@
 #ifndef TRAIN_GPT2_CUDA
 #include "backend.hpp"
 #include "error.hpp"
+#include "update_pipeline.hpp"
 
 namespace gpt2 {
 
@@ -27,6 +28,25 @@ void cuda_sum_squares(float*, const T*, size_t) {
 }
 template void cuda_sum_squares<float>(float*, const float*, size_t);
 template void cuda_sum_squares<bf16>(float*, const bf16*, size_t);
+
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_optimizer(const json&, const ParamTable&, Device&,
+                                                  uint64_t) {
+  fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
+}
+template std::unique_ptr<Optimizer<float>> make_cuda_optimizer<float>(const json&,
+                                                                      const ParamTable&, Device&,
+                                                                      uint64_t);
+template std::unique_ptr<Optimizer<bf16>> make_cuda_optimizer<bf16>(const json&,
+                                                                    const ParamTable&, Device&,
+                                                                    uint64_t);
+
+template <class T>
+std::unique_ptr<GradOps<T>> make_cuda_grad_ops(size_t, Device&) {
+  fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
+}
+template std::unique_ptr<GradOps<float>> make_cuda_grad_ops<float>(size_t, Device&);
+template std::unique_ptr<GradOps<bf16>> make_cuda_grad_ops<bf16>(size_t, Device&);
 
 }  // namespace gpt2
 #endif

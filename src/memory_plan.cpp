@@ -44,8 +44,9 @@ MemoryLedger measure_memory_cpu(const json& cfg, int steps) {
   const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
   GPT2<float> model(model_config(cfg), ops, dev, B, T, cfg["train"]["recompute"].get<int>());
   model.set_params(init_params(model.table, seed));
-  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, model.table, dev, seed);
-  UpdatePipeline pipeline(cfg, model, *opt, dev);
+  std::unique_ptr<Optimizer<float>> opt = make_optimizer(cfg, model.table, dev, seed);
+  CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipeline(cfg, model, *opt, gops, dev);
   std::mt19937 rng{uint32_t(seed)};
   std::uniform_int_distribution<int> token(0, model.table.cfg.vocab_size - 1);
   for (int s = 1; s <= steps; s++)

@@ -1,8 +1,9 @@
-// The optimizer interface shared by the CPU references (src/reference/optim/) and,
-// later, the CUDA kernels. The trainer's update pipeline calls update() once per
-// tensor per step, either the moment the tensor's gradient is final (fused) or after
-// the whole backward (after_backward); clipping is the pipeline's job, done to the
-// gradient before update() sees it, so both modes feed optimizers the same numbers.
+// The optimizer interface shared by the CPU references (src/reference/optim/,
+// Optimizer<float>) and the CUDA kernels (kernels/<name>.cu, Optimizer<float> and
+// Optimizer<bf16>). The trainer's update pipeline calls update() once per tensor per
+// step, either the moment the tensor's gradient is final (fused) or after the whole
+// backward (after_backward); clipping is the pipeline's job, done to the gradient
+// before update() sees it, so both modes feed optimizers the same numbers.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -22,20 +23,23 @@ struct StateBlob {
   size_t bytes;
 };
 
+template <class T>
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
   // Once per training step before its first update; t = 1 on the first step.
   virtual void begin_step(int64_t t, float lr) = 0;
   // Updates the p.numel parameters at `param` from their final gradient `grad`
-  // (which the optimizer may overwrite as scratch).
-  virtual void update(const ParamSpec& p, float* param, float* grad) = 0;
+  // (which the optimizer may overwrite as scratch). `master` is the fp32 master copy
+  // of bf16 weights (updated, then rounded into param) or null: fp32 weights, or bf16
+  // weights updated with stochastic rounding. The CPU references take fp32 only.
+  virtual void update(const ParamSpec& p, T* param, float* master, T* grad) = 0;
   virtual std::vector<StateBlob> state() = 0;
 };
 
 // Builds the CPU reference optimizer named by cfg["optimizer"]["name"]; its state is
 // allocated on `dev` under MemCategory::optimizer_state. `seed` drives any randomness.
-std::unique_ptr<Optimizer> make_optimizer(const json& cfg, const ParamTable& table,
+std::unique_ptr<Optimizer<float>> make_optimizer(const json& cfg, const ParamTable& table,
                                           Device& dev, uint64_t seed);
 
 // Bytes make_optimizer allocates under MemCategory::optimizer_state for `table`

@@ -73,8 +73,9 @@ void train(const json& cfg) {
     check_model_matches(m, model.table.cfg, init_from);
     model.set_params(m.params);
   }
-  std::unique_ptr<Optimizer> opt = make_optimizer(cfg, model.table, dev, seed);
-  UpdatePipeline pipeline(cfg, model, *opt, dev);
+  std::unique_ptr<Optimizer<float>> opt = make_optimizer(cfg, model.table, dev, seed);
+  CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipeline(cfg, model, *opt, gops, dev);
   const Schedule schedule(cfg);
 
   // ---- data
@@ -155,7 +156,7 @@ void train(const json& cfg) {
 
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = float(schedule.at(step));
-    const UpdatePipeline::StepResult r =
+    const UpdatePipeline<float>::StepResult r =
         pipeline.step(step + 1, lr, [&](int* in, int* tg) { train_loader.next(in, tg); });
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

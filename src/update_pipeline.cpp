@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "dtype.hpp"
 #include "error.hpp"
 
 namespace gpt2 {
@@ -28,29 +29,52 @@ GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused) {
   return {table.get(ParamKind::wte).storage + arena, arena};
 }
 
-class UpdatePipeline::FullSink final : public GradSink<float> {
+void CpuGradOps::sum_squares(const float* g, size_t n, int slot) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
+  sq_[slot] = s;
+}
+
+std::vector<double> CpuGradOps::take_squares() {
+  std::vector<double> out(sq_.size(), 0.0);
+  std::swap(out, sq_);
+  return out;
+}
+
+void CpuGradOps::clip_scale(float* g, size_t n, float clip_value, float scale) {
+  if (clip_value > 0)
+    for (size_t i = 0; i < n; i++) g[i] = std::clamp(g[i], -clip_value, clip_value);
+  if (scale != 1.0f)
+    for (size_t i = 0; i < n; i++) g[i] *= scale;
+}
+
+template <class T>
+class UpdatePipeline<T>::FullSink final : public GradSink<T> {
  public:
   FullSink(const ParamTable& table, Device& dev)
-      : grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
-  float* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
+      : dev_(dev), grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
+  T* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
   void ready(const ParamSpec&) override {}
-  void zero() { std::fill(grads_.get(), grads_.get() + grads_.size(), 0.0f); }
+  void zero() { dev_.zero(grads_.get(), grads_.bytes()); }
 
  private:
-  DeviceBuffer<float> grads_;
+  Device& dev_;
+  DeviceBuffer<T> grads_;
 };
 
-class UpdatePipeline::FusedSink final : public GradSink<float> {
+template <class T>
+class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
  public:
   FusedSink(UpdatePipeline& pipe, const ParamTable& table, Device& dev)
       : pipe_(pipe),
+        dev_(dev),
         wte_(dev, table.get(ParamKind::wte).storage, MemCategory::grads, "wte gradient"),
         arena_(dev, grad_memory_plan(table, true).arena_elems, MemCategory::grads,
                "gradient arena (one layer)") {}
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
-  float* grad(const ParamSpec& p) override {
-    float* g;
+  T* grad(const ParamSpec& p) override {
+    T* g;
     if (p.kind == ParamKind::wte) {
       g = wte_.get();
     } else {
@@ -62,14 +86,14 @@ class UpdatePipeline::FusedSink final : public GradSink<float> {
       used_ += p.storage;
       pending_++;
     }
-    std::fill(g, g + p.storage, 0.0f);
+    dev_.zero(g, p.storage * sizeof(T));
     slot_[p.id] = g;
     return g;
   }
 
   void ready(const ParamSpec& p) override {
-    float* g = slot_.at(p.id);
-    pipe_.sq_[p.id] = pipe_.sum_squares(g, p.numel);
+    T* g = slot_.at(p.id);
+    pipe_.gops_.sum_squares(g, p.numel, p.id);
     if (!measuring) pipe_.apply(p, g);
     if (p.kind != ParamKind::wte) pending_--;
   }
@@ -78,14 +102,17 @@ class UpdatePipeline::FusedSink final : public GradSink<float> {
 
  private:
   UpdatePipeline& pipe_;
-  DeviceBuffer<float> wte_, arena_;
-  std::map<int, float*> slot_;
+  Device& dev_;
+  DeviceBuffer<T> wte_, arena_;
+  std::map<int, T*> slot_;
   int group_ = -3, pending_ = 0;
   size_t used_ = 0;
 };
 
-UpdatePipeline::UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& opt, Device& dev)
-    : model_(model), opt_(opt) {
+template <class T>
+UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>& opt,
+                                  GradOps<T>& gops, Device& dev)
+    : model_(model), opt_(opt), gops_(gops), dev_(dev) {
   const json& tr = cfg["train"];
   fused_ = resolved_update(cfg) == "fused";
   two_pass_ = tr["two_pass_clip"].get<bool>();
@@ -98,7 +125,9 @@ UpdatePipeline::UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& o
   if (fused_ && accum_ != 1) fail("fused update needs train.grad_accum_steps = 1");
   if (fused_ && clip_norm_ > 0 && !two_pass_)
     fail("fused update with train.grad_clip > 0 needs train.two_pass_clip = true");
-  sq_.assign(model.table.params.size(), 0.0);
+  if (std::is_same_v<T, bf16> && tr["master_weights"].get<bool>())
+    master_ = DeviceBuffer<float>(dev, model.table.total, MemCategory::master_weights,
+                                  "fp32 master weights");
   if (fused_)
     fused_sink_ = std::make_unique<FusedSink>(*this, model.table, dev);
   else
@@ -107,32 +136,41 @@ UpdatePipeline::UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& o
   inputs_.resize(n), targets_.resize(n);
 }
 
-UpdatePipeline::~UpdatePipeline() = default;
+template <class T>
+UpdatePipeline<T>::~UpdatePipeline() = default;
 
-double UpdatePipeline::sum_squares(const float* g, size_t n) const {
-  double s = 0;
-  for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
-  return s;
+template <class T>
+void UpdatePipeline<T>::set_weights(const std::vector<float>& host) {
+  model_.set_params(host);
+  if (master_.get()) dev_.to_device(master_.get(), host.data(), host.size() * sizeof(float));
 }
 
-double UpdatePipeline::total_norm() const {
+template <class T>
+std::vector<float> UpdatePipeline<T>::weights() const {
+  if (!master_.get()) return model_.get_params();
+  std::vector<float> host(master_.size());
+  dev_.to_host(host.data(), master_.get(), master_.bytes());
+  return host;
+}
+
+template <class T>
+double UpdatePipeline<T>::total_norm() {
   double s = 0;
-  for (double x : sq_) s += x;
+  for (double x : gops_.take_squares()) s += x;
   return std::sqrt(s);
 }
 
-void UpdatePipeline::apply(const ParamSpec& p, float* g) {
-  if (clip_value_ > 0)
-    for (size_t i = 0; i < p.numel; i++) g[i] = std::clamp(g[i], -clip_value_, clip_value_);
-  if (clip_coef_ != 1.0f)
-    for (size_t i = 0; i < p.numel; i++) g[i] *= clip_coef_;
-  opt_.update(p, model_.params() + p.offset, g);
+template <class T>
+void UpdatePipeline<T>::apply(const ParamSpec& p, T* g) {
+  if (clip_value_ > 0 || clip_coef_ != 1.0f) gops_.clip_scale(g, p.numel, clip_value_, clip_coef_);
+  opt_.update(p, model_.params() + p.offset, master_.get() ? master_.get() + p.offset : nullptr, g);
 }
 
-UpdatePipeline::StepResult UpdatePipeline::step(
+template <class T>
+typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     int64_t t, float lr, const std::function<void(int*, int*)>& next_batch) {
   const float dloss = 1.0f / (float(inputs_.size()) * accum_);
-  auto loss_ok = [&](float loss) {
+  auto loss_ok = [&](double loss) {
     if (std::isfinite(loss)) return true;
     if (!skip_nan_)
       fail("step ", t, ": loss is ", loss, "; stopping before the weights change (set ",
@@ -149,13 +187,13 @@ UpdatePipeline::StepResult UpdatePipeline::step(
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
-      const float loss = model_.forward(inputs_.data(), targets_.data(), dloss);
-      if (!loss_ok(loss)) return {loss, 0.0, true};
+      const double loss = model_.forward(inputs_.data(), targets_.data(), dloss);
+      if (!loss_ok(loss)) return {float(loss), 0.0, true};
       loss_sum += loss;
       model_.backward(*full_);
     }
     for (const ParamSpec& p : model_.table.params)
-      sq_[p.id] = sum_squares(full_->grad(p), p.numel);
+      gops_.sum_squares(full_->grad(p), p.numel, p.id);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
     for (const ParamSpec& p : model_.table.params) apply(p, full_->grad(p));
@@ -163,8 +201,8 @@ UpdatePipeline::StepResult UpdatePipeline::step(
   }
 
   next_batch(inputs_.data(), targets_.data());
-  const float loss = model_.forward(inputs_.data(), targets_.data(), dloss);
-  if (!loss_ok(loss)) return {loss, 0.0, true};
+  const double loss = model_.forward(inputs_.data(), targets_.data(), dloss);
+  if (!loss_ok(loss)) return {float(loss), 0.0, true};
   clip_coef_ = 1.0f;
   if (two_pass_) {
     fused_sink_->measuring = true;
@@ -175,7 +213,10 @@ UpdatePipeline::StepResult UpdatePipeline::step(
   fused_sink_->measuring = false;
   fused_sink_->reset();
   model_.backward(*fused_sink_);
-  return {loss, total_norm(), false};
+  return {float(loss), total_norm(), false};
 }
+
+template class UpdatePipeline<float>;
+template class UpdatePipeline<bf16>;
 
 }  // namespace gpt2

@@ -29,10 +29,44 @@ struct GradMemoryPlan {
 // storage + the largest group announced together (a layer, or lnf, or wpe).
 GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused);
 
+// The gradient arithmetic the pipeline needs from a backend (CPU loops here, CUDA
+// kernels in kernels/grad_ops.cu).
+template <class T>
+class GradOps {
+ public:
+  virtual ~GradOps() = default;
+  // Records sum(g^2) over n elements as tensor `slot`'s squared norm.
+  virtual void sum_squares(const T* g, size_t n, int slot) = 0;
+  // The squared norms recorded since the last call, indexed by slot (waits for them).
+  virtual std::vector<double> take_squares() = 0;
+  // g = clamp(g, -clip_value, clip_value) (if clip_value > 0), then g *= scale.
+  virtual void clip_scale(T* g, size_t n, float clip_value, float scale) = 0;
+};
+
+class CpuGradOps final : public GradOps<float> {
+ public:
+  explicit CpuGradOps(size_t slots) : sq_(slots, 0.0) {}
+  void sum_squares(const float* g, size_t n, int slot) override;
+  std::vector<double> take_squares() override;
+  void clip_scale(float* g, size_t n, float clip_value, float scale) override;
+
+ private:
+  std::vector<double> sq_;
+};
+
+template <class T>
 class UpdatePipeline {
  public:
-  UpdatePipeline(const json& cfg, GPT2<float>& model, Optimizer& opt, Device& dev);
+  // With bf16 weights and train.master_weights, the pipeline keeps the fp32 master
+  // copy (MemCategory::master_weights) that the optimizer updates.
+  UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>& opt, GradOps<T>& gops,
+                 Device& dev);
   ~UpdatePipeline();
+
+  // Loads weights into the model (and the master copy, if any) from fp32 values.
+  void set_weights(const std::vector<float>& host);
+  // The weights as fp32: the master copy if there is one, else the model's.
+  std::vector<float> weights() const;
 
   // One optimizer step t (1-based): forward + backward over grad_accum_steps
   // micro-batches (after_backward) or one batch (fused), every tensor updated exactly
@@ -47,16 +81,17 @@ class UpdatePipeline {
  private:
   class FullSink;
   class FusedSink;
-  void apply(const ParamSpec& p, float* grad);  // clip, scale, update one tensor
-  double sum_squares(const float* g, size_t n) const;
-  double total_norm() const;  // sqrt of per-tensor squares summed in id order
+  void apply(const ParamSpec& p, T* grad);  // clip, scale, update one tensor
+  double total_norm();  // sqrt of the recorded per-tensor squares, summed in id order
 
-  GPT2<float>& model_;
-  Optimizer& opt_;
+  GPT2<T>& model_;
+  Optimizer<T>& opt_;
+  GradOps<T>& gops_;
+  Device& dev_;
   bool fused_, two_pass_, skip_nan_;
   int accum_;
   float clip_norm_, clip_value_, clip_coef_ = 1.0f;
-  std::vector<double> sq_;  // per-tensor squared gradient norms of this step
+  DeviceBuffer<float> master_;
   std::unique_ptr<FullSink> full_;
   std::unique_ptr<FusedSink> fused_sink_;
   std::vector<int> inputs_, targets_;

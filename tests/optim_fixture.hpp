@@ -62,14 +62,14 @@ struct TinyRun {
 };
 // Gradients of step s are multiplied by shrink^(s-1): shrink < 1 makes later updates
 // fall below the RMS clipping threshold, so unclipped steps get tested too.
-inline TinyRun run_tiny(Optimizer& opt, int steps, double lr, float shrink = 1.0f) {
+inline TinyRun run_tiny(Optimizer<float>& opt, int steps, double lr, float shrink = 1.0f) {
   const ParamTable t = tiny_table();
   TinyRun r;
   for (int s = 1; s <= steps; s++) {
     opt.begin_step(s, float(lr));
     std::vector<float> gm = tiny_g_matrix(s, shrink), gv = tiny_g_vector(s, shrink);
-    opt.update(t.params[0], r.wm.data(), gm.data());
-    opt.update(t.params[1], r.wv.data(), gv.data());
+    opt.update(t.params[0], r.wm.data(), nullptr, gm.data());
+    opt.update(t.params[1], r.wv.data(), nullptr, gv.data());
   }
   return r;
 }
@@ -99,7 +99,7 @@ inline std::pair<double, double> convex_descent(const json& cfg, int steps, doub
     for (int k = 0; k < 2; k++) {
       std::vector<float> g(w[k].size());
       for (size_t i = 0; i < g.size(); i++) g[i] = float((1.0 + 0.1 * i) * (w[k][i] - target[k][i]));
-      opt->update(t.params[k], w[k].data(), g.data());
+      opt->update(t.params[k], w[k].data(), nullptr, g.data());
     }
   }
   return {first, loss()};
@@ -114,11 +114,11 @@ inline bool state_round_trips(const json& cfg, int split, int more, bool restore
   auto a = make_optimizer(cfg, t, dev, 3);
   auto b = make_optimizer(cfg, t, dev, 3);
   TinyRun wa;
-  auto step = [&](Optimizer& o, TinyRun& w, int s) {
+  auto step = [&](Optimizer<float>& o, TinyRun& w, int s) {
     o.begin_step(s, 0.01f);
     std::vector<float> gm = tiny_g_matrix(s), gv = tiny_g_vector(s);
-    o.update(t.params[0], w.wm.data(), gm.data());
-    o.update(t.params[1], w.wv.data(), gv.data());
+    o.update(t.params[0], w.wm.data(), nullptr, gm.data());
+    o.update(t.params[1], w.wv.data(), nullptr, gv.data());
   };
   for (int s = 1; s <= split; s++) step(*a, wa, s);
   const auto sa = a->state(), sb = b->state();

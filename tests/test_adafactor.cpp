@@ -72,7 +72,7 @@ TEST_CASE("Adafactor with beta1 applies the lr before the momentum EMA") {
   for (int s = 1; s <= 2; s++) {
     std::vector<float> g = tiny_g_matrix(s);
     opt->begin_step(s, s == 1 ? 0.01f : 0.0f);
-    opt->update(t.params[0], w.data(), g.data());
+    opt->update(t.params[0], w.data(), nullptr, g.data());
     if (s == 1) w1 = w;
   }
   for (int i = 0; i < 6; i++) {
@@ -92,14 +92,14 @@ TEST_CASE("Adafactor scales weight decay by alpha and starts with beta2_1 = 0") 
   // W0 = 0.5, -0.3, 0.8, 0.1, -0.7, 0.2: RMS = sqrt(1.52 / 6) = 0.503322.
   std::vector<float> w = tiny_w_matrix(), g(6, 0.0f);
   opt->begin_step(1, 0.2f);
-  opt->update(t.params[0], w.data(), g.data());
+  opt->update(t.params[0], w.data(), nullptr, g.data());
   for (int i = 0; i < 6; i++)
     CHECK(w[i] == Approx(tiny_w_matrix()[i] * (1 - 0.5 * 0.2 * 0.503322)).epsilon(1e-6));
   // beta2_1 = 0: after step 1 the stats hold exactly this step's means of g^2 + eps1.
   std::vector<float> g2 = {1, 2, 3, 4, 5, 6};
   auto fresh = make_optimizer(cfg, t, dev, 0);
   fresh->begin_step(1, 0.2f);
-  fresh->update(t.params[0], w.data(), g2.data());
+  fresh->update(t.params[0], w.data(), nullptr, g2.data());
   const auto st = fresh->state();
   REQUIRE(st[0].name == "adafactor.r.matrix0");
   const float* r = static_cast<const float*>(st[0].data);
@@ -120,7 +120,7 @@ TEST_CASE("Adafactor's relative step ignores the schedule's lr") {
   auto opt = make_optimizer(cfg, t, dev, 0);
   std::vector<float> w = {1, 1, 1}, g = {3, 0, 0};
   opt->begin_step(1, 123.0f);
-  opt->update(t.params[0], w.data(), g.data());
+  opt->update(t.params[0], w.data(), nullptr, g.data());
   CHECK(w[0] == Approx(0.99));
   CHECK(w[1] == 1.0f);
 }
@@ -135,7 +135,7 @@ TEST_CASE("Adafactor's factored moment is exact for a rank-one g^2") {
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 3; j++) g[i * 3 + j] = float(j == 1 ? -1 : 1) * std::sqrt(a[i] * b[j]);
   opt->begin_step(1, 0.01f);
-  opt->update(t.params[0], w.data(), g.data());
+  opt->update(t.params[0], w.data(), nullptr, g.data());
   for (int i = 0; i < 6; i++) CHECK(w[i] == Approx(i % 3 == 1 ? 0.01 : -0.01).epsilon(1e-6));
 }
 

@@ -52,7 +52,7 @@ TEST_CASE("AdaLomo clips the update to RMS(U) <= 1 before scaling by alpha") {
   for (int s = 1; s <= 2; s++) {
     std::vector<float> g(3, s == 1 ? 0.1f : 1.0f);
     opt->begin_step(s, 0.1f);
-    opt->update(t.params[0], w.data(), g.data());
+    opt->update(t.params[0], w.data(), nullptr, g.data());
   }
   for (float x : w) CHECK(x == Approx(0.405).epsilon(1e-6));
 }
@@ -72,7 +72,7 @@ TEST_CASE("AdaLomo's factored moment is exact for a rank-one g^2") {
   const std::vector<float> w0 = w, g0 = g;
   const double alpha = 0.01 * rms_of(to_double(w0));
   opt->begin_step(1, 0.01f);
-  opt->update(t.params[0], w.data(), g.data());
+  opt->update(t.params[0], w.data(), nullptr, g.data());
   for (int i = 0; i < 12; i++) CHECK(w[i] == Approx(w0[i] - alpha * (g0[i] > 0 ? 1 : -1)).epsilon(1e-6));
 }
 

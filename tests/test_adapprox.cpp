@@ -157,20 +157,20 @@ TEST_CASE("Adapprox at full rank equals dense Adam without bias correction") {
     }
 }
 
-static const float* blob(Optimizer& o, const std::string& name) {
+static const float* blob(Optimizer<float>& o, const std::string& name) {
   for (const StateBlob& b : o.state())
     if (b.name == name) return static_cast<const float*>(b.data);
   return nullptr;
 }
 
 // Runs `steps` steps of Adapprox on one 16x12 matrix with full-rank gradients.
-static std::vector<float> run_matrix(Optimizer& o, const ParamTable& t, int steps) {
+static std::vector<float> run_matrix(Optimizer<float>& o, const ParamTable& t, int steps) {
   std::vector<float> w(16 * 12, 0.1f);
   for (int s = 1; s <= steps; s++) {
     std::vector<float> g(w.size());
     for (size_t i = 0; i < g.size(); i++) g[i] = float(gaussian(100 + s, i));
     o.begin_step(s, 0.01f);
-    o.update(t.params[0], w.data(), g.data());
+    o.update(t.params[0], w.data(), nullptr, g.data());
   }
   return w;
 }
@@ -216,8 +216,8 @@ TEST_CASE("Adapprox cos_guidance scales the step by (1 + cos(D, m1)) / 2") {
   for (int s = 0; s < 2; s++) {
     std::vector<float> ga(g[s].begin(), g[s].end()), gb = ga;
     a->begin_step(s + 1, 0.01f), b->begin_step(s + 1, 0.01f);
-    a->update(t.params[0], wa.data(), ga.data());
-    b->update(t.params[0], wb.data(), gb.data());
+    a->update(t.params[0], wa.data(), nullptr, ga.data());
+    b->update(t.params[0], wb.data(), nullptr, gb.data());
     if (s == 0) wa1 = wa, wb1 = wb;
   }
   for (int i = 0; i < 3; i++) CHECK(wb1[i] == Approx(wa1[i]).epsilon(1e-6));

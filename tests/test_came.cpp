@@ -65,8 +65,8 @@ TEST_CASE("CAME at t = 1: vectors take m, matrices the confidence-scaled m") {
     for (int j = 0; j < 3; j++) gm[i * 3 + j] = float(i == j ? -1 : 1) * std::sqrt(a[i] * b[j]);
   const std::vector<float> g0 = gm;
   opt->begin_step(1, 0.01f);
-  opt->update(t.params[0], wm.data(), gm.data());
-  opt->update(t.params[1], wv.data(), gv.data());
+  opt->update(t.params[0], wm.data(), nullptr, gm.data());
+  opt->update(t.params[1], wv.data(), nullptr, gv.data());
   for (int i = 0; i < 6; i++)
     CHECK(wm[i] == Approx(-0.01 * (0.1 / 0.009) * (g0[i] > 0 ? 1 : -1)).epsilon(1e-5));
   CHECK(wv[0] == Approx(-0.001).epsilon(1e-5));

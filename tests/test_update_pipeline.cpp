@@ -32,7 +32,8 @@ std::vector<float> train_steps(const json& cfg, int steps) {
   GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0);
   model.set_params(init_params(model.table, 1));
   auto opt = make_optimizer(cfg, model.table, dev, 5);
-  UpdatePipeline pipe(cfg, model, *opt, dev);
+  CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
   std::mt19937 rng(17);
   std::uniform_int_distribution<int> tok(0, 49);
   for (int t = 1; t <= steps; t++) {
@@ -87,7 +88,8 @@ TEST_CASE("a non-finite loss stops before any weight changes, or skips the step"
     w[model.table.get(ParamKind::lnfb).offset] = std::numeric_limits<float>::quiet_NaN();
     model.set_params(w);
     auto opt = make_optimizer(cfg, model.table, dev, 5);
-    UpdatePipeline pipe(cfg, model, *opt, dev);
+    CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
     auto batch = [](int* in, int* tg) {
       for (int i = 0; i < 16; i++) in[i] = i, tg[i] = i + 1;
     };
@@ -122,7 +124,8 @@ TEST_CASE("gradient accumulation over micro-batches equals one batch of the same
     GPT2<float> model(model_config(cfg), ops, dev, B, 8, 0);
     model.set_params(init_params(model.table, 3));
     auto opt = make_optimizer(cfg, model.table, dev, 5);
-    UpdatePipeline pipe(cfg, model, *opt, dev);
+    CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
     size_t at = 0;
     pipe.step(1, 0.5f, [&](int* in, int* tg) {
       for (int i = 0; i < B * 8; i++, at++) in[i] = tokens[at], tg[i] = tokens[at + 32];
@@ -147,7 +150,8 @@ TEST_CASE("a tiny model memorizes one batch") {
   GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0);
   model.set_params(init_params(model.table, 1));
   auto opt = make_optimizer(cfg, model.table, dev, 5);
-  UpdatePipeline pipe(cfg, model, *opt, dev);
+  CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
   std::vector<int> in(16), tg(16);
   std::mt19937 rng(4);
   for (int i = 0; i < 16; i++) in[i] = int(rng() % 50), tg[i] = int(rng() % 50);

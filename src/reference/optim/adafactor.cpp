@@ -22,7 +22,7 @@ bool flag(const json& cfg, const std::string& key) {
 
 bool has_first_moment(const json& cfg) { return !entry(cfg, "adafactor", "beta1").is_null(); }
 
-class Adafactor final : public Optimizer {
+class Adafactor final : public Optimizer<float> {
  public:
   Adafactor(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -53,7 +53,7 @@ class Adafactor final : public Optimizer {
     beta2_ = 1.0 - std::pow(double(t), decay_rate_);
   }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     const double alpha = scale_parameter_ ? rho_ * std::max(eps2_, rms(w, p.numel)) : rho_;
     normalized_update(p, moments_[p.id], beta2_, eps1_, clip_, g);
     float* m1 = m1_[p.id];
@@ -80,7 +80,7 @@ class Adafactor final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_adafactor(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adafactor(const json& cfg, const ParamTable& table, Device& dev,
                                           uint64_t) {
   return std::make_unique<Adafactor>(cfg, table, dev);
 }

@@ -12,7 +12,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class AdaLomo final : public Optimizer {
+class AdaLomo final : public Optimizer<float> {
  public:
   AdaLomo(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -29,7 +29,7 @@ class AdaLomo final : public Optimizer {
     beta2_ = 1.0 - std::pow(double(t), decay_rate_);  // beta2_1 = 0: step 1 sees only g^2
   }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     const double alpha = lr_ * std::max(eps2_, rms(w, p.numel));  // RMS of W_old
     normalized_update(p, moments_[p.id], beta2_, eps1_, clip_, g);
     const double keep = 1.0 - alpha * common_.wd(p);  // decay scaled by alpha, not lr
@@ -48,7 +48,7 @@ class AdaLomo final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_adalomo(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adalomo(const json& cfg, const ParamTable& table, Device& dev,
                                         uint64_t) {
   return std::make_unique<AdaLomo>(cfg, table, dev);
 }

@@ -9,7 +9,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class AdamW final : public Optimizer {
+class AdamW final : public Optimizer<float> {
  public:
   AdamW(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -29,7 +29,7 @@ class AdamW final : public Optimizer {
     bc2_ = 1.0 - std::pow(beta2_, double(t));
   }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     float* m = m_[p.id];
     float* v = v_[p.id];
     const double wd = common_.wd(p);
@@ -53,7 +53,7 @@ class AdamW final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_adamw(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adamw(const json& cfg, const ParamTable& table, Device& dev,
                                       uint64_t) {
   return std::make_unique<AdamW>(cfg, table, dev);
 }

@@ -88,7 +88,7 @@ inline double qut(const float* Q, const float* U, int64_t m, int64_t n, int k, i
   return s;
 }
 
-class Adapprox final : public Optimizer {
+class Adapprox final : public Optimizer<float> {
  public:
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
       : common_(cfg), s_(cfg), seed_(seed), store_(dev) {
@@ -116,7 +116,7 @@ class Adapprox final : public Optimizer {
     lr_ = lr;
   }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     if (p.is_matrix())
       matrix_direction(p, g);
     else
@@ -206,7 +206,7 @@ class Adapprox final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_adapprox(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adapprox(const json& cfg, const ParamTable& table, Device& dev,
                                          uint64_t seed) {
   return std::make_unique<Adapprox>(cfg, table, dev, seed);
 }

@@ -13,7 +13,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class Came final : public Optimizer {
+class Came final : public Optimizer<float> {
  public:
   Came(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -38,7 +38,7 @@ class Came final : public Optimizer {
 
   void begin_step(int64_t, float lr) override { lr_ = lr; }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     normalized_update(p, moments_[p.id], beta2_, eps1_, clip_, g);  // g now holds U
     float* m = m_[p.id];
     for (size_t i = 0; i < p.numel; i++) m[i] = float(beta1_ * m[i] + (1 - beta1_) * g[i]);
@@ -79,7 +79,7 @@ class Came final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_came(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_came(const json& cfg, const ParamTable& table, Device& dev,
                                      uint64_t) {
   return std::make_unique<Came>(cfg, table, dev);
 }

@@ -8,13 +8,13 @@ namespace gpt2::optim {
 
 namespace {
 
-class Lomo final : public Optimizer {
+class Lomo final : public Optimizer<float> {
  public:
   explicit Lomo(const json& cfg) : common_(cfg) {}
 
   void begin_step(int64_t, float lr) override { lr_ = lr; }
 
-  void update(const ParamSpec& p, float* w, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override {
     const double keep = 1.0 - lr_ * common_.wd(p);
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - lr_ * g[i]);
   }
@@ -28,7 +28,7 @@ class Lomo final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_lomo(const json& cfg, const ParamTable&, Device&, uint64_t) {
+std::unique_ptr<Optimizer<float>> make_lomo(const json& cfg, const ParamTable&, Device&, uint64_t) {
   return std::make_unique<Lomo>(cfg);
 }
 

@@ -9,7 +9,7 @@ namespace {
 
 struct Entry {
   const char* name;
-  std::unique_ptr<Optimizer> (*make)(const json&, const ParamTable&, Device&, uint64_t);
+  std::unique_ptr<Optimizer<float>> (*make)(const json&, const ParamTable&, Device&, uint64_t);
   size_t (*state_bytes)(const json&, const ParamSpec&);
 };
 
@@ -32,7 +32,7 @@ const Entry& find(const json& cfg) {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_optimizer(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_optimizer(const json& cfg, const ParamTable& table, Device& dev,
                                           uint64_t seed) {
   return find(cfg).make(cfg, table, dev, seed);
 }

@@ -52,22 +52,22 @@ class StateStore {
 };
 
 // Per optimizer: its factory and the bytes of optimizer_state it allocates for tensor p.
-std::unique_ptr<Optimizer> make_adamw(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adamw(const json& cfg, const ParamTable& table, Device& dev,
                                       uint64_t seed);
 size_t adamw_state_bytes(const json& cfg, const ParamSpec& p);
-std::unique_ptr<Optimizer> make_lomo(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_lomo(const json& cfg, const ParamTable& table, Device& dev,
                                      uint64_t seed);
 size_t lomo_state_bytes(const json& cfg, const ParamSpec& p);
-std::unique_ptr<Optimizer> make_adalomo(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adalomo(const json& cfg, const ParamTable& table, Device& dev,
                                         uint64_t seed);
 size_t adalomo_state_bytes(const json& cfg, const ParamSpec& p);
-std::unique_ptr<Optimizer> make_adafactor(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adafactor(const json& cfg, const ParamTable& table, Device& dev,
                                           uint64_t seed);
 size_t adafactor_state_bytes(const json& cfg, const ParamSpec& p);
-std::unique_ptr<Optimizer> make_came(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_came(const json& cfg, const ParamTable& table, Device& dev,
                                      uint64_t seed);
 size_t came_state_bytes(const json& cfg, const ParamSpec& p);
-std::unique_ptr<Optimizer> make_adapprox(const json& cfg, const ParamTable& table, Device& dev,
+std::unique_ptr<Optimizer<float>> make_adapprox(const json& cfg, const ParamTable& table, Device& dev,
                                          uint64_t seed);
 size_t adapprox_state_bytes(const json& cfg, const ParamSpec& p);
 
