@@ -6,6 +6,7 @@
 #include <random>
 
 #include "catch.hpp"
+#include "backend.hpp"
 #include "gpt2.hpp"
 #include "reference/cpu_ops.hpp"
 #include "reference/ref_ops.hpp"
@@ -218,4 +219,44 @@ TEST_CASE("init is seeded and follows GPT-2's recipe") {
   CHECK(a[t.get(ParamKind::qkvb, 1).offset] == 0.0f);
   const ParamSpec& wte = t.get(ParamKind::wte);
   for (size_t i = wte.numel; i < wte.storage; i++) REQUIRE(a[wte.offset + i] == 0.0f);
+}
+
+TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient", "[gpu]") {
+  ModelConfig c = tiny_config();
+  c.channels = 64, c.num_heads = 2;  // head size 32: the CUDA attention's smallest
+  const int B = 2, T = 7;
+  std::unique_ptr<Device> gpu = make_cuda_device(0);
+  std::unique_ptr<Ops<float>> cuda = make_cuda_ops<float>(*gpu);
+  GPT2<float> a(c, *cuda, *gpu, B, T, 0);
+  CpuDevice cpu;
+  RefOps<double> slow;
+  GPT2<double> r(c, slow, cpu, B, T, 0);
+  const std::vector<float> w = spread_params(a.table, 5);
+  a.set_params(w), r.set_params(w);
+  const Batch b = random_batch(B * T, c.vocab_size, 9);
+
+  // Gradients accumulate into one device buffer, read back at the end.
+  class DeviceSink final : public GradSink<float> {
+   public:
+    DeviceSink(const ParamTable& t, Device& d) : buf(d, t.total, MemCategory::grads, "grads") {}
+    float* grad(const ParamSpec& p) override { return buf.get() + p.offset; }
+    void ready(const ParamSpec&) override {}
+    DeviceBuffer<float> buf;
+  } ga(a.table, *gpu);
+  RecordingSink<double> gr(r.table);
+  const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
+  const double lr = r.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
+  CHECK(la == Approx(lr).epsilon(1e-5));
+  a.backward(ga), r.backward(gr);
+  std::vector<float> g(a.table.total);
+  gpu->to_host(g.data(), ga.buf.get(), ga.buf.bytes());
+  for (const ParamSpec& p : a.table.params) {
+    double num = 0, den = 0;
+    for (size_t i = p.offset; i < p.offset + p.numel; i++) {
+      num += (g[i] - gr.grads[i]) * (g[i] - gr.grads[i]);
+      den += gr.grads[i] * gr.grads[i];
+    }
+    INFO(p.name);
+    CHECK(std::sqrt(num / std::max(den, 1e-30)) < 1e-5);
+  }
 }
