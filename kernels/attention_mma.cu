@@ -20,6 +20,12 @@
 //   dq kernel, per query tile over key tiles j <= i: dQ += dS K;  dS = P (dO V^T - delta).
 // Numerics: P and dS are rounded to bf16 as mma inputs (at most 2^-8 relative per term);
 // tests/test_attention.cpp bounds the resulting error.
+// Measured (tools/bench_attention.cpp, H200, T 1024, 12 heads of 64): B 8 forward 0.088 ms
+// (146 TFLOP/s), backward 0.284 ms (113, at 2.5x the forward's flops); B 16: 0.153 and
+// 0.517 ms; 14-16x the FMA kernels. Where the time goes: per 64 x 64 tile a warp issues
+// as many ex2 (MUFU, 1/8 the rate) as its mmas take, so the softmax rivals the matmuls;
+// dkdv holds 236 registers (2 blocks per SM); the dq kernel recomputes S and dP (2 of its 3
+// products), the price of a deterministic backward without atomics.
 #include "cuda_check.cuh"
 #include "kernels.cuh"
 
