@@ -17,10 +17,12 @@
 // Splitting dK/dV from dQ costs one extra recompute of p but needs no atomics, so the
 // backward is deterministic. All math is fp32 (bf16 only as storage); exp is the
 // accurate expf so fp32 results match the reference to rounding.
-// Not yet done: tensor cores (mma) for the dot products; these kernels use the FMA pipes,
-// simple and exact but slow. Measured on an H200 at B 8, T 1024, 12 heads of 64
-// (tests/test_attention.cpp "[cudabench]"): forward 1.17 ms, backward 4.1 ms in fp32 or
-// bf16 (11 and 8 TFLOP/s), against 0.05 ms for the bf16 qkv matmul.
+// These FMA kernels are the exact path (fp32, and bf16 with head sizes other than 64);
+// bf16 with HS = 64 runs on tensor cores (attention_mma.cu). Measured on an H200 at B 8,
+// T 1024, 12 heads of 64 (tools/bench_attention.cpp): forward 1.21 ms, backward 4.43 ms in
+// bf16 (11 and 7 TFLOP/s) against 0.088 and 0.284 ms on tensor cores.
+#include <type_traits>
+
 #include "cuda_check.cuh"
 #include "error.hpp"
 #include "kernels.cuh"
@@ -255,14 +257,38 @@ int head_size(int C, int NH) {
   return hs;
 }
 
+// The tensor-core path's head size, or 0 where the FMA kernels run.
+template <class D>
+int mma_head_size(int C, int NH) {
+  if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+    if (NH > 0 && C % NH == 0 && attention_mma_supports(C / NH)) return C / NH;
+  }
+  return 0;
+}
+
+template <class D>
+void delta_forward(float* delta, const D* dout, const D* out, int B, int T, int C, int NH) {
+  attention_delta_kernel<<<ceil_div(size_t(B) * T * NH, 8), 256>>>(delta, dout, out, B, T, C,
+                                                                   NH);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 template <class D>
-void attention_forward(D* out, float* lse, const D* qkv, int B, int T, int C, int NH) {
+void attention_forward_fma(D* out, float* lse, const D* qkv, int B, int T, int C, int NH) {
   const int hs = head_size(C, NH);
   if (B == 0 || T == 0) return;
   if (hs == 32) forward_hs<32>(out, lse, qkv, B, T, C, NH);
   if (hs == 64) forward_hs<64>(out, lse, qkv, B, T, C, NH);
+}
+
+template <class D>
+void attention_forward(D* out, float* lse, const D* qkv, int B, int T, int C, int NH) {
+  if (!mma_head_size<D>(C, NH)) return attention_forward_fma(out, lse, qkv, B, T, C, NH);
+  if (B == 0 || T == 0) return;
+  if constexpr (std::is_same_v<D, __nv_bfloat16>)
+    attention_forward_mma(out, lse, qkv, B, T, C, NH);
 }
 
 size_t attention_backward_scratch_bytes(int B, int T, int NH) {
@@ -270,25 +296,37 @@ size_t attention_backward_scratch_bytes(int B, int T, int NH) {
 }
 
 template <class D>
-void attention_backward(D* dqkv, const D* dout, const D* qkv, const D* out, const float* lse,
-                        int B, int T, int C, int NH, void* scratch) {
+void attention_backward_fma(D* dqkv, const D* dout, const D* qkv, const D* out,
+                            const float* lse, int B, int T, int C, int NH, void* scratch) {
   const int hs = head_size(C, NH);
   if (B == 0 || T == 0) return;
   float* delta = static_cast<float*>(scratch);
-  attention_delta_kernel<<<ceil_div(size_t(B) * T * NH, 8), 256>>>(delta, dout, out, B, T, C,
-                                                                   NH);
-  CUDA_CHECK_LAUNCH();
+  delta_forward(delta, dout, out, B, T, C, NH);
   if (hs == 32) backward_hs<32>(dqkv, dout, qkv, lse, delta, B, T, C, NH);
   if (hs == 64) backward_hs<64>(dqkv, dout, qkv, lse, delta, B, T, C, NH);
 }
 
-template void attention_forward<float>(float*, float*, const float*, int, int, int, int);
-template void attention_forward<__nv_bfloat16>(__nv_bfloat16*, float*, const __nv_bfloat16*,
-                                               int, int, int, int);
-template void attention_backward<float>(float*, const float*, const float*, const float*,
-                                        const float*, int, int, int, int, void*);
-template void attention_backward<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*,
-                                                const __nv_bfloat16*, const __nv_bfloat16*,
-                                                const float*, int, int, int, int, void*);
+template <class D>
+void attention_backward(D* dqkv, const D* dout, const D* qkv, const D* out, const float* lse,
+                        int B, int T, int C, int NH, void* scratch) {
+  if (!mma_head_size<D>(C, NH))
+    return attention_backward_fma(dqkv, dout, qkv, out, lse, B, T, C, NH, scratch);
+  if (B == 0 || T == 0) return;
+  float* delta = static_cast<float*>(scratch);
+  delta_forward(delta, dout, out, B, T, C, NH);
+  if constexpr (std::is_same_v<D, __nv_bfloat16>)
+    attention_backward_mma(dqkv, dout, qkv, lse, delta, B, T, C, NH);
+}
+
+#define INSTANTIATE(D)                                                                      \
+  template void attention_forward<D>(D*, float*, const D*, int, int, int, int);            \
+  template void attention_forward_fma<D>(D*, float*, const D*, int, int, int, int);        \
+  template void attention_backward<D>(D*, const D*, const D*, const D*, const float*, int, \
+                                      int, int, int, void*);                               \
+  template void attention_backward_fma<D>(D*, const D*, const D*, const D*, const float*,  \
+                                          int, int, int, int, void*);
+INSTANTIATE(float)
+INSTANTIATE(__nv_bfloat16)
+#undef INSTANTIATE
 
 }  // namespace gpt2::cuda

@@ -53,13 +53,28 @@ template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                      const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch);
 
-// attention.cu
+// attention.cu. attention_forward/backward run the tensor-core kernels of
+// attention_mma.cu for bf16 with head size 64, else the exact FMA kernels; the _fma entry
+// points stay public so tools/bench_attention.cpp can time the two side by side.
 template <class D>
 void attention_forward(D* out, float* lse, const D* qkv, int B, int T, int C, int NH);
+template <class D>
+void attention_forward_fma(D* out, float* lse, const D* qkv, int B, int T, int C, int NH);
 size_t attention_backward_scratch_bytes(int B, int T, int NH);
 template <class D>
 void attention_backward(D* dqkv, const D* dout, const D* qkv, const D* out, const float* lse,
                         int B, int T, int C, int NH, void* scratch);
+template <class D>
+void attention_backward_fma(D* dqkv, const D* dout, const D* qkv, const D* out,
+                            const float* lse, int B, int T, int C, int NH, void* scratch);
+
+// attention_mma.cu (B, T > 0; delta[B,NH,T] = rowsum(dout * out), see attention.cu)
+bool attention_mma_supports(int HS);
+void attention_forward_mma(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B,
+                           int T, int C, int NH);
+void attention_backward_mma(__nv_bfloat16* dqkv, const __nv_bfloat16* dout,
+                            const __nv_bfloat16* qkv, const float* lse, const float* delta,
+                            int B, int T, int C, int NH);
 
 // gelu.cu
 template <class D> void gelu_forward(D* out, const D* inp, size_t n);

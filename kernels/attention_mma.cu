@@ -1,0 +1,403 @@
+// Causal self-attention on tensor cores, bf16, head size 64: flash-attention-2. Same
+// contract as attention.cu, which dispatches here for bf16 with HS = 64 and keeps the
+// exact FMA kernels for fp32 and other head sizes.
+//
+// Launch shape: grid (ceil(T/64), NH, B), 128 threads = 4 warps. A block owns a 64-row
+// tile (queries in forward and dq, keys in dkdv); each warp owns 16 of those rows and keeps
+// them and their accumulators in registers for the whole kernel. The other operands stream
+// through shared memory in 64-row tiles, double-buffered with cp.async so the next tile's
+// load overlaps this tile's math. Every product is mma.sync m16n8k16 (bf16 in, fp32
+// accumulate) fed by ldmatrix (.trans where the operand is needed transposed); shared rows
+// are padded by 16 bytes so the 8 rows one ldmatrix reads fall in distinct banks.
+// The idea that makes it fast (FA2): an mma's fp32 accumulator layout, packed pairwise to
+// bf16, is exactly the layout of its A operand, so P = softmax(QK^T) goes from the QK^T
+// product into the PV product without leaving registers (likewise dS into dS K, and P^T,
+// dS^T in dkdv). The softmax works in base 2: scores are scaled by log2(e)/sqrt(HS) so each
+// exp is one ex2. Tiles above the causal diagonal are never loaded; only the diagonal tile
+// is masked. Blocks with the most tiles are launched first so the grid's tail is short.
+// Backward (deterministic, no atomics), P recomputed from lse, delta_i = dO_i . O_i given:
+//   dkdv kernel, per key tile over query tiles i >= j: dV += P^T dO, dK += dS^T Q;
+//   dq kernel, per query tile over key tiles j <= i: dQ += dS K;  dS = P (dO V^T - delta).
+// Numerics: P and dS are rounded to bf16 as mma inputs (at most 2^-8 relative per term);
+// tests/test_attention.cpp bounds the resulting error.
+// Measured (tools/bench_attention.cpp, H200, T 1024, 12 heads of 64): B 8 forward 0.088 ms
+// (146 TFLOP/s), backward 0.284 ms (113, at 2.5x the forward's flops); B 16: 0.153 and
+// 0.517 ms; 14-16x the FMA kernels. Where the time goes: per 64 x 64 tile a warp issues
+// as many ex2 (MUFU, 1/8 the rate) as its mmas take, so the softmax rivals the matmuls;
+// dkdv holds 236 registers (2 blocks per SM); the dq kernel recomputes S and dP (2 of its 3
+// products), the price of a deterministic backward without atomics.
+#include "cuda_check.cuh"
+#include "kernels.cuh"
+
+namespace gpt2::cuda {
+namespace {
+
+using bf = __nv_bfloat16;
+constexpr int kHS = 64;
+constexpr int kRows = 64;             // rows of every tile, owned or streamed
+constexpr int kThreads = 32 * kRows / 16;
+constexpr int kStride = kHS + 8;      // padded shared row: 144 bytes, 4 banks apart
+constexpr int kTile = kRows * kStride;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Rows r0 .. r0+63 of a head (64 bf16 at `src`, rows `stride` apart) into a shared tile;
+// rows >= T are zero-filled (cp.async with source size 0).
+__device__ __forceinline__ void load_tile(bf* dst, const bf* src, size_t stride, int r0, int T) {
+  for (int c = threadIdx.x; c < kRows * kHS / 8; c += kThreads) {
+    const int r = c / (kHS / 8), col = c % (kHS / 8) * 8;
+    const bool valid = r0 + r < T;
+    const bf* g = src + size_t(valid ? r0 + r : 0) * stride + col;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     smem_u32(dst + r * kStride + col)),
+                 "l"(g), "r"(valid ? 16 : 0));
+  }
+}
+__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n"); }
+// All but the newest group landed; then the block sees every thread's copies.
+__device__ __forceinline__ void wait_all_but_newest() {
+  asm volatile("cp.async.wait_group 1;\n");
+  __syncthreads();
+}
+
+__device__ __forceinline__ void ldsm(unsigned (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_trans(unsigned (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                    unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// A warp's 16 x 64 block is a[k16 step][4] as A operand, or acc[n8 tile][4] as fp32
+// accumulator, where lane holds rows lane/4 (+8 for elements 2, 3) and columns
+// 8n + 2(lane%4) (+1 for odd elements).
+using AFrag = unsigned[4][4];
+using Acc = float[8][4];
+__device__ __forceinline__ int acc_row(int e) { return threadIdx.x % 32 / 4 + e / 2 * 8; }
+__device__ __forceinline__ int acc_col(int n, int e) { return n * 8 + threadIdx.x % 4 * 2 + e % 2; }
+
+// 16 rows of a shared tile (starting at `rows`) as A operand.
+__device__ __forceinline__ void load_a(AFrag& a, const bf* rows) {
+  const int lane = threadIdx.x % 32;
+  const bf* p = rows + lane % 16 * kStride + lane / 16 * 8;
+#pragma unroll
+  for (int k = 0; k < 4; k++) ldsm(a[k], p + k * 16);
+}
+
+// Accumulator layout -> A operand: columns 16k .. 16k+15 are n8 tiles 2k and 2k+1.
+__device__ __forceinline__ unsigned pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+__device__ __forceinline__ void to_a(AFrag& a, const Acc& c) {
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    a[k][0] = pack(c[2 * k][0], c[2 * k][1]);
+    a[k][1] = pack(c[2 * k][2], c[2 * k][3]);
+    a[k][2] = pack(c[2 * k + 1][0], c[2 * k + 1][1]);
+    a[k][3] = pack(c[2 * k + 1][2], c[2 * k + 1][3]);
+  }
+}
+
+// acc = A X^T for a shared 64 x 64 tile X (e.g. S = Q K^T): X's rows are acc's columns.
+__device__ __forceinline__ void mma_abt(Acc& acc, const AFrag& a, const bf* x) {
+  const int lane = threadIdx.x % 32;
+  const bf* p = x + (lane % 8 + lane / 16 * 8) * kStride + lane / 8 % 2 * 8;
+#pragma unroll
+  for (int n = 0; n < 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+#pragma unroll
+  for (int n2 = 0; n2 < 4; n2++)
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      unsigned b[4];
+      ldsm(b, p + n2 * 16 * kStride + k * 16);
+      mma(acc[2 * n2], a[k], b[0], b[1]);
+      mma(acc[2 * n2 + 1], a[k], b[2], b[3]);
+    }
+}
+
+// acc += A X for a shared 64 x 64 tile X (e.g. O += P V): X's rows are A's columns.
+__device__ __forceinline__ void mma_ab(Acc& acc, const AFrag& a, const bf* x) {
+  const int lane = threadIdx.x % 32;
+  const bf* p = x + lane % 16 * kStride + lane / 16 * 8;
+#pragma unroll
+  for (int k = 0; k < 4; k++)
+#pragma unroll
+    for (int n2 = 0; n2 < 4; n2++) {
+      unsigned b[4];
+      ldsm_trans(b, p + k * 16 * kStride + n2 * 16);
+      mma(acc[2 * n2], a[k], b[0], b[1]);
+      mma(acc[2 * n2 + 1], a[k], b[2], b[3]);
+    }
+}
+
+// Rows r of a warp's accumulator, scaled, into out[(row0 + r) * stride ...] for rows < T.
+__device__ __forceinline__ void store_rows(bf* out, size_t stride, int row0, int T,
+                                           const Acc& acc, const float (&scale)[2]) {
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int i = row0 + acc_row(2 * half);
+    if (i >= T) continue;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+      *reinterpret_cast<__nv_bfloat162*>(out + size_t(i) * stride + acc_col(n, 0)) =
+          __floats2bfloat162_rn(acc[n][2 * half] * scale[half],
+                                acc[n][2 * half + 1] * scale[half]);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(bf* out, float* lse, const bf* qkv, int T, int C, int NH, float scale_log2) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* qs = reinterpret_cast<bf*>(smem);
+  bf* ks = qs + kTile;      // 2 buffers
+  bf* vs = ks + 2 * kTile;  // 2 buffers
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, q0 = qt * kRows;
+  const size_t row = 3 * size_t(C);
+  const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
+  load_tile(qs, q_g, row, q0, T);
+  load_tile(ks, q_g + C, row, 0, T);
+  load_tile(vs, q_g + 2 * C, row, 0, T);
+  commit();
+
+  AFrag qa;
+  Acc o = {}, s;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int t = 0; t <= qt; t++) {
+    if (t < qt) {
+      load_tile(ks + (t + 1) % 2 * kTile, q_g + C, row, (t + 1) * kRows, T);
+      load_tile(vs + (t + 1) % 2 * kTile, q_g + 2 * C, row, (t + 1) * kRows, T);
+    }
+    commit();
+    wait_all_but_newest();
+    if (t == 0) load_a(qa, qs + warp * 16 * kStride);
+    mma_abt(s, qa, ks + t % 2 * kTile);
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float x = s[n][e] * scale_log2;
+        if (t == qt && acc_col(n, e) > warp * 16 + acc_row(e)) x = -INFINITY;
+        s[n][e] = x;
+        mx[e / 2] = fmaxf(mx[e / 2], x);
+      }
+    // Every row sees its own key in the diagonal tile and key 0 in tile 0, so the
+    // running max is finite from the first tile on (no -inf - -inf).
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]), correction = exp2f(m[r] - m_new);
+      m[r] = m_new;
+      l[r] *= correction;
+#pragma unroll
+      for (int n = 0; n < 8; n++) o[n][2 * r] *= correction, o[n][2 * r + 1] *= correction;
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        s[n][e] = exp2f(s[n][e] - m[e / 2]);
+        l[e / 2] += s[n][e];  // this lane's columns only; the quad is summed at the end
+      }
+    AFrag pa;
+    to_a(pa, s);
+    mma_ab(o, pa, vs + t % 2 * kTile);
+    __syncthreads();  // the next iteration's prefetch overwrites this buffer
+  }
+  float inv_l[2];
+  const int row0 = q0 + warp * 16;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    inv_l[r] = 1.f / l[r];
+    const int i = row0 + acc_row(2 * r);
+    if (lse && threadIdx.x % 4 == 0 && i < T)
+      lse[(size_t(b) * NH + h) * T + i] = m[r] * kLn2 + logf(l[r]);
+  }
+  store_rows(out + size_t(b) * T * C + size_t(h) * kHS, C, row0, T, o, inv_l);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    dq_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse, const float* delta,
+              int T, int C, int NH, float scale, float scale_log2) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* qs = reinterpret_cast<bf*>(smem);
+  bf* dos = qs + kTile;
+  bf* ks = dos + kTile;     // 2 buffers
+  bf* vs = ks + 2 * kTile;  // 2 buffers
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, q0 = qt * kRows, row0 = q0 + warp * 16;
+  const size_t row = 3 * size_t(C);
+  const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
+  load_tile(qs, q_g, row, q0, T);
+  load_tile(dos, dout + size_t(b) * T * C + size_t(h) * kHS, C, q0, T);
+  load_tile(ks, q_g + C, row, 0, T);
+  load_tile(vs, q_g + 2 * C, row, 0, T);
+  commit();
+
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int i = row0 + acc_row(2 * r);
+    const size_t at = (size_t(b) * NH + h) * T + i;
+    lse2[r] = i < T ? lse[at] * kLog2e : 0.f;
+    dl[r] = i < T ? delta[at] : 0.f;
+  }
+  AFrag qa, da;
+  Acc dq = {}, s, dp;
+  for (int t = 0; t <= qt; t++) {
+    if (t < qt) {
+      load_tile(ks + (t + 1) % 2 * kTile, q_g + C, row, (t + 1) * kRows, T);
+      load_tile(vs + (t + 1) % 2 * kTile, q_g + 2 * C, row, (t + 1) * kRows, T);
+    }
+    commit();
+    wait_all_but_newest();
+    if (t == 0) {
+      load_a(qa, qs + warp * 16 * kStride);
+      load_a(da, dos + warp * 16 * kStride);
+    }
+    const bf* kt = ks + t % 2 * kTile;
+    mma_abt(s, qa, kt);
+    mma_abt(dp, da, vs + t % 2 * kTile);
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const bool masked = t == qt && acc_col(n, e) > warp * 16 + acc_row(e);
+        const float p = masked ? 0.f : exp2f(s[n][e] * scale_log2 - lse2[e / 2]);
+        s[n][e] = p * (dp[n][e] - dl[e / 2]);
+      }
+    AFrag dsa;
+    to_a(dsa, s);
+    mma_ab(dq, dsa, kt);
+    __syncthreads();
+  }
+  const float sc[2] = {scale, scale};
+  store_rows(dqkv + size_t(b) * T * row + size_t(h) * kHS, row, row0, T, dq, sc);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    dkdv_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse, const float* delta,
+                int T, int C, int NH, float scale, float scale_log2) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf* ks = reinterpret_cast<bf*>(smem);
+  bf* vs = ks + kTile;
+  bf* qs = vs + kTile;       // 2 buffers
+  bf* dos = qs + 2 * kTile;  // 2 buffers
+  float* lse2s = reinterpret_cast<float*>(dos + 2 * kTile);  // [2][kRows]
+  float* dls = lse2s + 2 * kRows;                            // [2][kRows]
+  const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, nq = gridDim.x;
+  const int warp = threadIdx.x / 32, k0 = kt * kRows, row0 = k0 + warp * 16;
+  const size_t row = 3 * size_t(C);
+  const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
+  const bf* do_g = dout + size_t(b) * T * C + size_t(h) * kHS;
+  const float* lse_bh = lse + (size_t(b) * NH + h) * T;
+  const float* delta_bh = delta + (size_t(b) * NH + h) * T;
+  // Queries past T get lse = +inf, so their p = exp2(s - inf) = 0.
+  auto load_stats = [&](int t) {
+    if (threadIdx.x < kRows) {
+      const int i = t * kRows + threadIdx.x, buf = t % 2 * kRows;
+      lse2s[buf + threadIdx.x] = i < T ? lse_bh[i] * kLog2e : INFINITY;
+      dls[buf + threadIdx.x] = i < T ? delta_bh[i] : 0.f;
+    }
+  };
+  load_tile(ks, q_g + C, row, k0, T);
+  load_tile(vs, q_g + 2 * C, row, k0, T);
+  load_tile(qs + kt % 2 * kTile, q_g, row, k0, T);
+  load_tile(dos + kt % 2 * kTile, do_g, C, k0, T);
+  load_stats(kt);
+  commit();
+
+  AFrag ka, va;
+  Acc dk = {}, dv = {}, s, dp;
+  for (int t = kt; t < nq; t++) {
+    if (t + 1 < nq) {
+      load_tile(qs + (t + 1) % 2 * kTile, q_g, row, (t + 1) * kRows, T);
+      load_tile(dos + (t + 1) % 2 * kTile, do_g, C, (t + 1) * kRows, T);
+      load_stats(t + 1);
+    }
+    commit();
+    wait_all_but_newest();
+    if (t == kt) {
+      load_a(ka, ks + warp * 16 * kStride);
+      load_a(va, vs + warp * 16 * kStride);
+    }
+    const bf* qtile = qs + t % 2 * kTile;
+    const bf* dotile = dos + t % 2 * kTile;
+    const float* l2 = lse2s + t % 2 * kRows;
+    const float* d = dls + t % 2 * kRows;
+    mma_abt(s, ka, qtile);    // S^T: rows are this warp's keys, columns the tile's queries
+    mma_abt(dp, va, dotile);  // dP^T
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = acc_col(n, e);
+        const bool masked = t == kt && c < warp * 16 + acc_row(e);
+        const float p = masked ? 0.f : exp2f(s[n][e] * scale_log2 - l2[c]);
+        s[n][e] = p;
+        dp[n][e] = p * (dp[n][e] - d[c]);
+      }
+    AFrag pa;
+    to_a(pa, s);
+    mma_ab(dv, pa, dotile);
+    to_a(pa, dp);
+    mma_ab(dk, pa, qtile);
+    __syncthreads();
+  }
+  bf* g = dqkv + size_t(b) * T * row + size_t(h) * kHS;
+  const float sk[2] = {scale, scale}, one[2] = {1.f, 1.f};
+  store_rows(g + C, row, row0, T, dk, sk);
+  store_rows(g + 2 * C, row, row0, T, dv, one);
+}
+
+}  // namespace
+
+bool attention_mma_supports(int HS) { return HS == kHS; }
+
+void attention_forward_mma(bf* out, float* lse, const bf* qkv, int B, int T, int C, int NH) {
+  const size_t smem = 5 * kTile * sizeof(bf);  // 45 KiB (Q, two K and two V buffers) < 48
+  forward_kernel<<<dim3(ceil_div(T, kRows), NH, B), kThreads, smem>>>(
+      out, lse, qkv, T, C, NH, kLog2e * rsqrtf(float(kHS)));
+  CUDA_CHECK_LAUNCH();
+}
+
+void attention_backward_mma(bf* dqkv, const bf* dout, const bf* qkv, const float* lse,
+                            const float* delta, int B, int T, int C, int NH) {
+  const float scale = rsqrtf(float(kHS));
+  const dim3 grid(ceil_div(T, kRows), NH, B);
+  // Both above the 48 KiB default: 6 tiles (dkdv adds its per-query statistics).
+  const size_t dq_smem = 6 * kTile * sizeof(bf), dkdv_smem = dq_smem + 4 * kRows * sizeof(float);
+  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(dkdv_smem)));
+  CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(dq_smem)));
+  dkdv_kernel<<<grid, kThreads, dkdv_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
+                                        scale * kLog2e);
+  CUDA_CHECK_LAUNCH();
+  dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
+                                      scale * kLog2e);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gpt2::cuda
