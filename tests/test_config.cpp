@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "cli.hpp"
 #include "config.hpp"
 #include "error.hpp"
 
@@ -270,52 +271,23 @@ TEST_CASE("contradictory settings name both sides and the fix") {
                                  "schedule.warmup_steps=10"}));
 }
 
-namespace {
-
-struct Run {
-  int status;
-  std::string out, err;
-};
-
-// Runs the train_gpt2 that sits beside this test executable in the build folder.
-Run run_cli(const std::string& args) {
-  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / "train_gpt2";
-  REQUIRE(fs::exists(exe));
-  const fs::path err = fs::temp_directory_path() / ("test_config.err." + std::to_string(getpid()));
-  const std::string cmd = exe.string() + " " + args + " 2> " + err.string();
-  Run r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
-  r.status = pclose(pipe);
-  std::ifstream f(err);
-  r.err.assign(std::istreambuf_iterator<char>(f), {});
-  fs::remove(err);
-  return r;
-}
-
-}  // namespace
 
 TEST_CASE("train_gpt2 config prints the resolved config and fails in one line") {
-  const Run ok = run_cli("config configs/quickstart.json --set optimizer.lr=0.5");
+  const CliRun ok = run_cli("config configs/quickstart.json --set optimizer.lr=0.5");
   INFO(ok.err);
-  REQUIRE(WIFEXITED(ok.status));
-  CHECK(WEXITSTATUS(ok.status) == 0);
+  CHECK(ok.exit_code() == 0);
   const json printed = json::parse(ok.out);
   CHECK(printed["optimizer"]["lr"].get<double>() == 0.5);
   CHECK(printed["model"]["depth"] == 4);
   CHECK(printed == load_config("configs/quickstart.json", {"optimizer.lr=0.5"}));
 
   // --set before the file must not swallow it.
-  const Run order = run_cli("config --set model.depth=2 configs/quickstart.json");
-  CHECK(WEXITSTATUS(order.status) == 0);
+  const CliRun order = run_cli("config --set model.depth=2 configs/quickstart.json");
+  CHECK(order.exit_code() == 0);
   CHECK(json::parse(order.out)["checkpoint"]["dir"] == "runs/quickstart");
 
-  const Run bad = run_cli("config configs/quickstart.json --set optimizer.lr=-1");
-  REQUIRE(WIFEXITED(bad.status));
-  CHECK(WEXITSTATUS(bad.status) != 0);
+  const CliRun bad = run_cli("config configs/quickstart.json --set optimizer.lr=-1");
+  CHECK(bad.exit_code() == 1);
   CHECK(bad.out.empty());
   CHECK(bad.err == "error: --set optimizer.lr=-1: optimizer.lr: expected a number > 0, got -1\n");
 }

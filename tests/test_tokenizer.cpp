@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "catch.hpp"
+#include "cli.hpp"
 #include "error.hpp"
 #include "tokenizer.hpp"
 #include "utf8.hpp"
@@ -46,17 +47,6 @@ void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out << bytes;
 }
-
-// A fresh directory under /tmp, removed when the test case ends.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string name = (fs::temp_directory_path() / "test_tokenizer.XXXXXX").string();
-    REQUIRE(mkdtemp(name.data()) != nullptr);
-    path = name;
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::string hex_to_bytes(const std::string& hex) {
   std::string bytes;
@@ -96,13 +86,13 @@ JsResults run_js_encoder(const std::vector<std::string>& texts,
     for (int shift = 0; shift < 32; shift += 8) records += char((n >> shift) & 0xFF);
     records += text;
   }
-  write_file(dir.path / "texts.bin", records);
-  write_file(dir.path / "ids.json", nlohmann::json(id_lists).dump());
-  const std::string command = "node tests/js/encode.js " + (dir.path / "texts.bin").string() + " " +
-                              (dir.path / "ids.json").string() + " " +
-                              (dir.path / "out.json").string();
+  write_file(fs::path(dir / "texts.bin"), records);
+  write_file(fs::path(dir / "ids.json"), nlohmann::json(id_lists).dump());
+  const std::string command = "node tests/js/encode.js " + (fs::path(dir / "texts.bin")).string() + " " +
+                              (fs::path(dir / "ids.json")).string() + " " +
+                              (fs::path(dir / "out.json")).string();
   REQUIRE(std::system(command.c_str()) == 0);
-  const auto out = nlohmann::json::parse(read_file(dir.path / "out.json"));
+  const auto out = nlohmann::json::parse(read_file(fs::path(dir / "out.json")));
   JsResults results;
   for (const auto& entry : out["encoded"]) {
     results.ids.push_back(entry["ids"].get<std::vector<int>>());
@@ -278,9 +268,9 @@ TEST_CASE("BPE merges by rank on a hand-checked tiny vocabulary", "[tokenizer]")
   encoder["ab"] = 256;
   encoder["abc"] = 257;
   encoder["bc"] = 258;
-  write_file(dir.path / "encoder.json", encoder.dump());
-  write_file(dir.path / "vocab.bpe", "#version: 0.2\na b\nab c\nb c\n");
-  const Tokenizer tokenizer((dir.path / "encoder.json").string(), (dir.path / "vocab.bpe").string());
+  write_file(fs::path(dir / "encoder.json"), encoder.dump());
+  write_file(fs::path(dir / "vocab.bpe"), "#version: 0.2\na b\nab c\nb c\n");
+  const Tokenizer tokenizer((fs::path(dir / "encoder.json")).string(), (fs::path(dir / "vocab.bpe")).string());
   const int a = encoder["a"], b = encoder["b"], c = encoder["c"];
   CHECK(tokenizer.vocab_size() == 259);
   // "abc": (a,b) rank 0 beats (b,c) rank 2, then (ab,c) rank 1 -> abc.
@@ -303,9 +293,9 @@ TEST_CASE("merge ranks are looked up by \"first,second\" like the JS does", "[to
   encoder[",?"] = 256;
   encoder["!,?"] = 257;
   encoder["!,"] = 258;
-  write_file(dir.path / "encoder.json", encoder.dump());
-  write_file(dir.path / "vocab.bpe", "#version: 0.2\n, ?\n!, ?\n! ,\n");
-  const Tokenizer tokenizer((dir.path / "encoder.json").string(), (dir.path / "vocab.bpe").string());
+  write_file(fs::path(dir / "encoder.json"), encoder.dump());
+  write_file(fs::path(dir / "vocab.bpe"), "#version: 0.2\n, ?\n!, ?\n! ,\n");
+  const Tokenizer tokenizer((fs::path(dir / "encoder.json")).string(), (fs::path(dir / "vocab.bpe")).string());
   CHECK(tokenizer.encode("!,?") == std::vector<int>{257});
   CHECK(tokenizer.encode("!,") == std::vector<int>{258});
   CHECK(tokenizer.encode(",?!") == std::vector<int>{256, encoder["!"].get<int>()});
@@ -314,16 +304,16 @@ TEST_CASE("merge ranks are looked up by \"first,second\" like the JS does", "[to
 TEST_CASE("malformed tokenizer files give one Error naming the file", "[tokenizer]") {
   TempDir dir;
   const std::string good_vocab = kVocab, good_encoder = kEncoder;
-  const std::string bytes_json = (dir.path / "bytes.json").string();
+  const std::string bytes_json = (fs::path(dir / "bytes.json")).string();
   write_file(bytes_json, byte_symbols().dump());
   auto file = [&](const std::string& name, const std::string& content) {
-    const std::string path = (dir.path / name).string();
+    const std::string path = dir / name;
     write_file(path, content);
     return path;
   };
 
   SECTION("missing files") {
-    const std::string missing = (dir.path / "nope.json").string();
+    const std::string missing = (fs::path(dir / "nope.json")).string();
     CHECK_THROWS_WITH(Tokenizer(missing, good_vocab), Contains(missing));
     CHECK_THROWS_WITH(Tokenizer(good_encoder, missing), Contains(missing));
   }
@@ -369,26 +359,6 @@ TEST_CASE("malformed tokenizer files give one Error naming the file", "[tokenize
   }
 }
 
-namespace {
-
-// Runs build/train_gpt2 (beside this test binary) with stdin from a file; returns stdout.
-std::string run_cli(const std::string& args, const std::string& input, int* status) {
-  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / "train_gpt2";
-  REQUIRE(fs::exists(exe));
-  TempDir dir;
-  write_file(dir.path / "in", input);
-  const std::string command = exe.string() + " " + args + " < " + (dir.path / "in").string() +
-                              " 2> " + (dir.path / "err").string();
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  *status = pclose(pipe);
-  return out + read_file(dir.path / "err");
-}
-
-}  // namespace
 
 TEST_CASE("train_gpt2 tokenize prints the library's ids and decodes them back", "[tokenizer]") {
   const Tokenizer& tokenizer = gpt2_tokenizer();
@@ -398,13 +368,16 @@ TEST_CASE("train_gpt2 tokenize prints the library's ids and decodes them back", 
     if (!expected.empty()) expected += ' ';
     expected += std::to_string(id);
   }
-  int status = 0;
-  CHECK(run_cli("tokenize", text, &status) == expected + "\n");
-  CHECK(status == 0);
-  CHECK(run_cli("tokenize --decode", expected, &status) == gpt2::replace_invalid_utf8(text));
-  CHECK(status == 0);
-  CHECK_THAT(run_cli("tokenize --decode", "15496 x1", &status), Contains("'x1'"));
-  CHECK(status != 0);
-  CHECK_THAT(run_cli("tokenize --decode", "99999", &status), Contains("token id 99999"));
-  CHECK(status != 0);
+  const CliRun enc = run_cli("tokenize", text);
+  CHECK(enc.out == expected + "\n");
+  CHECK(enc.exit_code() == 0);
+  const CliRun dec = run_cli("tokenize --decode", expected);
+  CHECK(dec.out == gpt2::replace_invalid_utf8(text));
+  CHECK(dec.exit_code() == 0);
+  const CliRun bad_word = run_cli("tokenize --decode", "15496 x1");
+  CHECK_THAT(bad_word.err, Contains("'x1'"));
+  CHECK(bad_word.exit_code() == 1);
+  const CliRun bad_id = run_cli("tokenize --decode", "99999");
+  CHECK_THAT(bad_id.err, Contains("token id 99999"));
+  CHECK(bad_id.exit_code() == 1);
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Trains the quickstart model with each of the six optimizers for the same number of
+# steps and prints a table of val loss.
+# Usage: tools/compare_optimizers.sh [steps] ["optimizer names"]
+# (run `make data` first). Each optimizer gets the learning rate that suits its update
+# scale: AdaLomo scales its step by RMS(W) (~0.02 for GPT-2 weights), LOMO is plain SGD.
+set -euo pipefail
+steps=${1:-150}
+bin=${BIN:-build/train_gpt2}
+only=${2:-adamw lomo adalomo adafactor came adapprox}
+declare -A lr=([adamw]=2e-3 [lomo]=0.1 [adalomo]=0.1 [adafactor]=2e-3 [came]=2e-3 [adapprox]=2e-3)
+printf "| optimizer | update | lr | val loss at step 0 | val loss at step %d | ms/step |\n|---|---|---|---|---|---|\n" "$steps"
+for opt in $only; do
+  log=$(mktemp)
+  if ! "$bin" train configs/quickstart.json --set optimizer.name="\"$opt\"" \
+      --set optimizer.lr=${lr[$opt]} --set schedule.steps=$steps --set eval.every=$steps \
+      --set sample.every=0 --set checkpoint.dir="\"runs/compare-$opt\"" \
+      --set log.progress='"off"' > "$log" 2>&1; then
+    printf "| %s | | %s | | %s | |\n" "$opt" "${lr[$opt]}" "$(tail -1 "$log")"
+    rm -f "$log"
+    continue
+  fi
+  first=$(grep -m1 '^val loss' "$log" | awk '{print $3}')
+  last=$(grep '^val loss' "$log" | tail -1 | awk '{print $3}')
+  update=$(grep -m1 '^optimizer' "$log" | awk '{print $3}')
+  ms=$(grep '^step' "$log" | awk -F'|' 'NR > 1 {gsub(/ ms/, "", $5); s += $5; n++} END {printf "%.0f", s / n}')
+  printf "| %s | %s | %s | %s | %s | %s |\n" "$opt" "${update%,}" "${lr[$opt]}" "$first" "$last" "$ms"
+  rm -f "$log"
+done
