@@ -8,25 +8,6 @@ namespace gpt2::optim {
 
 using Eigen::MatrixXd;
 
-static uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-double gaussian(uint64_t seed, uint64_t i) {
-  const uint64_t a = splitmix64(seed ^ splitmix64(2 * i));
-  const uint64_t b = splitmix64(seed ^ splitmix64(2 * i + 1));
-  const double u1 = double((a >> 11) + 1) * 0x1p-53;  // (0, 1]: log stays finite
-  const double u2 = double(b >> 11) * 0x1p-53;
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-}
-
-uint64_t mix_seed(uint64_t run_seed, int64_t step, int tensor_id) {
-  return splitmix64(splitmix64(splitmix64(run_seed) ^ uint64_t(step)) ^ uint64_t(tensor_id));
-}
-
 double frobenius_sq(DenseView A) {
   double s = 0;
   for (int64_t i = 0; i < A.m * A.n; i++) s += double(A.a[i]) * A.a[i];

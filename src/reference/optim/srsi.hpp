@@ -9,12 +9,10 @@
 #include <Eigen/Dense>
 #include <cstdint>
 
-namespace gpt2::optim {
+#include "adapprox_settings.hpp"
+#include "sketch_rng.hpp"
 
-// Deterministic standard normal number `i` of stream `seed`: splitmix64 counters fed
-// to Box-Muller, so sketches do not depend on the standard library's distributions.
-double gaussian(uint64_t seed, uint64_t i);
-uint64_t mix_seed(uint64_t run_seed, int64_t step, int tensor_id);
+namespace gpt2::optim {
 
 // A dense nonnegative m x n matrix, row-major fp32 (Adapprox's V_t).
 struct DenseView {
@@ -38,10 +36,6 @@ void rotate_to_singular_order(LowRank& f, int k);
 // Sketch column c is the same for every k, so a rank increase extends the sketch.
 LowRank srsi(DenseView A, int k, int p, int l, uint64_t seed);
 
-struct RankRule {
-  int k_min, k_max, delta_k, p, l;
-  double xi_thr;
-};
 struct AsrsiResult {
   LowRank f;
   int k;      // rank chosen

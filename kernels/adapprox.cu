@@ -1,0 +1,344 @@
+// Adapprox (spec optimizers.md 6.2-6.5, 6.7; twin of src/reference/optim/adapprox.cpp):
+// Adam's second moment without bias correction, kept per matrix as Q U^T (Q m x k
+// orthonormal, U n x k) and re-fitted every step by AS-RSI; vectors keep a full v.
+//
+// Per matrix and step:
+//   V_t = beta2 Q U^T + (1 - beta2) g^2   dense m x n fp32 scratch (workspace), one kernel
+//                                         for g^2 and one SGEMM adding the factors
+//   ||V_t||_F^2                            device reduction, copied to the host (1 sync)
+//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, geqrf + orgqr,
+//                                         SGEMM), Gram U^T U (SGEMM), syevd in double
+//                                         ((k+p) x (k+p), cuSOLVER), eigenvalues to the
+//                                         host (1 sync), Q W and U W (SGEMM) into state
+//   D = g / (sqrt(max(V, 0)) + eps)        one kernel, in place over the V_t scratch
+//   clip, first moment, guidance, decay    reductions + kernels, no sync
+// The rank loop (grow by delta_k while xi > xi_thr, shrink with hysteresis) runs on the
+// host exactly as as_rsi does: its branches need xi, so each S-RSI ends with one small
+// copy. GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
+// sketch_rng.hpp's counter-based generator run as a device function: the same Gaussian
+// numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
+// without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
+// Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
+// Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
+// s = min(k_max + p, min(m, n))) take "adapprox thin" workspace.
+#include <cublas_v2.h>
+#include <cusolverDn.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels.cuh"
+#include "optim_common.cuh"
+#include "reference/optim/adapprox_settings.hpp"
+
+#define CUSOLVER_CHECK(call)                                                          \
+  do {                                                                                \
+    cusolverStatus_t st_ = (call);                                                    \
+    if (st_ != CUSOLVER_STATUS_SUCCESS)                                               \
+      ::gpt2::fail("cuSOLVER error ", int(st_), " in ", #call, " at ", __FILE__, ":", \
+                   __LINE__);                                                         \
+  } while (0)
+
+namespace gpt2::cuda {
+namespace {
+
+enum Slot { kNormV, kSumD2, kDot, kSumM2, kSlots };
+
+template <class D>
+__global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const float x = to_f(g[i]);
+    V[i] = one_minus_b2 * x * x;
+  }
+}
+
+__global__ void sketch(float* om, size_t n, uint64_t seed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    om[i] = float(optim::gaussian(seed, i));  // entry (j, c) is number c * rows + j
+}
+
+__global__ void widen(double* out, const float* in, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = in[i];
+}
+
+// W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
+// ascending).
+__global__ void top_eigenvectors(float* W, const double* vecs, int s, int k) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= s * k) return;
+  const int r = i % s, j = i / s;
+  W[i] = float(vecs[(s - 1 - j) * s + r]);
+}
+
+template <class D>
+__global__ void matrix_direction(float* V, const D* g, size_t n, float eps) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    V[i] = to_f(g[i]) / (sqrtf(fmaxf(V[i], 0.f)) + eps);
+}
+
+template <class D>
+__global__ void vector_direction(float* out, float* v, const D* g, size_t n, float b2, float eps) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const float x = to_f(g[i]);
+    v[i] = b2 * v[i] + (1.f - b2) * x * x;
+    out[i] = x / (sqrtf(v[i]) + eps);
+  }
+}
+
+__global__ void clip_and_moment(float* Dir, float* m1, const double* sum_d2, size_t n, double d,
+                                float beta1) {
+  const float clip = float(fmax(1.0, sqrt(*sum_d2 / double(n)) / d));
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const float x = Dir[i] / clip;
+    Dir[i] = x;
+    if (m1) m1[i] = beta1 * m1[i] + (1.f - beta1) * x;
+  }
+}
+
+template <class D>
+__global__ void adapprox_apply(Weights<D> w, const float* S, const double* scal, bool guided,
+                               size_t n, float lr, float wd) {
+  const float guide =
+      guided ? float((1 + scal[kDot] / (sqrt(scal[kSumD2] * scal[kSumM2]) + 1e-12)) / 2) : 1.f;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const float x = w.load(i);
+    w.store(i, x - lr * (guide * S[i] + wd * x));
+  }
+}
+
+struct FloatSquares {
+  const float* x;
+  __device__ double operator()(size_t i) const { return double(x[i]) * x[i]; }
+};
+struct Dot {
+  const float *a, *b;
+  __device__ double operator()(size_t i) const { return double(a[i]) * b[i]; }
+};
+
+template <class T>
+class Adapprox final : public Optimizer<T> {
+ public:
+  Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
+      : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev), red_(dev),
+        scal_(dev, kSlots, MemCategory::workspace, "adapprox scalars") {
+    size_t largest = 0, y = 1, om = 1, vec = 1;
+    int s_max = 1;
+    for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
+      Tensor t;
+      if (p.is_matrix()) {
+        t.k_max = s_.rule(p).k_max;
+        t.Q = store_.add("adapprox.Q." + p.name, size_t(p.rows) * t.k_max);
+        t.U = store_.add("adapprox.U." + p.name, size_t(p.cols) * t.k_max);
+        t.rank_err = store_.add("adapprox.rank_err." + p.name, 2);
+        const float k0 = float(s_.initial_rank(p));
+        dev.to_device(t.rank_err, &k0, sizeof(float));
+        largest = std::max(largest, p.numel);
+        const int s = thin_cols(p, t.k_max);
+        s_max = std::max(s_max, s);
+        y = std::max(y, size_t(p.rows) * s), om = std::max(om, size_t(p.cols) * s);
+      } else {
+        t.v = store_.add("adapprox.v." + p.name, p.numel);
+        vec = std::max(vec, p.numel);
+      }
+      if (s_.beta1 > 0) t.m1 = store_.add("adapprox.m1." + p.name, p.numel);
+      tensors_.push_back(t);
+    }
+    if (largest) V_ = DeviceBuffer<float>(dev, largest, MemCategory::workspace, "adapprox V_t");
+    auto thin = [&](size_t n, const char* what) {
+      return DeviceBuffer<float>(dev, n, MemCategory::workspace, std::string("adapprox thin ") + what);
+    };
+    Y_ = thin(y, "Y"), Om_ = thin(om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
+    W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(vec, "D");
+    Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
+    eig_ = DeviceBuffer<double>(dev, s_max, MemCategory::workspace, "adapprox thin eigenvalues");
+    info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
+    CUBLAS_CHECK(cublasCreate(&blas_));
+    CUSOLVER_CHECK(cusolverDnCreate(&solver_));
+    int lwork = 1, dlwork = 1;
+    for (const ParamSpec& p : table.params) {
+      if (!p.is_matrix()) continue;
+      const int m = int(p.rows), s = thin_cols(p, tensors_[p.id].k_max);
+      int a = 0, b = 0, c = 0;
+      CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
+      CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(solver_, m, s, s, Y_.get(), m, tau_.get(), &b));
+      CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR,
+                                                 CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s,
+                                                 eig_.get(), &c));
+      lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, c);
+    }
+    work_ = thin(size_t(lwork), "cuSOLVER work");
+    dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
+  }
+  ~Adapprox() override {
+    cusolverDnDestroy(solver_);
+    cublasDestroy(blas_);
+  }
+
+  void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
+
+  void update(const ParamSpec& p, T* param, float* master, T* grad) override {
+    using D = device_t<T>;
+    const Tensor& t = tensors_[p.id];
+    float* Dir;
+    if (p.is_matrix()) {
+      Dir = V_.get();
+      matrix_step(p, dev_ptr(grad));
+    } else {
+      Dir = dvec_.get();
+      vector_direction<<<elementwise_blocks(p.numel), kThreads>>>(
+          Dir, t.v, dev_ptr<T>(grad), p.numel, float(s_.beta2), float(s_.eps));
+      CUDA_CHECK_LAUNCH();
+    }
+    // Spec 6.5 steps 5-8 (and 6.7): clip D, momentum, guidance, decoupled decay.
+    double* s = scal_.get();
+    red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
+    clip_and_moment<<<elementwise_blocks(p.numel), kThreads>>>(Dir, t.m1, s + kSumD2, p.numel,
+                                                                s_.clip, float(s_.beta1));
+    CUDA_CHECK_LAUNCH();
+    const bool guided = t.m1 && s_.cos_guidance;
+    if (guided) {
+      red_.sum(Dot{Dir, t.m1}, p.numel, s + kDot);
+      red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
+      red_.sum(FloatSquares{t.m1}, p.numel, s + kSumM2);
+    }
+    adapprox_apply<<<elementwise_blocks(p.numel), kThreads>>>(
+        weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
+        float(common_.wd(p)));
+    CUDA_CHECK_LAUNCH();
+  }
+
+  std::vector<StateBlob> state() override { return store_.blobs(); }
+
+ private:
+  struct Tensor {
+    int k_max = 0;
+    float *Q = nullptr, *U = nullptr, *rank_err = nullptr, *v = nullptr, *m1 = nullptr;
+  };
+  int thin_cols(const ParamSpec& p, int k_max) const {
+    return int(std::min<int64_t>(k_max + s_.p, std::min(p.rows, p.cols)));
+  }
+
+  // Spec 6.5 steps 1-4: V_t, AS-RSI into (Q, U), then D over the V_t scratch.
+  template <class D>
+  void matrix_step(const ParamSpec& p, const D* g) {
+    const Tensor& t = tensors_[p.id];
+    const int m = int(p.rows), n = int(p.cols);
+    float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
+    float rank_err[2];
+    dev_.to_host(rank_err, t.rank_err, sizeof(rank_err));
+    const int k = int(rank_err[0]);
+    fresh_second_moment<<<elementwise_blocks(p.numel), kThreads>>>(V, g, p.numel,
+                                                                    float(1 - s_.beta2));
+    CUDA_CHECK_LAUNCH();
+    const float b2 = float(s_.beta2), one = 1.f;
+    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
+    red_.sum(FloatSquares{V}, p.numel, scal_.get() + kNormV);
+    double norm_sq = 0;
+    dev_.to_host(&norm_sq, scal_.get() + kNormV, sizeof(double));
+
+    // as_rsi (srsi.cpp), step for step.
+    const optim::RankRule rule = s_.rule(p);
+    const uint64_t seed = optim::mix_seed(seed_, t_, p.id);
+    auto rel_error = [&](double kept) {
+      return norm_sq > 0 ? std::sqrt(std::max(0.0, norm_sq - kept) / norm_sq) : 0.0;
+    };
+    auto head = [](const std::vector<double>& x, int j) {
+      double s = 0;
+      for (int i = 0; i < j; i++) s += x[i];
+      return s;
+    };
+    std::vector<double> lambda = srsi(p, k, rule, seed);
+    int rank = int(lambda.size());
+    double xi = rel_error(head(lambda, rank));
+    while (xi > rule.xi_thr && rank < rule.k_max) {
+      rank = std::min(rank + rule.delta_k, rule.k_max);
+      lambda = srsi(p, rank, rule, seed);
+      xi = rel_error(head(lambda, rank));
+    }
+    if (rank_err[1] < s_.xi_thr / 2) {  // shrink allowed
+      int k_new = rank;
+      while (k_new > rule.k_min && rel_error(head(lambda, k_new - 1)) < rule.xi_thr / 2) k_new--;
+      if (k_new < rank) rank = k_new, xi = rel_error(head(lambda, rank));
+    }
+    CUDA_CHECK(cudaMemset(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float)));
+    CUDA_CHECK(cudaMemset(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float)));
+    const float updated[2] = {float(rank), float(s_.rho * rank_err[1] + (1 - s_.rho) * xi)};
+    dev_.to_device(t.rank_err, updated, sizeof(updated));
+
+    if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
+      const float zero = 0.f;
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero, V, n));
+    }
+    matrix_direction<<<elementwise_blocks(p.numel), kThreads>>>(V, g, p.numel, float(s_.eps));
+    CUDA_CHECK_LAUNCH();
+  }
+
+  // S-RSI of the V_t scratch at rank k: writes the first k columns of Q and U and
+  // returns lambda (the k largest eigenvalues of U^T U, descending).
+  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed) {
+    const Tensor& t = tensors_[p.id];
+    const int m = int(p.rows), n = int(p.cols), full = std::min(m, n);
+    k = std::min(k, full);
+    const int s = std::min(k + rule.p, full);
+    const float one = 1.f, zero = 0.f;
+    float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
+    sketch<<<elementwise_blocks(size_t(n) * s), kThreads>>>(Om, size_t(n) * s, seed);
+    CUDA_CHECK_LAUNCH();
+    for (int it = 0; it < rule.l; it++) {
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
+      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
+    }
+    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
+    widen<<<ceil_div(size_t(s) * s, kThreads), kThreads>>>(Gd_.get(), G_.get(), size_t(s) * s);
+    CUDA_CHECK_LAUNCH();
+    CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
+                                    Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
+                                    info_.get()));
+    std::vector<double> eig(s);
+    dev_.to_host(eig.data(), eig_.get(), s * sizeof(double));
+    std::vector<double> lambda(k);
+    for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
+    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads>>>(W_.get(), Gd_.get(), s, k);
+    CUDA_CHECK_LAUNCH();
+    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
+    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));
+    return lambda;
+  }
+
+  optim::Common common_;
+  optim::Settings s_;
+  uint64_t seed_;
+  Device& dev_;
+  optim::StateStore store_;
+  Reducer red_;
+  DeviceBuffer<double> scal_;
+  std::vector<Tensor> tensors_;
+  DeviceBuffer<float> V_, Y_, Om_, G_, W_, tau_, dvec_, work_;
+  DeviceBuffer<double> Gd_, eig_, dwork_;
+  DeviceBuffer<int> info_;
+  cublasHandle_t blas_ = nullptr;
+  cusolverDnHandle_t solver_ = nullptr;
+  int64_t t_ = 0;
+  float lr_ = 0;
+};
+
+}  // namespace
+
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_adapprox(const json& cfg, const ParamTable& table,
+                                                 Device& dev, uint64_t seed) {
+  return std::make_unique<Adapprox<T>>(cfg, table, dev, seed);
+}
+template std::unique_ptr<Optimizer<float>> make_cuda_adapprox<float>(const json&, const ParamTable&, Device&, uint64_t);
+template std::unique_ptr<Optimizer<bf16>> make_cuda_adapprox<bf16>(const json&, const ParamTable&, Device&, uint64_t);
+
+}  // namespace gpt2::cuda

@@ -1,0 +1,142 @@
+// What the six CUDA optimizers (kernels/<name>.cu) share: how a kernel reads and writes
+// the weights (fp32 in place; bf16 through the fp32 master copy; bf16 alone with
+// stochastic rounding), deterministic device reductions, and the factories
+// make_cuda_optimizer (make_cuda_optimizer.cu) picks from.
+//
+// Reductions: kernel 1 runs a grid whose size depends only on n, each block summing a
+// fixed grid-stride slice in double; kernel 2 (one block) adds the per-block partials
+// in index order. No float atomics and a fixed order, so a run is bit-reproducible, and
+// the result lands in device memory: update() never waits for the host.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+
+#include "cuda_check.cuh"
+#include "cuda_common.cuh"
+#include "optimizer.hpp"
+#include "reference/optim/sketch_rng.hpp"
+
+namespace gpt2::cuda {
+
+// Stochastic rounding to bf16: add 16 uniform random bits below the bf16 mantissa and
+// truncate, so x rounds up with probability (x - down) / ulp (unbiased) and never
+// lands more than one ulp away. Inf and NaN keep round-to-nearest.
+__device__ __forceinline__ __nv_bfloat16 bf16_stochastic(float x, uint32_t bits) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return __float2bfloat16_rn(x);
+  u += bits & 0xffffu;
+  return __ushort_as_bfloat16(static_cast<unsigned short>(u >> 16));
+}
+
+// The weights one update writes. With a master copy the fp32 master is the truth and
+// the bf16 param its round-to-nearest; without one a bf16 param is read as fp32 and
+// written back stochastically rounded, the random bits a hash of (seed, step, tensor
+// id, element index) so a run is deterministic for its seed.
+template <class D>
+struct Weights {
+  D* param;
+  float* master;
+  uint64_t stream;  // optim::mix_seed(seed, step, tensor id)
+
+  __device__ float load(size_t i) const { return master ? master[i] : to_f(param[i]); }
+  __device__ void store(size_t i, float w) const {
+    if (master) master[i] = w;
+    if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+      param[i] = master ? __float2bfloat16_rn(w)
+                        : bf16_stochastic(w, uint32_t(optim::splitmix64(stream ^ i)));
+    } else {
+      param[i] = w;
+    }
+  }
+};
+
+template <class T>
+Weights<device_t<T>> weights(T* param, float* master, uint64_t seed, int64_t step, int id) {
+  return {dev_ptr(param), master, optim::mix_seed(seed, step, id) ^ 0x5352u};  // "SR"
+}
+
+__device__ __forceinline__ double block_sum_d(double v, double* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? shared[lane] : 0.0;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+constexpr int kReduceThreads = 256, kReduceBlocks = 1024;
+
+template <class F>
+__global__ void __launch_bounds__(kReduceThreads) reduce_partials(F f, size_t n, double* partials) {
+  __shared__ double shared[32];
+  double s = 0;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    s += f(i);
+  s = block_sum_d(s, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void reduce_final(const double* partials, int blocks, double* out);
+
+// Deterministic sums into device doubles; owns the partials (MemCategory::workspace).
+class Reducer {
+ public:
+  explicit Reducer(Device& dev)
+      : partials_(dev, kReduceBlocks, MemCategory::workspace, "optimizer reduction partials") {}
+  // *out = sum over i < n of f(i) (f a device functor returning double).
+  template <class F>
+  void sum(const F& f, size_t n, double* out) {
+    const int blocks = int(std::min<size_t>(kReduceBlocks, std::max<size_t>(1, ceil_div(n, kReduceThreads))));
+    reduce_partials<<<blocks, kReduceThreads>>>(f, n, partials_.get());
+    CUDA_CHECK_LAUNCH();
+    reduce_final<<<1, kReduceThreads>>>(partials_.get(), blocks, out);
+    CUDA_CHECK_LAUNCH();
+  }
+
+ private:
+  DeviceBuffer<double> partials_;
+};
+
+// sum of squares of a fp32 or bf16 buffer, and of the weights an update reads.
+template <class D>
+struct Squares {
+  const D* x;
+  __device__ double operator()(size_t i) const {
+    const double v = to_f(x[i]);
+    return v * v;
+  }
+};
+template <class D>
+struct WeightSquares {
+  Weights<D> w;
+  __device__ double operator()(size_t i) const {
+    const double v = w.load(i);
+    return v * v;
+  }
+};
+
+// Launch shape of the elementwise kernels: grid-stride, at most 4 waves of blocks.
+constexpr int kThreads = 256;
+inline unsigned elementwise_blocks(size_t n) {
+  return std::max(1u, std::min(ceil_div(n, kThreads), 132u * 8u * 4u));
+}
+
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_adamw(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_lomo(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_adalomo(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_adafactor(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_came(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+template <class T>
+std::unique_ptr<Optimizer<T>> make_cuda_adapprox(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+
+}  // namespace gpt2::cuda

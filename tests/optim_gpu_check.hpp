@@ -1,0 +1,195 @@
+// Shared by the [gpu] optimizer tests: runs make_cuda_optimizer<T> beside the CPU
+// reference (make_optimizer, the oracle) on the same weights and gradients and measures
+// how far apart they end. Host APIs only, so the tests compile in CPU-only builds too.
+//
+// What is compared: the weight CHANGE w_t - w_0 (the weights themselves would hide a
+// wrong update under their own size), with rel_err = max |diff| / max |want| per tensor,
+// and every state blob (same names and sizes as the reference's, so checkpoints move
+// between CPU and GPU runs). Inputs are rounded to T first, so the reference sees the
+// very numbers the kernel sees. Gradients are 100x smaller every third step, so update
+// clipping is active on some steps and not on others.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+
+#include "backend.hpp"
+#include "op_check.hpp"
+#include "optim_fixture.hpp"
+
+namespace gpt2::test {
+
+// Odd sizes (partial vectors, partial blocks), a GPT-2 MLP matrix, a long vector.
+inline ParamTable gpu_shapes() {
+  return table_of({spec(0, 37, 129), spec(1, 768, 3072), spec(2, 1, 1001)});
+}
+
+template <class T> T store_as(float x);
+template <> inline float store_as<float>(float x) { return x; }
+template <> inline bf16 store_as<bf16>(float x) { return float_to_bf16(x); }
+inline float value_of(float x) { return x; }
+inline float value_of(bf16 x) { return bf16_to_float(x); }
+
+struct GpuComparison {
+  double weights = 0;  // max error of w_t - w_0 relative to its max (rounding floor discounted)
+  std::map<std::string, double> state;            // max rel_err per state blob
+  std::map<std::string, std::vector<float>> cpu_state, gpu_state;  // at the last step
+  size_t not_rounded = 0;  // bf16 + master: params that differ from bf16_rn(master)
+  bool same_blobs = true;  // names and sizes equal to the reference's
+  bool state_bytes_match = false;  // GPU ledger == optimizer_state_bytes
+};
+
+// `checks`: steps after which to compare (the last one ends the run). `handoff` > 0:
+// after that step the reference's state is copied into the GPU optimizer (a CPU
+// checkpoint resumed on the GPU).
+template <class T>
+GpuComparison compare_with_reference(const json& cfg, const ParamTable& t, bool master,
+                                     std::vector<int> checks = {1, 2, 10}, int handoff = 0,
+                                     float lr = 0.05f, uint64_t seed = 11) {
+  CpuDevice cdev;
+  auto ref = make_optimizer(cfg, t, cdev, seed);
+  auto gdev = make_cuda_device(0);
+  auto opt = make_cuda_optimizer<T>(cfg, t, *gdev, seed);
+  GpuComparison out;
+  out.state_bytes_match = gdev->ledger().current[int(MemCategory::optimizer_state)] ==
+                          optimizer_state_bytes(cfg, t);
+  std::mt19937 rng{unsigned(seed)};
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  struct Tensor {
+    std::vector<float> w0, w;
+    DeviceBuffer<T> param, grad;
+    DeviceBuffer<float> master;
+  };
+  std::vector<Tensor> ts;
+  for (const ParamSpec& p : t.params) {
+    Tensor x;
+    std::vector<T> h(p.numel);
+    for (size_t i = 0; i < p.numel; i++) h[i] = store_as<T>(u(rng)), x.w0.push_back(value_of(h[i]));
+    x.w = x.w0;
+    x.param = DeviceBuffer<T>(*gdev, p.numel, MemCategory::params, "test params");
+    x.grad = DeviceBuffer<T>(*gdev, p.numel, MemCategory::grads, "test grads");
+    gdev->to_device(x.param.get(), h.data(), p.numel * sizeof(T));
+    if (master) {
+      x.master = DeviceBuffer<float>(*gdev, p.numel, MemCategory::master_weights, "test master");
+      gdev->to_device(x.master.get(), x.w0.data(), p.numel * sizeof(float));
+    }
+    ts.push_back(std::move(x));
+  }
+  const auto blobs = [&]() {
+    std::vector<StateBlob> c = ref->state(), g = opt->state();
+    out.same_blobs = out.same_blobs && c.size() == g.size();
+    for (size_t b = 0; b < c.size() && b < g.size(); b++)
+      out.same_blobs = out.same_blobs && c[b].name == g[b].name && c[b].bytes == g[b].bytes;
+    return std::make_pair(c, g);
+  };
+  for (int s = 1; s <= checks.back(); s++) {
+    ref->begin_step(s, lr), opt->begin_step(s, lr);
+    const float scale = s % 3 == 0 ? 0.01f : 1.0f;
+    for (size_t k = 0; k < ts.size(); k++) {
+      const ParamSpec& p = t.params[k];
+      std::vector<T> g(p.numel);
+      std::vector<float> gf(p.numel);
+      for (size_t i = 0; i < p.numel; i++) g[i] = store_as<T>(scale * u(rng)), gf[i] = value_of(g[i]);
+      gdev->to_device(ts[k].grad.get(), g.data(), p.numel * sizeof(T));
+      ref->update(p, ts[k].w.data(), nullptr, gf.data());
+      opt->update(p, ts[k].param.get(), master ? ts[k].master.get() : nullptr, ts[k].grad.get());
+    }
+    if (s == handoff) {
+      auto [c, g] = blobs();
+      for (size_t b = 0; b < c.size() && b < g.size(); b++)
+        gdev->to_device(g[b].data, c[b].data, std::min(c[b].bytes, g[b].bytes));
+    }
+    if (std::find(checks.begin(), checks.end(), s) == checks.end()) continue;
+    for (size_t k = 0; k < ts.size(); k++) {
+      const size_t n = t.params[k].numel;
+      std::vector<float> w(n);
+      std::vector<T> param(n);
+      gdev->to_host(param.data(), ts[k].param.get(), n * sizeof(T));
+      if (master) gdev->to_host(w.data(), ts[k].master.get(), n * sizeof(float));
+      for (size_t i = 0; i < n; i++) {
+        if (!master) w[i] = value_of(param[i]);
+        else if (value_of(param[i]) != value_of(store_as<T>(w[i])))
+          out.not_rounded++;
+      }
+      // Both sides keep w in fp32 and round it independently each step: the reference
+      // once (half an ulp), the kernel's w * keep - x up to twice (an ulp); an ulp of w is
+      // at most 2^-23 |w|, so the two may be 3 * 2^-24 * max|w| apart per step whatever the
+      // update. That floor is discounted, so small steps (momentum, relative_step) are
+      // held to the same 1e-5 as large ones.
+      double diff = 0, scale = 0, w_max = 0;
+      for (size_t i = 0; i < n; i++) {
+        diff = std::max(diff, std::abs(double(w[i]) - ts[k].w[i]));
+        scale = std::max(scale, std::abs(double(ts[k].w[i]) - ts[k].w0[i]));
+        w_max = std::max(w_max, double(std::abs(ts[k].w[i])));
+      }
+      const double floor = 3.0 * s * std::ldexp(w_max, -24);
+      out.weights = std::max(out.weights, std::max(0.0, diff - floor) / scale);
+    }
+    auto [c, g] = blobs();
+    for (size_t b = 0; b < c.size() && b < g.size(); b++) {
+      const size_t n = std::min(c[b].bytes, g[b].bytes) / sizeof(float);
+      std::vector<float> gv(n), cv(static_cast<float*>(c[b].data), static_cast<float*>(c[b].data) + n);
+      gdev->to_host(gv.data(), g[b].data, n * sizeof(float));
+      out.state[c[b].name] = std::max(out.state[c[b].name], rel_err(gv, cv));
+      out.cpu_state[c[b].name] = cv, out.gpu_state[c[b].name] = gv;
+    }
+  }
+  return out;
+}
+
+// The largest state error over blobs whose name does not contain `skip` (if given).
+inline double max_state_err(const GpuComparison& c, const std::string& skip = "") {
+  double e = 0;
+  for (const auto& [name, err] : c.state)
+    if (skip.empty() || name.find(skip) == std::string::npos) e = std::max(e, err);
+  return e;
+}
+
+// Two GPU optimizers: after `split` steps the first's state is copied into the second
+// (device -> host -> device, as a checkpoint does); both run `more` steps on the same
+// gradients. True if their weights end bit-identical.
+inline bool gpu_state_round_trips(const json& cfg, int split, int more, bool restore = true) {
+  const ParamTable t = tiny_table();
+  auto dev = make_cuda_device(0);
+  auto a = make_cuda_optimizer<float>(cfg, t, *dev, 3), b = make_cuda_optimizer<float>(cfg, t, *dev, 3);
+  std::vector<DeviceBuffer<float>> wa, wb, g;
+  for (const ParamSpec& p : t.params) {
+    const std::vector<float> w = p.id == 0 ? tiny_w_matrix() : tiny_w_vector();
+    wa.emplace_back(*dev, p.numel, MemCategory::params, "a"), wb.emplace_back(*dev, p.numel, MemCategory::params, "b");
+    g.emplace_back(*dev, p.numel, MemCategory::grads, "g");
+    dev->to_device(wa.back().get(), w.data(), w.size() * 4);
+  }
+  auto step = [&](Optimizer<float>& o, std::vector<DeviceBuffer<float>>& w, int s) {
+    o.begin_step(s, 0.01f);
+    for (const ParamSpec& p : t.params) {
+      const std::vector<float> h = p.id == 0 ? tiny_g_matrix(s) : tiny_g_vector(s);
+      dev->to_device(g[p.id].get(), h.data(), h.size() * 4);
+      o.update(p, w[p.id].get(), nullptr, g[p.id].get());
+    }
+  };
+  for (int s = 1; s <= split; s++) step(*a, wa, s);
+  const auto sa = a->state(), sb = b->state();
+  if (sa.size() != sb.size()) return false;
+  for (size_t i = 0; i < sa.size(); i++) {
+    if (sa[i].bytes != sb[i].bytes || sa[i].name != sb[i].name) return false;
+    std::vector<char> h(sa[i].bytes);
+    dev->to_host(h.data(), sa[i].data, h.size());
+    if (restore) dev->to_device(sb[i].data, h.data(), h.size());
+  }
+  for (const ParamSpec& p : t.params) {
+    std::vector<float> h(p.numel);
+    dev->to_host(h.data(), wa[p.id].get(), p.numel * 4);
+    dev->to_device(wb[p.id].get(), h.data(), p.numel * 4);
+  }
+  for (int s = split + 1; s <= split + more; s++) step(*a, wa, s), step(*b, wb, s);
+  for (const ParamSpec& p : t.params) {
+    std::vector<float> x(p.numel), y(p.numel);
+    dev->to_host(x.data(), wa[p.id].get(), p.numel * 4), dev->to_host(y.data(), wb[p.id].get(), p.numel * 4);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+}  // namespace gpt2::test

@@ -1,0 +1,73 @@
+// [gpu] CudaGradOps (kernels/grad_ops.cu) against CpuGradOps and double sums: per-slot
+// squared norms (deterministic, zeroed by take_squares) and clip_scale.
+#include <random>
+
+#include "catch.hpp"
+#include "backend.hpp"
+#include "update_pipeline.hpp"
+
+using namespace gpt2;
+
+namespace {
+
+template <class T> T store_as(float x);
+template <> float store_as<float>(float x) { return x; }
+template <> bf16 store_as<bf16>(float x) { return float_to_bf16(x); }
+float value_of(float x) { return x; }
+float value_of(bf16 x) { return bf16_to_float(x); }
+
+template <class T>
+void check_grad_ops() {
+  auto dev = make_cuda_device(0);
+  auto ops = make_cuda_grad_ops<T>(3, *dev);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  const std::vector<size_t> sizes = {1001, 37 * 129, 768 * 3072};
+  std::vector<std::vector<T>> h(3);
+  std::vector<DeviceBuffer<T>> d;
+  std::vector<double> want(3, 0.0);
+  for (int s = 0; s < 3; s++) {
+    for (size_t i = 0; i < sizes[s]; i++) {
+      h[s].push_back(store_as<T>(u(rng)));
+      want[s] += double(value_of(h[s].back())) * value_of(h[s].back());
+    }
+    d.emplace_back(*dev, sizes[s], MemCategory::grads, "g");
+    dev->to_device(d[s].get(), h[s].data(), sizes[s] * sizeof(T));
+  }
+  for (int s = 0; s < 3; s++) ops->sum_squares(d[s].get(), sizes[s], s);
+  const std::vector<double> got = ops->take_squares();
+  REQUIRE(got.size() == 3);
+  // Double accumulation of exact squares: only summation order differs (~1e-15).
+  for (int s = 0; s < 3; s++) CHECK(got[s] == Approx(want[s]).epsilon(1e-12));
+  for (double x : ops->take_squares()) CHECK(x == 0.0);  // taken means zeroed
+  for (int s = 0; s < 3; s++) ops->sum_squares(d[s].get(), sizes[s], s);
+  CHECK(ops->take_squares() == got);  // bit-identical: fixed reduction order
+
+  // clip_scale: the same fp32 arithmetic as CpuGradOps, rounded once to T.
+  CpuGradOps cpu(1);
+  std::vector<float> ref(sizes[1]);
+  for (size_t i = 0; i < ref.size(); i++) ref[i] = value_of(h[1][i]);
+  cpu.clip_scale(ref.data(), ref.size(), 1.5f, 0.25f);
+  ops->clip_scale(d[1].get(), sizes[1], 1.5f, 0.25f);
+  std::vector<T> back(sizes[1]);
+  dev->to_host(back.data(), d[1].get(), sizes[1] * sizeof(T));
+  size_t wrong = 0;
+  for (size_t i = 0; i < ref.size(); i++) wrong += value_of(back[i]) != value_of(store_as<T>(ref[i]));
+  CHECK(wrong == 0);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA gradient ops: per-slot squared norms and clip_scale (fp32)", "[gpu]") {
+  check_grad_ops<float>();
+}
+TEST_CASE("CUDA gradient ops: per-slot squared norms and clip_scale (bf16)", "[gpu]") {
+  check_grad_ops<bf16>();
+}
+
+TEST_CASE("CpuGradOps clamps before it scales") {
+  CpuGradOps cpu(1);
+  std::vector<float> g = {3.0f, -0.5f, -4.0f};
+  cpu.clip_scale(g.data(), g.size(), 1.0f, 0.5f);
+  CHECK(g == std::vector<float>{0.5f, -0.25f, -0.5f});
+}
