@@ -34,6 +34,11 @@ class CudaDevice final : public Device {
   }
   void zero(void* dev, size_t bytes) override { CUDA_CHECK(cudaMemset(dev, 0, bytes)); }
   void synchronize() override { CUDA_CHECK(cudaDeviceSynchronize()); }
+  size_t driver_bytes_in_use() const override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return total - free;
+  }
 
  protected:
   void* raw_alloc(size_t bytes) override {

@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "error.hpp"
 #include "memory_plan.hpp"
+#include "report.hpp"
 #include "optimizer.hpp"
 
 namespace gpt2 {
@@ -144,11 +145,15 @@ void add_memory_command(CLI::App& app) {
     const MemoryPlan plan = plan_memory(cfg, a.device == "cuda");
     print_plan(cfg, plan, a.as_json);
     if (a.measure) {
-      if (a.device == "cuda") fail("--measure on the GPU arrives with the CUDA optimizers (issue 7); use --device cpu");
-      const MemoryLedger m = measure_memory_cpu(cfg, 1);
+      size_t driver = 0;
+      const MemoryLedger m = measure_memory(cfg, 2, &driver);
+      std::printf("measured (2 steps on random tokens):\n%s", memory_table(m).c_str());
       std::printf("measured peak %s vs plan %s (%+.3f%%)\n", format_bytes(m.total_peak).c_str(),
                   format_bytes(plan.total()).c_str(),
                   100.0 * (double(m.total_peak) - double(plan.total())) / double(plan.total()));
+      if (driver)
+        std::printf("GPU memory in use per the driver (incl. CUDA context): %s\n",
+                    format_bytes(driver).c_str());
     }
   });
 }

@@ -38,6 +38,9 @@ class Device {
   virtual void to_device(void* dev, const void* host, size_t bytes) = 0;
   virtual void zero(void* dev, size_t bytes) = 0;
   virtual void synchronize() {}
+  // Bytes in use on the device as its driver sees them (cudaMemGetInfo: total - free,
+  // which includes the CUDA context and other processes); 0 where not applicable (CPU).
+  virtual size_t driver_bytes_in_use() const { return 0; }
   const MemoryLedger& ledger() const { return ledger_; }
 
  protected:

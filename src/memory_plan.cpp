@@ -4,7 +4,7 @@
 #include <random>
 
 #include "gpt2.hpp"
-#include "reference/cpu_ops.hpp"
+#include "run_backend.hpp"
 #include "optimizer.hpp"
 #include "update_pipeline.hpp"
 
@@ -37,23 +37,27 @@ MemoryPlan plan_memory(const json& cfg, bool cuda) {
   return p;
 }
 
-MemoryLedger measure_memory_cpu(const json& cfg, int steps) {
-  CpuDevice dev;
-  CpuOps ops;
-  const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
-  const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
-  GPT2<float> model(model_config(cfg), ops, dev, B, T, cfg["train"]["recompute"].get<int>());
-  model.set_params(init_params(model.table, seed));
-  std::unique_ptr<Optimizer<float>> opt = make_optimizer(cfg, model.table, dev, seed);
-  CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipeline(cfg, model, *opt, gops, dev);
-  std::mt19937 rng{uint32_t(seed)};
-  std::uniform_int_distribution<int> token(0, model.table.cfg.vocab_size - 1);
-  for (int s = 1; s <= steps; s++)
-    pipeline.step(s, 1e-4f, [&](int* in, int* tg) {
-      for (int i = 0; i < B * T; i++) in[i] = token(rng), tg[i] = token(rng);
-    });
-  return dev.ledger();
+MemoryLedger measure_memory(const json& cfg, int steps, size_t* driver_bytes) {
+  MemoryLedger ledger;
+  with_backend(cfg, 0, [&](auto& be) {
+    using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
+    const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
+    const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
+    GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, cfg["train"]["recompute"].get<int>());
+    std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
+    UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, *be.dev);
+    pipeline.set_weights(init_params(model.table, seed));
+    std::mt19937 rng{uint32_t(seed)};
+    std::uniform_int_distribution<int> token(0, model.table.cfg.vocab_size - 1);
+    for (int s = 1; s <= steps; s++)
+      pipeline.step(s, 1e-4f, [&](int* in, int* tg) {
+        for (int i = 0; i < B * T_; i++) in[i] = token(rng), tg[i] = token(rng);
+      });
+    be.dev->synchronize();
+    ledger = be.dev->ledger();
+    if (driver_bytes) *driver_bytes = be.dev->driver_bytes_in_use();
+  });
+  return ledger;
 }
 
 std::string memory_plan_table(const MemoryPlan& plan) {

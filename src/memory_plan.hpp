@@ -20,10 +20,10 @@ struct MemoryPlan {
 // For a validated config on the CPU (fp32) or a GPU (train.precision; auto = bf16).
 MemoryPlan plan_memory(const json& cfg, bool cuda);
 
-// Builds the run of `cfg` on the CPU (model, optimizer, update pipeline), trains
+// Builds the run of `cfg` on its device (model, optimizer, update pipeline), trains
 // `steps` steps on random tokens and returns the device ledger: the measured side of
-// the plan.
-MemoryLedger measure_memory_cpu(const json& cfg, int steps);
+// the plan. On a GPU, *driver_bytes (if given) receives cudaMemGetInfo's bytes in use.
+MemoryLedger measure_memory(const json& cfg, int steps, size_t* driver_bytes = nullptr);
 
 // The plan as a table: category, bytes, share of the total.
 std::string memory_plan_table(const MemoryPlan& plan);

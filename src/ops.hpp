@@ -26,6 +26,7 @@ using Stat = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <class T>
 class Ops {
  public:
+  using Elem = T;
   virtual ~Ops() = default;
 
   // out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]

@@ -76,18 +76,24 @@ void RunLog::startup(const ParamTable& table, const MemoryLedger& ledger, bool f
 }
 
 void RunLog::step(int64_t step, int64_t steps, float loss, float lr, double grad_norm, double ms,
-                  double tokens, const MemoryLedger& ledger, bool skipped) {
+                  double tokens, double flops_per_token, double peak_flops,
+                  const MemoryLedger& ledger, bool skipped) {
   const double tok_s = tokens / (ms / 1000.0);
-  metric({{"event", "step"}, {"step", step + 1}, {"loss", loss}, {"lr", lr},
-          {"grad_norm", grad_norm}, {"ms", ms}, {"tokens_per_s", tok_s},
-          {"memory", ledger.total}, {"skipped", skipped}});
+  const double mfu = peak_flops > 0 ? tok_s * flops_per_token / peak_flops : 0.0;
+  json m = {{"event", "step"}, {"step", step + 1}, {"loss", loss}, {"lr", lr},
+            {"grad_norm", grad_norm}, {"ms", ms}, {"tokens_per_s", tok_s},
+            {"memory", ledger.total}, {"skipped", skipped}};
+  if (peak_flops > 0) m["mfu"] = mfu;
+  metric(m);
   if ((step + 1) % every_ != 0 && step + 1 != steps) return;
   if (progress_) {
     const int width = 20, done = int(width * (step + 1) / steps);
     std::printf("[%s%s] ", std::string(done, '#').c_str(), std::string(width - done, '.').c_str());
   }
-  std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | mem %s%s\n",
-              (long long)step + 1, (long long)steps, loss, lr, grad_norm, ms, tok_s,
+  char mfu_text[32] = "";
+  if (peak_flops > 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100 * mfu);
+  std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | mem %s%s\n",
+              (long long)step + 1, (long long)steps, loss, lr, grad_norm, ms, tok_s, mfu_text,
               format_bytes(ledger.total).c_str(), skipped ? " | SKIPPED (loss not finite)" : "");
   std::fflush(stdout);
 }
@@ -104,9 +110,15 @@ void RunLog::sample(int64_t step, const std::string& text) {
   metric({{"event", "sample"}, {"step", step}, {"text", text}});
 }
 
-void RunLog::finish(const MemoryLedger& ledger) {
+void RunLog::finish(const MemoryLedger& ledger, size_t driver_bytes) {
   std::printf("memory peak:\n%s", memory_table(ledger).c_str());
-  metric({{"event", "end"}, {"memory", memory_json(ledger)}});
+  json end = {{"event", "end"}, {"memory", memory_json(ledger)}};
+  if (driver_bytes) {
+    std::printf("  GPU memory in use (driver, incl. CUDA context): %s\n",
+                format_bytes(driver_bytes).c_str());
+    end["driver_bytes_in_use"] = driver_bytes;
+  }
+  metric(end);
 }
 
 }  // namespace gpt2

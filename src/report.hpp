@@ -17,11 +17,14 @@ class RunLog {
   RunLog(const json& cfg, bool append);
   ~RunLog();
   void startup(const ParamTable& table, const MemoryLedger& ledger, bool fused);
+  // peak_flops 0: no MFU (CPU runs).
   void step(int64_t step, int64_t steps, float loss, float lr, double grad_norm, double ms,
-            double tokens, const MemoryLedger& ledger, bool skipped);
+            double tokens, double flops_per_token, double peak_flops, const MemoryLedger& ledger,
+            bool skipped);
   void val(int64_t step, double loss);
   void sample(int64_t step, const std::string& text);
-  void finish(const MemoryLedger& ledger);
+  // driver_bytes: the device's own count of bytes in use (0 on the CPU).
+  void finish(const MemoryLedger& ledger, size_t driver_bytes);
 
  private:
   void metric(const json& j);

@@ -10,18 +10,18 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include "checkpoint.hpp"
 #include "dataloader.hpp"
 #include "error.hpp"
 #include "gpt2.hpp"
-#include "reference/cpu_ops.hpp"
 #include "report.hpp"
 #include "sample.hpp"
 #include "schedule.hpp"
 #include "tokenizer.hpp"
-#include "update_pipeline.hpp"
+#include "run_backend.hpp"
 
 namespace gpt2 {
 
@@ -46,45 +46,51 @@ uint64_t resume_hash(const json& cfg) {
   return fnv1a(key.dump());
 }
 
+template <class T>
+void train_on(const json& cfg, RunBackend<T>& be);
+
 }  // namespace
 
 void train(const json& cfg) {
-  // ---- config and device
+  const int threads = cfg["train"]["threads"].get<int>();
+  if (threads > 0) omp_set_num_threads(threads);
+  with_backend(cfg, 0, [&](auto& be) { train_on(cfg, be); });
+}
+
+namespace {
+
+template <class T>
+void train_on(const json& cfg, RunBackend<T>& be) {
+  // ---- config
   const json& tr = cfg["train"];
-  const std::string device = tr["device"].get<std::string>();
-  if (device == "cuda")
-    fail("train.device=cuda: GPU training is not built yet (issue 6); use train.device=cpu");
-  if (tr["threads"].get<int>() > 0) omp_set_num_threads(tr["threads"].get<int>());
-  const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
+  const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
   const int64_t steps = cfg["schedule"]["steps"].get<int64_t>();
   const uint64_t seed = tr["seed"].get<uint64_t>();
   const std::string out_dir = cfg["checkpoint"]["dir"].get<std::string>();
   std::filesystem::create_directories(out_dir);
+  Device& dev = *be.dev;
 
   // ---- model, optimizer, update pipeline
-  CpuDevice dev;
-  CpuOps ops;
-  GPT2<float> model(model_config(cfg), ops, dev, B, T, tr["recompute"].get<int>());
+  GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>());
+  std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
+  UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, dev);
   const std::string init_from = cfg["model"]["init_from"].get<std::string>();
   if (init_from.empty()) {
-    model.set_params(init_params(model.table, seed));
+    pipeline.set_weights(init_params(model.table, seed));
   } else {
     ModelFile m = load_model(init_from);
     check_model_matches(m, model.table.cfg, init_from);
-    model.set_params(m.params);
+    pipeline.set_weights(m.params);
   }
-  std::unique_ptr<Optimizer<float>> opt = make_optimizer(cfg, model.table, dev, seed);
-  CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipeline(cfg, model, *opt, gops, dev);
   const Schedule schedule(cfg);
 
   // ---- data
-  DataLoader train_loader(cfg["data"]["train"].get<std::string>(), B, T, 0, 1, seed,
+  DataLoader train_loader(cfg["data"]["train"].get<std::string>(), B, T_, 0, 1, seed,
                           cfg["data"]["shuffle"].get<bool>());
   const int eval_every = cfg["eval"]["every"].get<int>();
   std::unique_ptr<DataLoader> val_loader;
   if (eval_every > 0)
-    val_loader = std::make_unique<DataLoader>(cfg["data"]["val"].get<std::string>(), B, T, 0,
+    val_loader = std::make_unique<DataLoader>(cfg["data"]["val"].get<std::string>(), B, T_, 0,
                                               1, seed, false);
 
   // ---- resume
@@ -97,7 +103,7 @@ void train(const json& cfg) {
     } else {
       ModelFile m = load_model(model_path);
       check_model_matches(m, model.table.cfg, model_path);
-      model.set_params(m.params);
+      pipeline.set_weights(m.params);
       const std::string state_path = state_path_for(model_path);
       TrainState st = load_train_state(state_path, opt->state(), dev);
       if (st.config_hash != resume_hash(cfg))
@@ -111,8 +117,11 @@ void train(const json& cfg) {
   }
   auto save_checkpoint = [&](int64_t step) {
     const std::string model_path = model_checkpoint_path(out_dir, step);
-    save_model(model_path, model.table.cfg, model.get_params().data(), model.table.total,
-               DType::f32);
+    // fp32 when there is an fp32 copy of the weights (CPU, fp32 GPU, bf16 with master
+    // weights), so a resume continues bit-exactly; llm.c's bf16 format otherwise.
+    const bool exact = !std::is_same_v<T, bf16> || tr["master_weights"].get<bool>();
+    save_model(model_path, model.table.cfg, pipeline.weights().data(), model.table.total,
+               exact ? DType::f32 : DType::bf16);
     TrainState st{step, resume_hash(cfg), train_loader.state(), {sample_rng}};
     save_train_state(state_checkpoint_path(out_dir, step), st, opt->state(), dev);
     std::printf("saved checkpoint %s\n", model_path.c_str());
@@ -135,7 +144,7 @@ void train(const json& cfg) {
   };
   auto val_loss = [&]() {
     val_loader->reset();
-    std::vector<int> in(size_t(B) * T), tg(in.size());
+    std::vector<int> in(size_t(B) * T_), tg(in.size());
     double sum = 0;
     const int batches = cfg["eval"]["batches"].get<int>();
     for (int i = 0; i < batches; i++) {
@@ -146,6 +155,12 @@ void train(const json& cfg) {
   };
 
   // ---- the loop
+  const double tokens_per_step = double(B) * T_ * tr["grad_accum_steps"].get<int>();
+  // llm.c's estimate: 6 flops per parameter per token (forward + backward) plus the
+  // attention scores, 6 L C T per token, so MFU compares with llm.c's reports.
+  const ModelConfig& mc = model.table.cfg;
+  const double flops_per_token = 6.0 * model.table.num_parameters() +
+                                 6.0 * mc.num_layers * mc.channels * T_;
   std::signal(SIGINT, on_sigint);
   const int sample_every = cfg["sample"]["every"].get<int>();
   const int ckpt_every = cfg["checkpoint"]["every"].get<int>();
@@ -156,12 +171,12 @@ void train(const json& cfg) {
 
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = float(schedule.at(step));
-    const UpdatePipeline<float>::StepResult r =
+    const typename UpdatePipeline<T>::StepResult r =
         pipeline.step(step + 1, lr, [&](int* in, int* tg) { train_loader.next(in, tg); });
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    log.step(step, steps, r.loss, lr, r.grad_norm, ms,
-             double(B) * T * tr["grad_accum_steps"].get<int>(), dev.ledger(), r.skipped);
+    log.step(step, steps, r.loss, lr, r.grad_norm, ms, tokens_per_step, flops_per_token,
+             be.peak_flops, dev.ledger(), r.skipped);
 
     if (g_interrupted) {
       std::printf("\ninterrupted at step %lld: saving a checkpoint\n", (long long)step + 1);
@@ -176,7 +191,9 @@ void train(const json& cfg) {
   if (eval_every > 0) log.val(steps, val_loss());
   if (sample_every > 0) log.sample(steps, sample_text());
   save_checkpoint(steps);
-  log.finish(dev.ledger());
+  log.finish(dev.ledger(), dev.driver_bytes_in_use());
 }
+
+}  // namespace
 
 }  // namespace gpt2

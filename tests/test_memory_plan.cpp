@@ -23,7 +23,7 @@ TEST_CASE("a CPU run's measured memory equals the plan, every optimizer, both mo
     for (const char* update : {"fused", "after_backward"}) {
       const json cfg = tiny(name, update);
       const MemoryPlan plan = plan_memory(cfg, false);
-      const MemoryLedger m = measure_memory_cpu(cfg, 2);
+      const MemoryLedger m = measure_memory(cfg, 2);
       INFO(name << " " << update);
       for (int c = 0; c < kMemCategories; c++) {
         INFO(mem_category_name(MemCategory(c)));
