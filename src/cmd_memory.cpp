@@ -55,7 +55,7 @@ json resolve(const MemoryArgs& a) {
   return cfg;
 }
 
-void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json) {
+void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const json& measured) {
   const ModelConfig mc = model_config(cfg);
   const ParamTable table(mc);
   if (as_json) {
@@ -66,6 +66,7 @@ void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json) {
               {"batch_size", cfg["data"]["batch_size"]}, {"seq_len", cfg["data"]["seq_len"]},
               {"total", plan.total()}};
     for (int c = 0; c < kMemCategories; c++) j["bytes"][mem_category_name(MemCategory(c))] = plan.bytes[c];
+    if (!measured.is_null()) j["measured"] = measured;
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
@@ -143,10 +144,15 @@ void add_memory_command(CLI::App& app) {
     if (!a.table.empty()) return print_adapprox_table();
     const json cfg = resolve(a);
     const MemoryPlan plan = plan_memory(cfg, a.device == "cuda");
-    print_plan(cfg, plan, a.as_json);
     if (a.measure) {
       size_t driver = 0;
       const MemoryLedger m = measure_memory(cfg, 2, &driver);
+      if (a.as_json) {
+        json measured = memory_json(m);
+        if (driver) measured["driver_bytes_in_use"] = driver;
+        return print_plan(cfg, plan, true, measured);
+      }
+      print_plan(cfg, plan, false, nullptr);
       std::printf("measured (2 steps on random tokens):\n%s", memory_table(m).c_str());
       std::printf("measured peak %s vs plan %s (%+.3f%%)\n", format_bytes(m.total_peak).c_str(),
                   format_bytes(plan.total()).c_str(),
@@ -154,7 +160,9 @@ void add_memory_command(CLI::App& app) {
       if (driver)
         std::printf("GPU memory in use per the driver (incl. CUDA context): %s\n",
                     format_bytes(driver).c_str());
+      return;
     }
+    print_plan(cfg, plan, a.as_json, nullptr);
   });
 }
 

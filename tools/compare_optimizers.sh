@@ -2,17 +2,20 @@
 # Trains the quickstart model with each of the six optimizers for the same number of
 # steps and prints a table of val loss.
 # Usage: tools/compare_optimizers.sh [steps] ["optimizer names"]
+# CONFIG=configs/gpt2-124m.json EXTRA="--set data.batch_size=16" for another run.
 # (run `make data` first). Each optimizer gets the learning rate that suits its update
 # scale: AdaLomo scales its step by RMS(W) (~0.02 for GPT-2 weights), LOMO is plain SGD.
 set -euo pipefail
 steps=${1:-150}
 bin=${BIN:-build/train_gpt2}
 only=${2:-adamw lomo adalomo adafactor came adapprox}
+config=${CONFIG:-configs/quickstart.json}
+read -r -a extra <<< "${EXTRA:-}"
 declare -A lr=([adamw]=2e-3 [lomo]=0.1 [adalomo]=0.1 [adafactor]=2e-3 [came]=2e-3 [adapprox]=2e-3)
 printf "| optimizer | update | lr | val loss at step 0 | val loss at step %d | ms/step |\n|---|---|---|---|---|---|\n" "$steps"
 for opt in $only; do
   log=$(mktemp)
-  if ! "$bin" train configs/quickstart.json --set optimizer.name="\"$opt\"" \
+  if ! "$bin" train "$config" --set optimizer.name="\"$opt\"" "${extra[@]}" \
       --set optimizer.lr=${lr[$opt]} --set schedule.steps=$steps --set eval.every=$steps \
       --set sample.every=0 --set checkpoint.dir="\"runs/compare-$opt\"" \
       --set log.progress='"off"' > "$log" 2>&1; then

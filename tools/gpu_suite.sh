@@ -7,13 +7,13 @@
 set -uo pipefail
 out=${1:-gpu_suite_logs}
 suite=${SUITE:-"tests bench"}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   > "$out/configure.log" 2>&1 || { tail -20 "$out/configure.log"; exit 1; }
 cmake --build build-gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -m20 -A5 error "$out/build.log"; exit 1; }
 if [[ $suite == *tests* ]]; then
-  (cd build-gpu && ctest -j 4 --output-on-failure > "../$out/ctest.log" 2>&1)
+  (cd build-gpu && ctest -j 4 --output-on-failure > "$out/ctest.log" 2>&1)
   grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | head -30
 fi
 if [[ $suite == *bench* ]]; then
