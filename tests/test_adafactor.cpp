@@ -155,24 +155,6 @@ TEST_CASE("Adafactor minimizes a convex quadratic and its state round-trips") {
                     Catch::Contains("optimizer.adafactor.warmup_init"));
 }
 
-// [gpu] The CUDA optimizer against this file's CPU reference (tests/optim_gpu_check.hpp):
-// fp32 after 1, 2 and 10 steps on odd and GPT-2 shapes, bf16 + master (master as the
-// fp32 run, param == bf16_rn(master) exactly), a CPU checkpoint resumed on the GPU, and
-// GPU state round-trips. 1e-5: both sides compute in fp32 with double (reference) or
-// double/fp32 (kernel) sums, ~1e-6 apart after 10 steps; any wrong term is far larger.
-static void check_gpu_against_reference(const json& cfg) {
-  const auto f = compare_with_reference<float>(cfg, gpu_shapes(), false);
-  CHECK(f.weights <= 1e-5);
-  CHECK(max_state_err(f) <= 1e-5);
-  CHECK(f.same_blobs);
-  CHECK(f.state_bytes_match);
-  const auto b = compare_with_reference<bf16>(cfg, gpu_shapes(), true);
-  CHECK(b.weights <= 1e-5);
-  CHECK(b.not_rounded == 0);
-  CHECK(compare_with_reference<float>(cfg, gpu_shapes(), false, {4}, 2).weights <= 1e-5);
-  CHECK(gpu_state_round_trips(cfg, 2, 2));
-}
-
 TEST_CASE("Adafactor on the GPU matches the CPU reference", "[gpu]") {
   json cfg = optimizer_cfg("adafactor");  // HF defaults: no first moment, lr from schedule
   cfg["optimizer"]["weight_decay"] = 0.1;
