@@ -26,15 +26,27 @@ json tiny(const std::string& optimizer, std::vector<std::string> extra = {}) {
   return load_config("", o);
 }
 
-// Runs `steps` optimizer steps from a fixed init on a fixed stream of random batches.
-std::vector<float> train_steps(const json& cfg, int steps) {
+// A CPU model of batch B x 8 with its optimizer and pipeline, weights from init_params.
+struct CpuRun {
   CpuDevice dev;
   CpuOps ops;
-  GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0);
-  model.set_params(init_params(model.table, 1));
-  auto opt = make_optimizer(cfg, model.table, dev, 5);
-  CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
+  GPT2<float> model;
+  std::unique_ptr<Optimizer<float>> opt;
+  CpuGradOps gops;
+  UpdatePipeline<float> pipe;
+  CpuRun(const json& cfg, int B, uint64_t init_seed)
+      : model(model_config(cfg), ops, dev, B, 8, 0),
+        opt(make_optimizer(cfg, model.table, dev, 5)),
+        gops(model.table.params.size()),
+        pipe(cfg, model, *opt, gops, dev) {
+    pipe.set_weights(init_params(model.table, init_seed));
+  }
+};
+
+// Runs `steps` optimizer steps from a fixed init on a fixed stream of random batches.
+std::vector<float> train_steps(const json& cfg, int steps) {
+  CpuRun run(cfg, 2, 1);
+  UpdatePipeline<float>& pipe = run.pipe;
   std::mt19937 rng(17);
   std::uniform_int_distribution<int> tok(0, 49);
   for (int t = 1; t <= steps; t++) {
@@ -43,7 +55,7 @@ std::vector<float> train_steps(const json& cfg, int steps) {
     });
     REQUIRE(std::isfinite(r.loss));
   }
-  return model.get_params();
+  return run.model.get_params();
 }
 
 }  // namespace
@@ -82,15 +94,12 @@ TEST_CASE("two-pass clipping in fused mode equals global clipping after backward
 TEST_CASE("a non-finite loss stops before any weight changes, or skips the step") {
   for (const char* policy : {"stop", "skip"}) {
     const json cfg = tiny("adamw", {std::string("train.nan_policy=\"") + policy + "\""});
-    CpuDevice dev;
-    CpuOps ops;
-    GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0);
+    CpuRun run(cfg, 2, 1);
+    GPT2<float>& model = run.model;
+    UpdatePipeline<float>& pipe = run.pipe;
     std::vector<float> w = init_params(model.table, 1);
     w[model.table.get(ParamKind::lnfb).offset] = std::numeric_limits<float>::quiet_NaN();
-    model.set_params(w);
-    auto opt = make_optimizer(cfg, model.table, dev, 5);
-    CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
+    pipe.set_weights(w);
     auto batch = [](int* in, int* tg) {
       for (int i = 0; i < 16; i++) in[i] = i, tg[i] = i + 1;
     };
@@ -119,19 +128,13 @@ TEST_CASE("gradient accumulation over micro-batches equals one batch of the same
   std::vector<int> tokens(64);
   for (int i = 0; i < 64; i++) tokens[i] = (i * 7 + 3) % 50;
   auto run = [&](const json& cfg) {
-    CpuDevice dev;
-    CpuOps ops;
     const int B = cfg["data"]["batch_size"].get<int>();
-    GPT2<float> model(model_config(cfg), ops, dev, B, 8, 0);
-    model.set_params(init_params(model.table, 3));
-    auto opt = make_optimizer(cfg, model.table, dev, 5);
-    CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
+    CpuRun r(cfg, B, 3);
     size_t at = 0;
-    pipe.step(1, 0.5f, [&](int* in, int* tg) {
+    r.pipe.step(1, 0.5f, [&](int* in, int* tg) {
       for (int i = 0; i < B * 8; i++, at++) in[i] = tokens[at], tg[i] = tokens[at + 32];
     });
-    return model.get_params();
+    return r.model.get_params();
   };
   const std::vector<float> a = run(one), b = run(two);
   const std::vector<float> init = init_params(ParamTable(model_config(one)), 3);
@@ -145,14 +148,8 @@ TEST_CASE("gradient accumulation over micro-batches equals one batch of the same
 }
 
 TEST_CASE("a tiny model memorizes one batch") {
-  const json cfg = tiny("adamw", {"optimizer.lr=3e-3", "optimizer.weight_decay=0"});
-  CpuDevice dev;
-  CpuOps ops;
-  GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0);
-  model.set_params(init_params(model.table, 1));
-  auto opt = make_optimizer(cfg, model.table, dev, 5);
-  CpuGradOps gops(model.table.params.size());
-  UpdatePipeline<float> pipe(cfg, model, *opt, gops, dev);
+  CpuRun run(tiny("adamw", {"optimizer.lr=3e-3", "optimizer.weight_decay=0"}), 2, 1);
+  UpdatePipeline<float>& pipe = run.pipe;
   std::vector<int> in(16), tg(16);
   std::mt19937 rng(4);
   for (int i = 0; i < 16; i++) in[i] = int(rng() % 50), tg[i] = int(rng() % 50);
