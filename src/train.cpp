@@ -33,11 +33,7 @@ void on_sigint(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C kills at once
 }
 
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
+uint64_t fnv1a(const std::string& s) { return fnv1a64(s.data(), s.size()); }
 
 // What must not change across a resume: the model, the optimizer and the batch shape.
 uint64_t resume_hash(const json& cfg) {
