@@ -52,7 +52,7 @@ int env_int(const Getenv& getenv, const char* name, const LauncherVars& l) {
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
   if (s.empty() || ec != std::errc() || end != s.data() + s.size())
     fail("environment variable ", name, "='", value, "' is not a whole number (", l.launcher,
-         " launch): set it to the process's ", name == l.size ? "count" : "index");
+         " launch): set it to a whole number such as 0");
   return out;
 }
 

@@ -256,3 +256,10 @@ TEST_CASE("a peer without rank 0 gives up after the timeout") {
   CHECK_THAT(got[0].text, Contains("rank 1 could not reach rank 0 at") &&
                               Contains("127.0.0.1:") && Contains("within 0.3 s"));
 }
+
+TEST_CASE("two processes claiming the same rank fail instead of hanging") {
+  std::vector<Outcome> got = run_ranks({{0, 1}, {1, 1}, {1, 1}}, 3, 2.0);
+  CHECK_FALSE(got[0].ok);
+  CHECK_THAT(got[0].text, Contains("claiming rank 1"));
+  for (const Outcome& o : got) CHECK_FALSE(o.ok);
+}
