@@ -45,7 +45,7 @@ struct Weights {
     if (master) master[i] = w;
     if constexpr (std::is_same_v<D, __nv_bfloat16>) {
       param[i] = master ? __float2bfloat16_rn(w)
-                        : bf16_stochastic(w, uint32_t(optim::splitmix64(stream ^ i)));
+                        : bf16_stochastic(w, uint32_t(splitmix64(stream ^ i)));
     } else {
       param[i] = w;
     }

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "error.hpp"
+#include "rng.hpp"
 #include "shard.hpp"
 
 namespace gpt2 {
@@ -12,24 +13,17 @@ namespace {
 // Our own generator and shuffle rather than <random>'s: std::shuffle and the standard
 // distributions are implementation-defined, and a resumed run must see the same data
 // order whatever standard library built it.
-uint64_t mix(uint64_t x) {  // splitmix64's finalizer
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 // Stream 0 orders the shards of an epoch; stream s+1 orders the windows of shard s.
 uint64_t shuffle_key(uint64_t seed, uint64_t epoch, uint64_t stream) {
-  return mix(mix(mix(seed) ^ epoch) ^ stream);
+  return splitmix64_mix(splitmix64_mix(splitmix64_mix(seed) ^ epoch) ^ stream);
 }
 
 template <class T>
 void shuffle(std::vector<T>& v, uint64_t key) {
-  uint64_t state = key;
+  SplitMix64 rng{key};
   for (size_t i = v.size(); i > 1; i--) {
-    state += 0x9e3779b97f4a7c15ULL;
     // Multiply-shift maps 64 random bits onto [0, i); its bias, i / 2^64, is nil here.
-    const size_t j = size_t((unsigned __int128)mix(state) * i >> 64);
+    const size_t j = size_t((unsigned __int128)rng.next() * i >> 64);
     std::swap(v[i - 1], v[j]);
   }
 }

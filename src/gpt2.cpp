@@ -4,6 +4,7 @@
 
 #include "dtype.hpp"
 #include "error.hpp"
+#include "rng.hpp"
 
 namespace gpt2 {
 
@@ -50,17 +51,6 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompu
 
 namespace {
 
-struct SplitMix64 {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (next() >> 11) * 0x1.0p-53; }  // [0, 1)
-};
-
 void fill_normal(float* out, size_t n, float std, SplitMix64& rng) {
   for (size_t i = 0; i < n; i += 2) {
     const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();  // u1 in (0, 1]
@@ -77,7 +67,7 @@ std::vector<float> init_params(const ParamTable& table, uint64_t seed) {
   const float std_resid = 0.02f / std::sqrt(2.0f * table.cfg.num_layers);
   for (const ParamSpec& p : table.params) {
     // One stream per tensor so a tensor's init does not depend on the others' sizes.
-    SplitMix64 rng{seed * 0x100000001b3ull + uint64_t(p.id) * 0x9e3779b97f4a7c15ull};
+    SplitMix64 rng{seed * 0x100000001b3ull + uint64_t(p.id) * kSplitMixGamma};
     float* dst = w.data() + p.offset;
     switch (p.kind) {
       case ParamKind::ln1w: case ParamKind::ln2w: case ParamKind::lnfw:

@@ -5,20 +5,10 @@
 #include <numeric>
 
 #include "dtype.hpp"
+#include "rng.hpp"
 #include "tokenizer.hpp"
 
 namespace gpt2 {
-
-namespace {
-
-double next_uniform(uint64_t& s) {  // splitmix64 -> [0, 1)
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return ((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-}
-
-}  // namespace
 
 int sample_token(const std::vector<float>& logits, float temperature, int top_k, uint64_t& rng) {
   const int V = int(logits.size());
@@ -34,7 +24,9 @@ int sample_token(const std::vector<float>& logits, float temperature, int top_k,
   const double top = logits[idx[0]];
   double sum = 0;
   for (int i = 0; i < k; i++) sum += p[i] = std::exp((logits[idx[i]] - top) / temperature);
-  double u = next_uniform(rng) * sum;
+  SplitMix64 gen{rng};
+  double u = gen.uniform() * sum;
+  rng = gen.state;
   for (int i = 0; i < k; i++)
     if ((u -= p[i]) < 0) return idx[i];
   return idx[k - 1];

@@ -7,20 +7,9 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define GPT2_HOST_DEVICE __host__ __device__
-#else
-#define GPT2_HOST_DEVICE
-#endif
+#include "rng.hpp"
 
 namespace gpt2::optim {
-
-GPT2_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // Standard normal number `i` of stream `seed`: splitmix64 counters fed to Box-Muller,
 // so sketches do not depend on the standard library's distributions.
