@@ -58,7 +58,7 @@ class Adafactor final : public Optimizer<T> {
     if (rule_.scale_parameter) red_.sum(WeightSquares<D>{w}, p.numel, s + kSumW2);
     const Direction<D> u = fac_.direction(red_, p, moments_[p.id], beta2_, rule_.eps1,
                                           dev_ptr<T>(grad), s + kSumR, s + kSumU2);
-    adafactor_apply<<<elementwise_blocks(p.numel), kThreads>>>(
+    adafactor_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
         w, u, s, p.numel, rho_, rule_.eps2, rule_.scale_parameter, rule_.clip, common_.wd(p),
         m1_[p.id], float(rule_.beta1));
     CUDA_CHECK_LAUNCH();

@@ -109,9 +109,9 @@ class AdamW final : public Optimizer<T> {
                      aligned(param, 4 * sizeof(T)) && aligned(grad, 4 * sizeof(T));
     const unsigned blocks = elementwise_blocks((p.numel + 3) / 4);
     if (vec)
-      adamw_kernel<D, true><<<blocks, kThreads>>>(w, dev_ptr(grad), m, v, p.numel, a);
+      adamw_kernel<D, true><<<blocks, kThreads, 0, update_stream()>>>(w, dev_ptr(grad), m, v, p.numel, a);
     else
-      adamw_kernel<D, false><<<blocks, kThreads>>>(w, dev_ptr(grad), m, v, p.numel, a);
+      adamw_kernel<D, false><<<blocks, kThreads, 0, update_stream()>>>(w, dev_ptr(grad), m, v, p.numel, a);
     CUDA_CHECK_LAUNCH();
   }
 

@@ -184,22 +184,23 @@ class Adapprox final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
-    using D = device_t<T>;
     const Tensor& t = tensors_[p.id];
+    CUBLAS_CHECK(cublasSetStream(blas_, update_stream()));
+    CUSOLVER_CHECK(cusolverDnSetStream(solver_, update_stream()));
     float* Dir;
     if (p.is_matrix()) {
       Dir = V_.get();
       matrix_step(p, dev_ptr(grad));
     } else {
       Dir = dvec_.get();
-      vector_direction<<<elementwise_blocks(p.numel), kThreads>>>(
+      vector_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
           Dir, t.v, dev_ptr<T>(grad), p.numel, float(s_.beta2), float(s_.eps));
       CUDA_CHECK_LAUNCH();
     }
     // Spec 6.5 steps 5-8 (and 6.7): clip D, momentum, guidance, decoupled decay.
     double* s = scal_.get();
     red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
-    clip_and_moment<<<elementwise_blocks(p.numel), kThreads>>>(Dir, t.m1, s + kSumD2, p.numel,
+    clip_and_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(Dir, t.m1, s + kSumD2, p.numel,
                                                                 s_.clip, float(s_.beta1));
     CUDA_CHECK_LAUNCH();
     const bool guided = t.m1 && s_.cos_guidance;
@@ -208,7 +209,7 @@ class Adapprox final : public Optimizer<T> {
       red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
       red_.sum(FloatSquares{t.m1}, p.numel, s + kSumM2);
     }
-    adapprox_apply<<<elementwise_blocks(p.numel), kThreads>>>(
+    adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
         weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
         float(common_.wd(p)));
     CUDA_CHECK_LAUNCH();
@@ -232,16 +233,16 @@ class Adapprox final : public Optimizer<T> {
     const int m = int(p.rows), n = int(p.cols);
     float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
     float rank_err[2];
-    dev_.to_host(rank_err, t.rank_err, sizeof(rank_err));
+    copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
     const int k = int(rank_err[0]);
-    fresh_second_moment<<<elementwise_blocks(p.numel), kThreads>>>(V, g, p.numel,
+    fresh_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel,
                                                                     float(1 - s_.beta2));
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
     red_.sum(FloatSquares{V}, p.numel, scal_.get() + kNormV);
     double norm_sq = 0;
-    dev_.to_host(&norm_sq, scal_.get() + kNormV, sizeof(double));
+    copy_to_host_on_update_stream(&norm_sq, scal_.get() + kNormV, sizeof(double));
 
     // as_rsi (srsi.cpp), step for step.
     const optim::RankRule rule = s_.rule(p);
@@ -267,16 +268,17 @@ class Adapprox final : public Optimizer<T> {
       while (k_new > rule.k_min && rel_error(head(lambda, k_new - 1)) < rule.xi_thr / 2) k_new--;
       if (k_new < rank) rank = k_new, xi = rel_error(head(lambda, rank));
     }
-    CUDA_CHECK(cudaMemset(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float)));
-    CUDA_CHECK(cudaMemset(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float)));
+    CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float), update_stream()));
+    CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float), update_stream()));
     const float updated[2] = {float(rank), float(s_.rho * rank_err[1] + (1 - s_.rho) * xi)};
-    dev_.to_device(t.rank_err, updated, sizeof(updated));
+    // Pageable source: cudaMemcpyAsync copies it before returning, so `updated` may die.
+    CUDA_CHECK(cudaMemcpyAsync(t.rank_err, updated, sizeof(updated), cudaMemcpyHostToDevice, update_stream()));
 
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
       const float zero = 0.f;
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero, V, n));
     }
-    matrix_direction<<<elementwise_blocks(p.numel), kThreads>>>(V, g, p.numel, float(s_.eps));
+    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel, float(s_.eps));
     CUDA_CHECK_LAUNCH();
   }
 
@@ -289,7 +291,7 @@ class Adapprox final : public Optimizer<T> {
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
     float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
-    sketch<<<elementwise_blocks(size_t(n) * s), kThreads>>>(Om, size_t(n) * s, seed);
+    sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
     CUDA_CHECK_LAUNCH();
     for (int it = 0; it < rule.l; it++) {
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
@@ -298,16 +300,16 @@ class Adapprox final : public Optimizer<T> {
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
     }
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
-    widen<<<ceil_div(size_t(s) * s, kThreads), kThreads>>>(Gd_.get(), G_.get(), size_t(s) * s);
+    widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), size_t(s) * s);
     CUDA_CHECK_LAUNCH();
     CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
                                     Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
                                     info_.get()));
     std::vector<double> eig(s);
-    dev_.to_host(eig.data(), eig_.get(), s * sizeof(double));
+    copy_to_host_on_update_stream(eig.data(), eig_.get(), s * sizeof(double));
     std::vector<double> lambda(k);
     for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
-    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads>>>(W_.get(), Gd_.get(), s, k);
+    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(W_.get(), Gd_.get(), s, k);
     CUDA_CHECK_LAUNCH();
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));

@@ -82,7 +82,7 @@ class Came final : public Optimizer<T> {
     const Direction<D> u =
         fac_.direction(red_, p, moments_[p.id], beta2_, eps1_, dev_ptr<T>(grad), s + kSumR, s + kSumU2);
     float* m = m_[p.id];
-    came_moment<<<elementwise_blocks(p.numel), kThreads>>>(u, s + kSumU2, p.numel, clip_, m, float(beta1_));
+    came_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(u, s + kSumU2, p.numel, clip_, m, float(beta1_));
     CUDA_CHECK_LAUNCH();
     const float *rf = nullptr, *cf = nullptr;
     if (p.is_matrix()) {
@@ -93,7 +93,7 @@ class Came final : public Optimizer<T> {
       rf = fac_.rf(), cf = fac_.cf();
     }
     const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
-    came_apply<<<elementwise_blocks(p.numel), kThreads>>>(
+    came_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
         weights(param, master, seed_, t_, p.id), m, rf, cf, uint32_t(p.cols), p.numel, lr_, keep);
     CUDA_CHECK_LAUNCH();
   }

@@ -57,6 +57,24 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   return warp_max(v);
 }
 
+// The stream the optimizer and gradient-arithmetic kernels (and their copies) run on.
+// The default stream, unless multi-GPU fused training moves each update behind its
+// gradient's all-reduce on the communication stream, where it overlaps the rest of
+// backward. Per host thread; set through UpdateStreamScope.
+cudaStream_t update_stream();
+class UpdateStreamScope {
+ public:
+  explicit UpdateStreamScope(cudaStream_t s);
+  ~UpdateStreamScope();
+  UpdateStreamScope(const UpdateStreamScope&) = delete;
+  UpdateStreamScope& operator=(const UpdateStreamScope&) = delete;
+
+ private:
+  cudaStream_t saved_;
+};
+// Stream-ordered device-to-host copy on update_stream(), waiting for it to land.
+void copy_to_host_on_update_stream(void* host, const void* dev, size_t bytes);
+
 inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
 
 }  // namespace gpt2::cuda

@@ -3,6 +3,7 @@
 
 #include "backend.hpp"
 #include "cuda_check.cuh"
+#include "cuda_common.cuh"
 #include "error.hpp"
 
 namespace gpt2 {
@@ -54,6 +55,20 @@ class CudaDevice final : public Device {
  private:
   int gpu_;
 };
+
+namespace {
+thread_local cudaStream_t g_update_stream = nullptr;
+}
+
+namespace cuda {
+cudaStream_t update_stream() { return g_update_stream; }
+UpdateStreamScope::UpdateStreamScope(cudaStream_t s) : saved_(g_update_stream) { g_update_stream = s; }
+UpdateStreamScope::~UpdateStreamScope() { g_update_stream = saved_; }
+void copy_to_host_on_update_stream(void* host, const void* dev, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, g_update_stream));
+  CUDA_CHECK(cudaStreamSynchronize(g_update_stream));
+}
+}  // namespace cuda
 
 std::unique_ptr<Device> make_cuda_device(int gpu) {
   std::string why;

@@ -108,19 +108,19 @@ class Factored {
   // r <- beta r + (1 - beta) rowmean(X), c likewise with column means; X_ij = f(i n + j).
   template <class F>
   void ema(const F& f, int64_t m, int64_t n, double beta, float* r, float* c) {
-    row_mean_ema<<<unsigned(m), kRowThreads>>>(f, n, beta, r);
+    row_mean_ema<<<unsigned(m), kRowThreads, 0, update_stream()>>>(f, n, beta, r);
     CUDA_CHECK_LAUNCH();
     const int chunks = int(std::min<int64_t>(kColChunks, m));
-    col_partials<<<dim3(ceil_div(n, 256), chunks), 256>>>(f, m, n, chunks, partials_.get());
+    col_partials<<<dim3(ceil_div(n, 256), chunks), 256, 0, update_stream()>>>(f, m, n, chunks, partials_.get());
     CUDA_CHECK_LAUNCH();
-    col_mean_ema<<<ceil_div(n, 256), 256>>>(partials_.get(), chunks, m, n, beta, c);
+    col_mean_ema<<<ceil_div(n, 256), 256, 0, update_stream()>>>(partials_.get(), chunks, m, n, beta, c);
     CUDA_CHECK_LAUNCH();
   }
 
   // rf, cf from r, c (sum_r: a device double to hold sum(r)).
   void factors(Reducer& red, const float* r, const float* c, int64_t m, int64_t n, double* sum_r) {
     red.sum(FloatSum{r}, size_t(m), sum_r);
-    inv_sqrt_factors<<<ceil_div(std::max(m, n), 256), 256>>>(r, c, sum_r, m, n, rf_.get(), cf_.get());
+    inv_sqrt_factors<<<ceil_div(std::max(m, n), 256), 256, 0, update_stream()>>>(r, c, sum_r, m, n, rf_.get(), cf_.get());
     CUDA_CHECK_LAUNCH();
   }
 
@@ -135,7 +135,7 @@ class Factored {
       factors(red, s.r, s.c, p.rows, p.cols, sum_r);
       u.rf = rf_.get(), u.cf = cf_.get();
     } else {
-      vector_second_moment<<<elementwise_blocks(p.numel), kThreads>>>(g, s.v, p.numel, beta2, eps1);
+      vector_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(g, s.v, p.numel, beta2, eps1);
       CUDA_CHECK_LAUNCH();
     }
     red.sum(DirectionSquares<D>{u}, p.numel, sum_u2);

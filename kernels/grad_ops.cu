@@ -36,14 +36,14 @@ class CudaGradOps final : public GradOps<T> {
 
   std::vector<double> take_squares() override {
     std::vector<double> out(slots_);
-    dev_.to_host(out.data(), sq_.get(), slots_ * sizeof(double));
-    dev_.zero(sq_.get(), sq_.bytes());
+    copy_to_host_on_update_stream(out.data(), sq_.get(), slots_ * sizeof(double));
+    CUDA_CHECK(cudaMemsetAsync(sq_.get(), 0, sq_.bytes(), update_stream()));
     return out;
   }
 
   void clip_scale(T* g, size_t n, float clip_value, float scale) override {
     if (!(clip_value > 0) && scale == 1.0f) return;
-    clip_scale_kernel<<<elementwise_blocks(n), kThreads>>>(dev_ptr(g), n, clip_value, scale);
+    clip_scale_kernel<<<elementwise_blocks(n), kThreads, 0, update_stream()>>>(dev_ptr(g), n, clip_value, scale);
     CUDA_CHECK_LAUNCH();
   }
 

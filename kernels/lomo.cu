@@ -23,7 +23,7 @@ class Lomo final : public Optimizer<T> {
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     const float keep = float(1.0 - double(lr_) * common_.wd(p));
-    lomo_kernel<<<elementwise_blocks(p.numel), kThreads>>>(
+    lomo_kernel<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
         weights(param, master, seed_, t_, p.id), dev_ptr(grad), p.numel, keep, lr_);
     CUDA_CHECK_LAUNCH();
   }

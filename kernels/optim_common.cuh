@@ -92,9 +92,9 @@ class Reducer {
   template <class F>
   void sum(const F& f, size_t n, double* out) {
     const int blocks = int(std::min<size_t>(kReduceBlocks, std::max<size_t>(1, ceil_div(n, kReduceThreads))));
-    reduce_partials<<<blocks, kReduceThreads>>>(f, n, partials_.get());
+    reduce_partials<<<blocks, kReduceThreads, 0, update_stream()>>>(f, n, partials_.get());
     CUDA_CHECK_LAUNCH();
-    reduce_final<<<1, kReduceThreads>>>(partials_.get(), blocks, out);
+    reduce_final<<<1, kReduceThreads, 0, update_stream()>>>(partials_.get(), blocks, out);
     CUDA_CHECK_LAUNCH();
   }
 
