@@ -2,6 +2,7 @@
 //   train_gpt2 memory --model d12 --optimizer adalomo --batch 16 --seq 1024
 //   train_gpt2 memory --model d24 --optimizer adapprox --rank 8 --no-first-moment --json
 //   train_gpt2 memory --table adapprox       (the Adapprox paper's state-memory table)
+//   train_gpt2 memory --table adapprox --measure   (... and each optimizer built for real)
 //   train_gpt2 memory --config configs/quickstart.json --device cpu --measure
 #include <cmath>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include "memory_plan.hpp"
 #include "report.hpp"
 #include "optimizer.hpp"
+#include "run_backend.hpp"
 
 namespace gpt2 {
 
@@ -78,42 +80,64 @@ void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const jso
   std::printf("%s", memory_plan_table(plan).c_str());
 }
 
+// Optimizer-state bytes as the device ledger files them once `cfg`'s optimizer has
+// been built on its backend (state is allocated at construction, at k_max for Adapprox).
+size_t measured_state_bytes(const json& cfg) {
+  size_t bytes = 0;
+  with_backend(cfg, 0, [&](auto& be) {
+    const ParamTable table(model_config(cfg));
+    const auto opt = be.optimizer(table);
+    bytes = be.dev->ledger().current[int(MemCategory::optimizer_state)];
+  });
+  return bytes;
+}
+
 // The Adapprox paper's optimizer-state savings vs AdamW (arXiv 2403.14958, abstract and
 // its LaTeX source): the two ends of each range are the paper's numbers; the middle rows
 // are our calculator's, which reproduces both ends exactly (shared/docs/optimizers.md 6.6).
-void print_adapprox_table() {
+// With `measure`, every optimizer is also built on `device` and its state read from the
+// ledger, so the table shows what a run really allocates beside the formula.
+void print_adapprox_table(bool measure, const std::string& device) {
   struct Row { int depth; int divisor; double paper_m1, paper_no_m1; };  // divisor 0: k = 1
   const Row rows[] = {{12, 0, 49.9, 99.9},     {12, 32, NAN, NAN}, {12, 16, NAN, NAN},
                       {12, 8, NAN, NAN},       {12, 4, 34.5, 84.5}, {24, 0, 49.9, 99.9},
                       {24, 4, 33.8, 83.8}};
-  std::printf("Adapprox optimizer-state saving vs AdamW (fp32 state, vocab 50257, k per matrix)\n");
-  std::printf("%-6s %-12s | %-22s | %-22s\n", "model", "rank", "with first moment",
-              "without first moment");
-  std::printf("%-6s %-12s | %7s %7s %7s | %7s %7s %7s\n", "", "", "ours", "paper", "delta",
-              "ours", "paper", "delta");
+  std::printf("Adapprox optimizer-state saving vs AdamW (fp32 state, vocab 50257, k per matrix%s)\n",
+              measure ? cat("; measured: allocated on ", device).c_str() : "");
+  const char* cols = measure ? "ours measured paper delta" : "ours paper delta";
+  std::printf("%-6s %-12s | with first moment: %s | without first moment: %s\n", "model",
+              "rank", cols, cols);
   for (const Row& r : rows) {
-    double saving[2];
+    const std::vector<std::string> base = {cat("model.depth=", r.depth),
+                                           "train.device=\"" + device + "\""};
+    std::vector<std::string> o = base;
+    o.push_back("optimizer.name=\"adamw\"");
+    const json adamw = load_config("", o);
+    const ParamTable t(model_config(adamw));
+    const double adamw_bytes = double(optimizer_state_bytes(adamw, t));
+    const double adamw_measured = measure ? double(measured_state_bytes(adamw)) : 0;
+    std::string cells[2];
     for (int m1 = 0; m1 < 2; m1++) {
-      std::vector<std::string> o = {cat("model.depth=", r.depth), "optimizer.name=\"adamw\""};
-      const json adamw = load_config("", o);
-      o[1] = "optimizer.name=\"adapprox\"";
+      o = base;
+      o.push_back("optimizer.name=\"adapprox\"");
       o.push_back(r.divisor ? cat("optimizer.adapprox.rank_divisor=", r.divisor)
                             : std::string("optimizer.adapprox.k_max=1"));
       o.push_back(m1 ? "optimizer.adapprox.beta1=0.9" : "optimizer.adapprox.beta1=0");
       const json ada = load_config("", o);
-      const ParamTable t(model_config(ada));
-      saving[m1] = 100.0 * (1.0 - double(optimizer_state_bytes(ada, t)) /
-                                      double(optimizer_state_bytes(adamw, t)));
+      const double ours = 100.0 * (1.0 - double(optimizer_state_bytes(ada, t)) / adamw_bytes);
+      const double paper = m1 ? r.paper_m1 : r.paper_no_m1;
+      char c[96];
+      int n = std::snprintf(c, sizeof c, "%6.1f%%", ours);
+      if (measure)
+        n += std::snprintf(c + n, sizeof c - n, " %6.1f%%",
+                           100.0 * (1.0 - double(measured_state_bytes(ada)) / adamw_measured));
+      if (std::isnan(paper)) std::snprintf(c + n, sizeof c - n, " %6s %7s", "-", "-");
+      else std::snprintf(c + n, sizeof c - n, " %5.1f%% %+5.1fpp", paper, ours - paper);
+      cells[m1] = c;
     }
-    auto cell = [](double ours, double paper) {
-      char c[64];
-      if (std::isnan(paper)) std::snprintf(c, sizeof c, "%6.1f%% %7s %6s", ours, "-", "-");
-      else std::snprintf(c, sizeof c, "%6.1f%% %6.1f%% %+5.1fpp", ours, paper, ours - paper);
-      return std::string(c);
-    };
     std::printf("%-6s %-12s | %s | %s\n", r.depth == 12 ? "117M" : "345M",
-                r.divisor ? cat("min(m,n)/", r.divisor).c_str() : "k = 1",
-                cell(saving[1], r.paper_m1).c_str(), cell(saving[0], r.paper_no_m1).c_str());
+                r.divisor ? cat("min(m,n)/", r.divisor).c_str() : "k = 1", cells[1].c_str(),
+                cells[0].c_str());
   }
 }
 
@@ -141,7 +165,7 @@ void add_memory_command(CLI::App& app) {
       ->check(CLI::IsMember({"adapprox"}));
   cmd->add_flag("--measure", a.measure, "also allocate the run for real and compare");
   cmd->callback([] {
-    if (!a.table.empty()) return print_adapprox_table();
+    if (!a.table.empty()) return print_adapprox_table(a.measure, a.device);
     const json cfg = resolve(a);
     const MemoryPlan plan = plan_memory(cfg, a.device == "cuda");
     if (a.measure) {
