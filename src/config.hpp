@@ -17,8 +17,8 @@ using json = nlohmann::json;
 // could only clip with a second backward (train.two_pass_clip). "update": "auto" means fused for
 // lomo/adalomo and after_backward otherwise. train.classifier_chunk: rows of B*T whose
 // logits exist at once (the classifier runs chunk by chunk); 0 = auto (GPU: the largest
-// power of two within 256 MiB of logits, CPU: 256). Paths are relative to the working
-// directory.
+// power of two within 256 MiB of logits, CPU: 256; the GPU rounds a chunk down to a
+// multiple of 8). Paths are relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
     "depth": 12, "channels": 0, "heads": 0,

@@ -53,6 +53,9 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompu
 int classifier_chunk_rows(int requested, int rows, const ModelConfig& cfg, size_t elem_size,
                           bool cuda) {
   int chunk = requested;
+  // cuBLASLt assumes 256-byte aligned matrices; chunk starts 8k rows apart keep the
+  // chunk's rows of lnf and d(lnf) so aligned whenever C is a multiple of 16.
+  if (cuda && chunk % 8 != 0) chunk = std::max(8, chunk / 8 * 8);
   if (chunk == 0 && !cuda) chunk = 256;
   if (chunk == 0) {
     // Chunks cost little time: on an H200 at d12 B16 T1024 bf16, steps with 1024 to

@@ -62,7 +62,9 @@ TEST_CASE("the logits take one chunk of rows: auto stays within 256 MiB on the G
   CHECK(classifier_chunk_rows(0, 16 * 1024, c, 4, false) == 256);
   CHECK(classifier_chunk_rows(0, 100, c, 2, true) == 100);  // never more than B*T rows
   CHECK(classifier_chunk_rows(5000, 4096, c, 2, true) == 4096);
-  CHECK(classifier_chunk_rows(777, 4096, c, 2, true) == 777);
+  CHECK(classifier_chunk_rows(777, 4096, c, 2, false) == 777);
+  CHECK(classifier_chunk_rows(777, 4096, c, 2, true) == 776);  // 8-row steps keep alignment
+  CHECK(classifier_chunk_rows(5, 4096, c, 2, true) == 8);
 }
 
 TEST_CASE("fused gradients take wte plus one layer, not the whole model") {
