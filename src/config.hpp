@@ -15,7 +15,10 @@ using json = nlohmann::json;
 // Keys whose default is null accept null or a number; train.grad_clip null means "auto":
 // 1.0 (llm.c's global-norm clip) for after_backward updates, none for fused ones, which
 // could only clip with a second backward (train.two_pass_clip). "update": "auto" means fused for
-// lomo/adalomo and after_backward otherwise. Paths are relative to the working directory.
+// lomo/adalomo and after_backward otherwise. train.classifier_chunk: rows of B*T whose
+// logits exist at once (the classifier runs chunk by chunk); 0 = auto (GPU: the largest
+// power of two within 256 MiB of logits, CPU: 256; the GPU rounds a chunk down to a
+// multiple of 8). Paths are relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
     "depth": 12, "channels": 0, "heads": 0,
@@ -45,7 +48,7 @@ inline const char* kDefaultConfig = R"json({
   "train": {
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
     "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
-    "recompute": 0, "nan_policy": "stop", "threads": 0, "gpus": 1
+    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "gpus": 1
   },
   "eval": {"every": 100, "batches": 8},
   "sample": {"every": 0, "tokens": 64, "prompt": "", "temperature": 1.0, "top_k": 40},

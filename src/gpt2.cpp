@@ -1,5 +1,6 @@
 #include "gpt2.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "dtype.hpp"
@@ -15,7 +16,7 @@ size_t ActivationPlan::total() const {
 }
 
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
-                               size_t E) {
+                               int classifier_chunk, size_t E) {
   const size_t S = E == 8 ? 8 : 4;  // Stat<T>: double only for the double model
   const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads,
                Vp = cfg.padded_vocab_size, BT = size_t(B) * T, BTC = BT * C;
@@ -38,7 +39,7 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompu
       {"residual3", L * BTC * E},
       {"lnf", BTC * E},
       {"lnf_stats", 2 * BT * S},
-      {"logits", BT * Vp * E},
+      {"logits", size_t(classifier_chunk) * Vp * E},  // one chunk of rows
       {"losses", BT * S},
       {"scratch", BTC * E},
       {"dresidual", BTC * E},
@@ -47,6 +48,24 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompu
       {"dqkv", BTC * 3 * E},
   };
   return p;
+}
+
+int classifier_chunk_rows(int requested, int rows, const ModelConfig& cfg, size_t elem_size,
+                          bool cuda) {
+  int chunk = requested;
+  // cuBLASLt assumes 256-byte aligned matrices; chunk starts 8k rows apart keep the
+  // chunk's rows of lnf and d(lnf) so aligned whenever C is a multiple of 16.
+  if (cuda && chunk % 8 != 0) chunk = std::max(8, chunk / 8 * 8);
+  if (chunk == 0 && !cuda) chunk = 256;
+  if (chunk == 0) {
+    // Chunks cost little time: on an H200 at d12 B16 T1024 bf16, steps with 1024 to
+    // 8192 rows ran within 4% of the unchunked step (README, Memory), so the memory
+    // budget decides.
+    const size_t budget = size_t(256) << 20, row = size_t(cfg.padded_vocab_size) * elem_size;
+    chunk = 1;
+    while (chunk < rows && size_t(chunk) * 2 * row <= budget) chunk *= 2;
+  }
+  return std::min(chunk, rows);
 }
 
 namespace {
@@ -87,12 +106,19 @@ std::vector<float> init_params(const ParamTable& table, uint64_t seed) {
 }
 
 template <class T>
-GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, int rc)
-    : table(cfg), batch(B), seq_len(T_), recompute(rc), ops_(ops), dev_(dev) {
+GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, int rc,
+              int chunk)
+    : table(cfg),
+      batch(B),
+      seq_len(T_),
+      recompute(rc),
+      classifier_chunk(classifier_chunk_rows(chunk, B * T_, cfg, sizeof(T), dev.is_cuda())),
+      ops_(ops),
+      dev_(dev) {
   if (T_ > cfg.max_seq_len)
     fail("sequence length ", T_, " exceeds the model's max_seq_len ", cfg.max_seq_len);
   params_ = DeviceBuffer<T>(dev, table.total, MemCategory::params, "parameters");
-  const ActivationPlan plan = activation_plan(cfg, B, T_, rc, sizeof(T));
+  const ActivationPlan plan = activation_plan(cfg, B, T_, rc, classifier_chunk, sizeof(T));
   auto bytes = [&](const char* name) {
     for (const auto& e : plan.entries)
       if (std::string(e.name) == name) return e.bytes;
@@ -153,11 +179,12 @@ std::vector<float> GPT2<T>::get_params() const {
 }
 
 template <class T>
-double GPT2<T>::forward(const int* inputs, const int* targets, float dloss) {
+void GPT2<T>::forward_to_lnf(const int* inputs) {
   using K = ParamKind;
   const ModelConfig& c = table.cfg;
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
   const size_t BTC = size_t(BT) * C;
+  train_sink_ = nullptr;  // the activations backward would use are overwritten
   dev_.to_device(inputs_.get(), inputs, BT * sizeof(int));
   ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
   for (int l = 0; l < c.num_layers; l++) {
@@ -182,16 +209,54 @@ double GPT2<T>::forward(const int* inputs, const int* targets, float dloss) {
   Stat<T>* lnf_mean = lnf_stats_.get();
   ops_.layernorm_forward(lnf_.get(), lnf_mean, lnf_mean + BT, layer(c.num_layers - 1).residual3,
                          param(K::lnfw), param(K::lnfb), BT, C);
-  ops_.matmul_forward(logits_.get(), nullptr, lnf_.get(), param(K::wte), nullptr, BT, C,
-                      c.padded_vocab_size);
-  if (!targets) return 0.0;
+}
+
+template <class T>
+double GPT2<T>::forward(const int* inputs, const int* targets, float dloss, GradSink<T>* sink) {
+  if (!targets) fail("internal: GPT2::forward needs targets (forward_logits samples)");
+  if ((sink != nullptr) != (dloss != 0.0f))
+    fail("internal: GPT2::forward trains with a sink and dloss != 0, or evaluates with neither");
+  const ModelConfig& c = table.cfg;
+  const int C = c.channels, Vp = c.padded_vocab_size, BT = batch * seq_len;
+  forward_to_lnf(inputs);
   dev_.to_device(targets_.get(), targets, BT * sizeof(int));
-  ops_.classifier(logits_.get(), losses_.get(), targets_.get(), BT, c.vocab_size,
-                  c.padded_vocab_size, dloss);
+  T* wte = param(ParamKind::wte);
+  T* dwte = sink ? sink->grad(table.get(ParamKind::wte)) : nullptr;
+  for (int r0 = 0; r0 < BT; r0 += classifier_chunk) {
+    const int n = std::min(classifier_chunk, BT - r0);
+    const T* lnf = lnf_.get() + size_t(r0) * C;
+    ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
+    ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size, Vp,
+                    dloss);
+    // The chunk now holds dlogits: d(lnf) of its rows (into dbtc, where backward's
+    // final layernorm reads it) and its share of wte's gradient.
+    if (sink)
+      ops_.matmul_backward(dbtc_.get() + size_t(r0) * C, dwte, nullptr, logits_.get(), lnf, wte,
+                           nullptr, n, C, Vp);
+  }
+  train_sink_ = sink, dwte_ = dwte;
   dev_.to_host(host_losses_.data(), losses_.get(), BT * sizeof(Stat<T>));
   double sum = 0;
   for (Stat<T> x : host_losses_) sum += x;
   return sum / BT;
+}
+
+template <class T>
+std::vector<float> GPT2<T>::forward_logits(const int* inputs, int row) {
+  const ModelConfig& c = table.cfg;
+  if (row < 0 || row >= batch * seq_len)
+    fail("internal: forward_logits row ", row, " outside [0, ", batch * seq_len, ")");
+  forward_to_lnf(inputs);
+  ops_.matmul_forward(logits_.get(), nullptr, lnf_.get() + size_t(row) * c.channels,
+                      param(ParamKind::wte), nullptr, 1, c.channels, c.padded_vocab_size);
+  std::vector<T> h(c.vocab_size);
+  dev_.to_host(h.data(), logits_.get(), h.size() * sizeof(T));
+  std::vector<float> out(h.size());
+  for (size_t i = 0; i < h.size(); i++) {
+    if constexpr (std::is_same_v<T, bf16>) out[i] = bf16_to_float(h[i]);
+    else out[i] = float(h[i]);
+  }
+  return out;
 }
 
 template <class T>
@@ -201,13 +266,12 @@ void GPT2<T>::backward(GradSink<T>& sink) {
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
   auto grad = [&](K k, int l = -1) { return sink.grad(table.get(k, l)); };
   auto ready = [&](K k, int l = -1) { sink.ready(table.get(k, l)); };
+  if (&sink != train_sink_)
+    fail("internal: GPT2::backward needs a training forward with the same sink just before it");
+  train_sink_ = nullptr;
   T* dresidual = dresidual_.get();
-  T* dbtc = dbtc_.get();
-
-  // Classifier: the logits buffer already holds dlogits.
-  T* dwte = grad(K::wte);
-  ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf_.get(), param(K::wte), nullptr,
-                       BT, C, c.padded_vocab_size);
+  T* dbtc = dbtc_.get();  // d(lnf), left by the forward's classifier chunks
+  T* dwte = dwte_;        // holds the classifier's part already
   dev_.zero(dresidual, size_t(BT) * C * sizeof(T));
   const Stat<T>* lnf_mean = lnf_stats_.get();
   ops_.layernorm_backward(dresidual, grad(K::lnfw), grad(K::lnfb), dbtc,

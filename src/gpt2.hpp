@@ -14,7 +14,8 @@ namespace gpt2 {
 // Where backward writes parameter gradients. grad(p) returns a buffer of p.storage
 // elements that backward ACCUMULATES into (zero at the first call in a backward unless
 // the sink is summing micro-steps); ready(p) says p's gradient is complete. The tied
-// wte is requested first (classifier) and becomes ready last (encoder).
+// wte is requested first (by the training forward, whose chunked classifier adds its
+// part) and becomes ready last (encoder).
 template <class T>
 class GradSink {
  public:
@@ -31,8 +32,16 @@ struct ActivationPlan {
   std::vector<Entry> entries;
   size_t total() const;
 };
+// classifier_chunk: rows of logits that exist at once (classifier_chunk_rows()).
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
-                               size_t elem_size);
+                               int classifier_chunk, size_t elem_size);
+
+// The classifier's row chunk for train.classifier_chunk = `requested` (0 = auto) over
+// `rows` = B*T rows: never more than `rows`. Auto on the GPU: the largest power of two
+// whose logits stay within 256 MiB (2048 rows of bf16 at Vp = 50304); on the CPU, 256.
+// On the GPU a requested chunk is rounded down to a multiple of 8 rows (at least 8).
+int classifier_chunk_rows(int requested, int rows, const ModelConfig& cfg, size_t elem_size,
+                          bool cuda);
 
 // Host-side initial weights, GPT-2/llm.c style: N(0, 0.02), residual projections
 // (attn.projw, mlp.projw) N(0, 0.02/sqrt(2L)), biases 0, layernorm gains 1, wte padding
@@ -44,21 +53,30 @@ template <class T>
 class GPT2 {
  public:
   // recompute: 0 keep everything, 1 recompute GELU in backward, 2 also the layernorms.
-  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, int recompute);
+  // classifier_chunk: train.classifier_chunk (0 = auto, see classifier_chunk_rows).
+  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, int recompute,
+       int classifier_chunk = 0);
 
   const ParamTable table;
   const int batch, seq_len, recompute;
+  const int classifier_chunk;  // resolved rows
 
   T* params() { return params_.get(); }
   void set_params(const std::vector<float>& host);  // converts to T (fp32, bf16, or double)
   std::vector<float> get_params() const;
 
-  // inputs/targets are host arrays of batch*seq_len token ids. With targets, runs the classifier
-  // and returns the mean loss; if `dloss` != 0 it also leaves dlogits (scaled by dloss)
-  // ready for backward(). Without targets, only the logits are computed (sampling).
-  double forward(const int* inputs, const int* targets, float dloss);
+  // inputs/targets are host arrays of batch*seq_len token ids; returns the mean loss.
+  // The B*T x Vp logits never exist whole: the classifier runs over chunks of
+  // classifier_chunk rows. Training (a sink, and dloss != 0 scaling the loss gradient):
+  // each chunk's dlogits go straight into d(lnf) and into sink.grad(wte), so the
+  // classifier's backward is done here and backward(sink) must follow with the same
+  // sink. Evaluation (no sink, dloss = 0) computes the losses only.
+  double forward(const int* inputs, const int* targets, float dloss,
+                 GradSink<T>* sink = nullptr);
   void backward(GradSink<T>& sink);
-  const T* logits() const { return logits_.get(); }  // [B*T, padded_vocab_size]
+  // Runs the forward over inputs and returns the logits of one row (b * seq_len + t)
+  // over the real vocabulary, as floats: what sampling needs, with no B*T x Vp buffer.
+  std::vector<float> forward_logits(const int* inputs, int row);
   Device& device() const { return dev_; }
 
  private:
@@ -67,6 +85,7 @@ class GPT2 {
     Stat<T> *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;
   };
   Layer layer(int l);
+  void forward_to_lnf(const int* inputs);  // encoder, layers, final layernorm
   T* param(ParamKind k, int l = -1) { return params_.get() + table.get(k, l).offset; }
 
   Ops<T>& ops_;
@@ -78,6 +97,9 @@ class GPT2 {
   DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_;
   DeviceBuffer<T> dresidual_, dbtc_, dfch_, dqkv_;
   std::vector<Stat<T>> host_losses_;
+  // The training forward's sink and its wte gradient, which backward finishes.
+  GradSink<T>* train_sink_ = nullptr;
+  T* dwte_ = nullptr;
 };
 
 }  // namespace gpt2

@@ -29,10 +29,11 @@ MemoryPlan plan_memory(const json& cfg, bool cuda) {
   const bool fused = resolved_update(cfg) == "fused";
   b[int(MemCategory::grads)] = grad_memory_plan(table, fused).grad_elems * p.elem_size;
   b[int(MemCategory::optimizer_state)] = optimizer_state_bytes(cfg, table);
+  const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
+  const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,
+                                          p.elem_size, cuda);
   b[int(MemCategory::activations)] =
-      activation_plan(table.cfg, cfg["data"]["batch_size"].get<int>(),
-                      cfg["data"]["seq_len"].get<int>(), tr["recompute"].get<int>(), p.elem_size)
-          .total();
+      activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size).total();
   b[int(MemCategory::workspace)] = optimizer_workspace_bytes(cfg, table);
   return p;
 }
@@ -43,7 +44,8 @@ MemoryLedger measure_memory(const json& cfg, int steps, size_t* driver_bytes) {
     using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
     const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
     const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
-    GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, cfg["train"]["recompute"].get<int>());
+    GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, cfg["train"]["recompute"].get<int>(),
+                  cfg["train"]["classifier_chunk"].get<int>());
     std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
     UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, *be.dev);
     pipeline.set_weights(init_params(model.table, seed));

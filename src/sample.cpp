@@ -34,24 +34,15 @@ int sample_token(const std::vector<float>& logits, float temperature, int top_k,
 
 template <class T>
 std::vector<int> generate(GPT2<T>& model, std::vector<int> seq, const SampleOptions& opt) {
-  const int Tn = model.seq_len, V = model.table.cfg.vocab_size,
-            Vp = model.table.cfg.padded_vocab_size;
+  const int Tn = model.seq_len;
   if (seq.empty()) seq.push_back(kEndOfText);
   if (int(seq.size()) > Tn - 1) seq.erase(seq.begin(), seq.end() - (Tn - 1));
   std::vector<int> inputs(size_t(model.batch) * Tn, kEndOfText);
-  std::vector<T> row(V);
-  std::vector<float> logits(V);
   uint64_t rng = opt.seed;
   for (int n = 0; n < opt.tokens && int(seq.size()) < Tn; n++) {
     std::copy(seq.begin(), seq.end(), inputs.begin());
-    model.forward(inputs.data(), nullptr, 0.0f);
     // Causal attention: positions after seq.size() - 1 do not affect this row.
-    const T* at = model.logits() + size_t(seq.size() - 1) * Vp;
-    model.device().to_host(row.data(), at, V * sizeof(T));
-    for (int i = 0; i < V; i++) {
-      if constexpr (std::is_same_v<T, float>) logits[i] = row[i];
-      else logits[i] = bf16_to_float(row[i]);
-    }
+    const std::vector<float> logits = model.forward_logits(inputs.data(), int(seq.size()) - 1);
     seq.push_back(sample_token(logits, opt.temperature, opt.top_k, rng));
   }
   return seq;

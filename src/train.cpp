@@ -67,7 +67,8 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   Device& dev = *be.dev;
 
   // ---- model, optimizer, update pipeline
-  GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>());
+  GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>(),
+                tr["classifier_chunk"].get<int>());
   std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
   UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, dev);
   const std::string init_from = cfg["model"]["init_from"].get<std::string>();

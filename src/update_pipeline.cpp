@@ -187,7 +187,7 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
-      const double loss = model_.forward(inputs_.data(), targets_.data(), dloss);
+      const double loss = model_.forward(inputs_.data(), targets_.data(), dloss, full_.get());
       if (!loss_ok(loss)) return {float(loss), 0.0, true};
       loss_sum += loss;
       model_.backward(*full_);
@@ -200,18 +200,24 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     return {float(loss_sum / accum_), norm, false};
   }
 
+  // The forward's chunked classifier already writes wte's gradient into the sink, so
+  // each pass over the gradients is a forward + backward: two-pass clipping costs one
+  // extra forward besides the extra backward. The measuring pass changes no weight, so
+  // the second forward's loss equals the first.
   next_batch(inputs_.data(), targets_.data());
-  const double loss = model_.forward(inputs_.data(), targets_.data(), dloss);
+  auto forward = [&](bool measuring) {
+    fused_sink_->measuring = measuring;
+    fused_sink_->reset();
+    return model_.forward(inputs_.data(), targets_.data(), dloss, fused_sink_.get());
+  };
+  const double loss = forward(two_pass_);
   if (!loss_ok(loss)) return {float(loss), 0.0, true};
   clip_coef_ = 1.0f;
   if (two_pass_) {
-    fused_sink_->measuring = true;
-    fused_sink_->reset();
-    model_.backward(*fused_sink_);
+    model_.backward(*fused_sink_);  // measures the norm, updates nothing
     clip_coef_ = clip_coef(total_norm());
+    forward(false);
   }
-  fused_sink_->measuring = false;
-  fused_sink_->reset();
   model_.backward(*fused_sink_);
   return {float(loss), total_norm(), false};
 }

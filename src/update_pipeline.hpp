@@ -7,7 +7,8 @@
 //   live in a dedicated wte buffer (the tied embedding is final only after the encoder
 //   backward) plus one layer's worth of arena, reused layer after layer. Global-norm
 //   clipping needs the norm before the first update, so it takes LOMO's two passes: a
-//   first backward that only measures per-tensor norms, then the updating backward.
+//   first forward + backward that only measures per-tensor norms (the forward makes
+//   wte's classifier gradient), then the updating forward + backward.
 // Both modes sum per-tensor squared norms in parameter-id order and apply the same
 // arithmetic to each tensor, so on the CPU they produce bit-identical weights.
 #pragma once

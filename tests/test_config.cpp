@@ -193,6 +193,8 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   check_error(error_of("", {"schedule.min_lr_fraction=1.5"}),
               {"schedule.min_lr_fraction", "[0, 1]", "1.5"});
   check_error(error_of("", {"train.recompute=3"}), {"train.recompute", "[0, 2]", "got 3"});
+  check_error(error_of("", {"train.classifier_chunk=-8"}),
+              {"train.classifier_chunk", ">= 0", "got -8"});
   check_error(error_of("", {"train.gpus=0"}), {"train.gpus", "got 0"});
   check_error(error_of("", {"eval.every=-1"}), {"eval.every", ">= 0", "-1"});
   check_error(error_of("", {"optimizer.adafactor.beta1=1"}),

@@ -1,6 +1,8 @@
-// The whole model: gradients against central finite differences in double, CpuOps
-// against the plain-loop oracle, the order backward announces gradients in, the loss at
-// initialization, and the activation ledger against the plan.
+// The whole model: gradients against central finite differences in double (with a
+// classifier chunk that does not divide B*T), chunked against unchunked classifier,
+// CpuOps against the plain-loop oracle, the order backward announces gradients in, the
+// forward/backward contract, sampling logits, the loss at initialization, and the
+// activation ledger against the plan.
 #include <cmath>
 #include <map>
 #include <random>
@@ -67,13 +69,13 @@ TEST_CASE("whole-model gradients match central finite differences in double") {
   const int B = 2, T = 5;
   CpuDevice dev;
   RefOps<double> ops;
-  GPT2<double> model(c, ops, dev, B, T, 0);
+  GPT2<double> model(c, ops, dev, B, T, 0, 3);  // classifier chunks of 3, 3, 3, 1 rows
   model.set_params(spread_params(model.table, 7));
   const Batch b = random_batch(B * T, c.vocab_size, 11);
   const float dloss = 1.0f / (B * T);  // a power of two's reciprocal would be exact; 1/10 is
                                        // off by 1e-9 relative, far below the tolerance
   RecordingSink<double> sink(model.table);
-  model.forward(b.inputs.data(), b.targets.data(), dloss);
+  model.forward(b.inputs.data(), b.targets.data(), dloss, &sink);
   model.backward(sink);
   const double scale = double(dloss) * (B * T);  // the float dloss's deviation from 1/BT
 
@@ -102,6 +104,93 @@ TEST_CASE("whole-model gradients match central finite differences in double") {
   WARN("worst relative error over " << checked << " parameters: " << worst);
 }
 
+// Relative error of a whole tensor, so fp32 rounding of tiny entries does not dominate.
+template <class A, class B>
+double tensor_rel_err(const A& got, const B& want, const ParamSpec& p) {
+  double num = 0, den = 0;
+  for (size_t i = p.offset; i < p.offset + p.numel; i++) {
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+TEST_CASE("chunked classifier gives the unchunked loss and every gradient") {
+  const ModelConfig c = tiny_config();
+  const int B = 2, T = 7;  // 14 rows
+  CpuDevice dev;
+  CpuOps ops;
+  const Batch b = random_batch(B * T, c.vocab_size, 21);
+  auto run = [&](int chunk, double* loss) {
+    GPT2<float> m(c, ops, dev, B, T, 0, chunk);
+    REQUIRE(m.classifier_chunk == chunk);
+    m.set_params(spread_params(m.table, 6));
+    RecordingSink<float> g(m.table);
+    *loss = m.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &g);
+    m.backward(g);
+    return g.grads;
+  };
+  double whole_loss;
+  const std::vector<float> whole = run(B * T, &whole_loss);
+  for (int chunk : {1, 3, 5, 13}) {  // none divides 14 except 1
+    INFO("chunk " << chunk);
+    double loss;
+    const std::vector<float> g = run(chunk, &loss);
+    CHECK(loss == Approx(whole_loss).epsilon(1e-6));
+    // Only wte's gradient sums over chunks in another order; fp32 rounding is ~1e-7.
+    for (const ParamSpec& p : ParamTable(c).params) {
+      INFO(p.name);
+      CHECK(tensor_rel_err(g, whole, p) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("backward needs a training forward with the same sink just before it") {
+  const ModelConfig c = tiny_config();
+  CpuDevice dev;
+  CpuOps ops;
+  GPT2<float> m(c, ops, dev, 1, 4, 0);
+  m.set_params(init_params(m.table, 1));
+  const Batch b = random_batch(4, c.vocab_size, 2);
+  RecordingSink<float> sink(m.table), other(m.table);
+  const auto needs_forward = Catch::Contains("needs a training forward with the same sink");
+  CHECK_THROWS_WITH(m.backward(sink), needs_forward);
+  m.forward(b.inputs.data(), b.targets.data(), 0.25f, &sink);
+  CHECK_THROWS_WITH(m.backward(other), needs_forward);
+  m.forward(b.inputs.data(), b.targets.data(), 0.25f, &sink);
+  m.forward(b.inputs.data(), b.targets.data(), 0.0f);  // evaluation overwrites activations
+  CHECK_THROWS_WITH(m.backward(sink), needs_forward);
+  m.forward(b.inputs.data(), b.targets.data(), 0.25f, &sink);
+  m.forward_logits(b.inputs.data(), 0);
+  CHECK_THROWS_WITH(m.backward(sink), needs_forward);
+  m.forward(b.inputs.data(), b.targets.data(), 0.25f, &sink);
+  m.backward(sink);
+  CHECK_THROWS_WITH(m.backward(sink), needs_forward);  // once per forward
+  const auto both = Catch::Contains("with a sink and dloss != 0");
+  CHECK_THROWS_WITH(m.forward(b.inputs.data(), b.targets.data(), 0.25f), both);
+  CHECK_THROWS_WITH(m.forward(b.inputs.data(), b.targets.data(), 0.0f, &sink), both);
+}
+
+TEST_CASE("forward_logits gives each row the logits whose cross-entropy forward averages") {
+  const ModelConfig c = tiny_config();
+  const int B = 2, T = 5;
+  CpuDevice dev;
+  CpuOps ops;
+  GPT2<float> m(c, ops, dev, B, T, 0, 3);
+  m.set_params(spread_params(m.table, 4));
+  const Batch b = random_batch(B * T, c.vocab_size, 8);
+  double sum = 0;
+  for (int row = 0; row < B * T; row++) {
+    const std::vector<float> z = m.forward_logits(b.inputs.data(), row);
+    REQUIRE(int(z.size()) == c.vocab_size);
+    double mx = z[0], s = 0;
+    for (float v : z) mx = std::max(mx, double(v));
+    for (float v : z) s += std::exp(v - mx);
+    sum += mx + std::log(s) - z[b.targets[row]];
+  }
+  CHECK(sum / (B * T) == Approx(m.forward(b.inputs.data(), b.targets.data(), 0.0f)).epsilon(1e-6));
+}
+
 TEST_CASE("backward announces each tensor once, layer by layer from the top, wte last") {
   const ModelConfig c = tiny_config();
   CpuDevice dev;
@@ -110,7 +199,7 @@ TEST_CASE("backward announces each tensor once, layer by layer from the top, wte
   model.set_params(init_params(model.table, 1));
   const Batch b = random_batch(4, c.vocab_size, 2);
   RecordingSink<double> sink(model.table);
-  model.forward(b.inputs.data(), b.targets.data(), 0.25f);
+  model.forward(b.inputs.data(), b.targets.data(), 0.25f, &sink);
   model.backward(sink);
   const ParamTable& t = model.table;
   REQUIRE(sink.readied.size() == t.params.size());
@@ -141,8 +230,8 @@ TEST_CASE("CpuOps model matches the plain-loop model: loss and every gradient") 
   const Batch b = random_batch(B * T, c.vocab_size, 9);
   RecordingSink<float> ga(a.table);
   RecordingSink<double> gr(r.table);
-  const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
-  const double lr = r.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
+  const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &ga);
+  const double lr = r.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &gr);
   CHECK(la == Approx(lr).epsilon(1e-5));
   a.backward(ga), r.backward(gr);
   for (const ParamSpec& p : a.table.params) {
@@ -167,7 +256,7 @@ TEST_CASE("recompute levels give the same gradients as keeping every activation"
     GPT2<float> m(c, ops, dev, B, T, rc);
     m.set_params(spread_params(m.table, 8));
     RecordingSink<float> g(m.table);
-    m.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
+    m.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &g);
     m.backward(g);
     if (rc == 0) base = g.grads;
     else CHECK(g.grads == base);  // same ops on the same numbers: bit-identical
@@ -192,11 +281,11 @@ TEST_CASE("activation memory equals the plan, and the plan shrinks with recomput
   CpuOps ops;
   GPT2<float> m(c, ops, dev, 3, 8, 1);
   CHECK(dev.ledger().current[int(MemCategory::activations)] ==
-        activation_plan(c, 3, 8, 1, sizeof(float)).total());
+        activation_plan(c, 3, 8, 1, m.classifier_chunk, sizeof(float)).total());
   CHECK(dev.ledger().current[int(MemCategory::params)] == m.table.total * sizeof(float));
-  const size_t full = activation_plan(c, 3, 8, 0, 4).total();
-  const size_t gelu = activation_plan(c, 3, 8, 1, 4).total();
-  const size_t both = activation_plan(c, 3, 8, 2, 4).total();
+  const size_t full = activation_plan(c, 3, 8, 0, 24, 4).total();
+  const size_t gelu = activation_plan(c, 3, 8, 1, 24, 4).total();
+  const size_t both = activation_plan(c, 3, 8, 2, 24, 4).total();
   const size_t BTC = 3 * 8 * 12;
   CHECK(full - gelu == (c.num_layers - 1) * BTC * 4 * 4);   // fch_gelu kept for one layer
   CHECK(gelu - both == 2 * (c.num_layers - 1) * BTC * 4);   // ln1 and ln2 likewise
@@ -225,15 +314,15 @@ TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient"
   ModelConfig c = tiny_config();
   c.channels = 64, c.num_heads = 2;  // head size 32: the CUDA attention's smallest
   const int B = 2, T = 7;
-  std::unique_ptr<Device> gpu = make_cuda_device(0);
-  std::unique_ptr<Ops<float>> cuda = make_cuda_ops<float>(*gpu);
-  GPT2<float> a(c, *cuda, *gpu, B, T, 0);
   CpuDevice cpu;
   RefOps<double> slow;
   GPT2<double> r(c, slow, cpu, B, T, 0);
-  const std::vector<float> w = spread_params(a.table, 5);
-  a.set_params(w), r.set_params(w);
+  const std::vector<float> w = spread_params(r.table, 5);
+  r.set_params(w);
   const Batch b = random_batch(B * T, c.vocab_size, 9);
+  RecordingSink<double> gr(r.table);
+  const double lr = r.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &gr);
+  r.backward(gr);
 
   // Gradients accumulate into one device buffer, read back at the end.
   class DeviceSink final : public GradSink<float> {
@@ -242,21 +331,23 @@ TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient"
     float* grad(const ParamSpec& p) override { return buf.get() + p.offset; }
     void ready(const ParamSpec&) override {}
     DeviceBuffer<float> buf;
-  } ga(a.table, *gpu);
-  RecordingSink<double> gr(r.table);
-  const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
-  const double lr = r.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T));
-  CHECK(la == Approx(lr).epsilon(1e-5));
-  a.backward(ga), r.backward(gr);
-  std::vector<float> g(a.table.total);
-  gpu->to_host(g.data(), ga.buf.get(), ga.buf.bytes());
-  for (const ParamSpec& p : a.table.params) {
-    double num = 0, den = 0;
-    for (size_t i = p.offset; i < p.offset + p.numel; i++) {
-      num += (g[i] - gr.grads[i]) * (g[i] - gr.grads[i]);
-      den += gr.grads[i] * gr.grads[i];
+  };
+  std::unique_ptr<Device> gpu = make_cuda_device(0);
+  std::unique_ptr<Ops<float>> cuda = make_cuda_ops<float>(*gpu);
+  for (int chunk : {0, 8}) {  // auto (all 14 rows at once), and chunks of 8 and 6
+    INFO("classifier chunk " << chunk);
+    GPT2<float> a(c, *cuda, *gpu, B, T, 0, chunk);
+    a.set_params(w);
+    DeviceSink ga(a.table, *gpu);
+    gpu->zero(ga.buf.get(), ga.buf.bytes());
+    const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &ga);
+    CHECK(la == Approx(lr).epsilon(1e-5));
+    a.backward(ga);
+    std::vector<float> g(a.table.total);
+    gpu->to_host(g.data(), ga.buf.get(), ga.buf.bytes());
+    for (const ParamSpec& p : a.table.params) {
+      INFO(p.name);
+      CHECK(tensor_rel_err(g, gr.grads, p) < 1e-5);
     }
-    INFO(p.name);
-    CHECK(std::sqrt(num / std::max(den, 1e-30)) < 1e-5);
   }
 }

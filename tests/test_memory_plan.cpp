@@ -1,5 +1,6 @@
 // The analytic memory plan against what a CPU run really allocates, for every
-// optimizer in both update modes, and the fused mode's gradient saving.
+// optimizer in both update modes and for classifier chunks, the fused mode's gradient
+// saving, the chunked classifier's logits, and the Adapprox paper table's measured column.
 #include <sstream>
 
 #include "catch.hpp"
@@ -35,6 +36,38 @@ TEST_CASE("a CPU run's measured memory equals the plan, every optimizer, both mo
       CHECK(m.total_peak == plan.total());
     }
   }
+}
+
+TEST_CASE("a CPU run with classifier chunks that do not divide B*T matches the plan too") {
+  for (int chunk : {5, 100}) {  // 16 rows: chunks of 5, 5, 5, 1; and all 16 at once
+    INFO("chunk " << chunk);
+    json cfg = tiny("adalomo", "fused");
+    cfg["train"]["classifier_chunk"] = chunk;
+    const MemoryPlan plan = plan_memory(cfg, false);
+    const MemoryLedger m = measure_memory(cfg, 2);
+    CHECK(m.peak[int(MemCategory::activations)] == plan.bytes[int(MemCategory::activations)]);
+    CHECK(m.total_peak == plan.total());
+  }
+}
+
+TEST_CASE("the logits take one chunk of rows: auto stays within 256 MiB on the GPU") {
+  const ModelConfig c = ModelConfig::from_depth(12);
+  auto logits = [&](int chunk, size_t elem) {
+    for (const auto& e : activation_plan(c, 16, 1024, 0, chunk, elem).entries)
+      if (std::string(e.name) == "logits") return e.bytes;
+    FAIL("no logits entry");
+    return size_t(0);
+  };
+  CHECK(logits(16 * 1024, 2) == size_t(16) * 1024 * 50304 * 2);  // 1.57 GiB unchunked
+  CHECK(logits(2048, 2) == size_t(2048) * 50304 * 2);
+  CHECK(classifier_chunk_rows(0, 16 * 1024, c, 2, true) == 2048);  // 196.5 MiB of bf16
+  CHECK(classifier_chunk_rows(0, 16 * 1024, c, 4, true) == 1024);  // fp32
+  CHECK(classifier_chunk_rows(0, 16 * 1024, c, 4, false) == 256);
+  CHECK(classifier_chunk_rows(0, 100, c, 2, true) == 100);  // never more than B*T rows
+  CHECK(classifier_chunk_rows(5000, 4096, c, 2, true) == 4096);
+  CHECK(classifier_chunk_rows(777, 4096, c, 2, false) == 777);
+  CHECK(classifier_chunk_rows(777, 4096, c, 2, true) == 776);  // 8-row steps keep alignment
+  CHECK(classifier_chunk_rows(5, 4096, c, 2, true) == 8);
 }
 
 TEST_CASE("fused gradients take wte plus one layer, not the whole model") {
