@@ -45,6 +45,14 @@ TEST_CASE("fused gradients take wte plus one layer, not the whole model") {
   CHECK(double(fused.grad_elems) / full.grad_elems < 0.4);
 }
 
+TEST_CASE("with several ranks the fused arena holds two layers; after_backward is unchanged") {
+  const ParamTable t(ModelConfig::from_depth(12));
+  const GradMemoryPlan one = grad_memory_plan(t, true), two = grad_memory_plan(t, true, 2);
+  CHECK(two.arena_elems == 2 * one.arena_elems);
+  CHECK(two.grad_elems == one.grad_elems + one.arena_elems);
+  CHECK(grad_memory_plan(t, false, 2).grad_elems == t.total);
+}
+
 TEST_CASE("bf16 GPU plan: 2-byte params and grads, fp32 master weights and state") {
   const json cfg = load_config("", {"optimizer.name=\"adamw\"", "data.batch_size=16",
                                     "data.seq_len=1024"});
