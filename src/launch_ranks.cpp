@@ -46,7 +46,8 @@ int free_port() {
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return cat("exited with code ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return cat("was killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+  if (WIFSIGNALED(status))
+    return cat("was killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
   return "stopped";
 }
 
@@ -62,7 +63,8 @@ void launch_ranks(int gpus, const std::vector<std::string>& args) {
   if (gpus > have)
     fail("--gpus ", gpus, " needs ", gpus, " GPUs, but this machine has ", have,
          have == 0 ? cat(" (", why, ")") : std::string(),
-         ": pass --gpus ", have > 0 ? cat("1 to ", have) : std::string("only on a machine with GPUs"));
+         ": pass --gpus ",
+         have > 0 ? cat("1 to ", have) : std::string("only on a machine with GPUs"));
 
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   const std::string port = std::to_string(free_port());

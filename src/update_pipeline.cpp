@@ -25,7 +25,8 @@ GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world) 
   std::vector<size_t> group_size(table.cfg.num_layers + 2, 0);
   for (const ParamSpec& p : table.params)
     if (p.kind != ParamKind::wte) group_size[group_of(p) + 2] += p.storage;
-  const size_t arena = *std::max_element(group_size.begin(), group_size.end()) * (world > 1 ? 2 : 1);
+  const size_t largest = *std::max_element(group_size.begin(), group_size.end());
+  const size_t arena = largest * (world > 1 ? 2 : 1);
   return {table.get(ParamKind::wte).storage + arena, arena};
 }
 
@@ -56,7 +57,9 @@ template <class T>
 class UpdatePipeline<T>::FullSink final : public GradSink<T> {
  public:
   FullSink(const ParamTable& table, Device& dev, Comm& comm)
-      : dev_(dev), comm_(comm), grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
+      : dev_(dev),
+        comm_(comm),
+        grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
   bool reducing = false;  // the last micro-step of a multi-rank step: gradients are final
 
   T* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
@@ -92,7 +95,8 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
         halves_(pipe.comm_.world() > 1 ? 2 : 1),
         wte_(dev, table.get(ParamKind::wte).storage, MemCategory::grads, "wte gradient"),
         arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
-               MemCategory::grads, halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
+               MemCategory::grads,
+               halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
         half_elems_(arena_.size() / halves_) {}
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
