@@ -28,15 +28,13 @@
 namespace gpt2 {
 namespace {
 
-constexpr size_t kHostSlots = 64;  // doubles all_reduce_sum moves at once
-
 ncclDataType_t nccl_type(DType t) { return t == DType::f32 ? ncclFloat32 : ncclBfloat16; }
 
 class NcclComm final : public Comm {
  public:
   NcclComm(const LaunchEnv& env, uint64_t config_hash, double timeout_s, Device& dev)
       : rank_(env.rank), world_(env.world_size),
-        scratch_(dev, kHostSlots, MemCategory::communication, "all-reduce scratch (host values)") {
+        scratch_(dev, kCommScratchDoubles, MemCategory::communication, "all-reduce scratch (host values)") {
     // NVLink multicast (NVLS) reserves a lot of memory and is not needed here.
     setenv("NCCL_NVLS_ENABLE", "0", 0);
     const char* skip = std::getenv("TRAIN_GPT2_SKIP_GRAD_REDUCE");
@@ -69,8 +67,8 @@ class NcclComm final : public Comm {
   int world() const override { return world_; }
 
   void all_reduce_sum(double* x, size_t n) override {
-    for (size_t at = 0; at < n; at += kHostSlots) {
-      const size_t m = std::min(kHostSlots, n - at);
+    for (size_t at = 0; at < n; at += kCommScratchDoubles) {
+      const size_t m = std::min(kCommScratchDoubles, n - at);
       CUDA_CHECK(cudaMemcpyAsync(scratch_.get(), x + at, m * sizeof(double),
                                  cudaMemcpyHostToDevice, stream_));
       NCCL_CHECK(ncclAllReduce(scratch_.get(), scratch_.get(), m, ncclFloat64, ncclSum, comm_,

@@ -60,9 +60,13 @@ class Comm {
 // World 1: every operation is a no-op (averaging over one rank changes nothing).
 Comm& local_comm();
 
+// Doubles all_reduce_sum moves per round trip; their device scratch is the ledger's
+// MemCategory::communication (NCCL's own buffers are outside it, in the driver's count).
+constexpr size_t kCommScratchDoubles = 64;
+
 // NCCL over the ranks of `env` on the current GPU: rank 0 makes the NCCL id and hands it
 // out through rendezvous() with the config-hash check (timeout_s). Small host values go
-// through a scratch buffer filed under MemCategory::communication on `dev`.
+// through a scratch buffer of kCommScratchDoubles on `dev`.
 std::unique_ptr<Comm> make_nccl_comm(const LaunchEnv& env, uint64_t config_hash, double timeout_s,
                                      Device& dev);
 
