@@ -23,6 +23,13 @@ bool cuda_usable(std::string* why) {
   return true;
 }
 
+int cuda_device_count(std::string* why) {
+  int n = 0;
+  if (!cuda_usable(why)) return 0;
+  CUDA_CHECK(cudaGetDeviceCount(&n));
+  return n;
+}
+
 class CudaDevice final : public Device {
  public:
   explicit CudaDevice(int gpu) : gpu_(gpu) { CUDA_CHECK(cudaSetDevice(gpu)); }

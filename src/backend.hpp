@@ -14,6 +14,8 @@ namespace gpt2 {
 // True if this build has CUDA and a GPU answers; otherwise false and *why says why
 // ("built without CUDA", "no CUDA driver: ...", "no GPU").
 bool cuda_usable(std::string* why);
+// How many GPUs answer (0, and *why says why, when none is usable).
+int cuda_device_count(std::string* why);
 // The GPU device for `rank` (Error if unusable).
 std::unique_ptr<Device> make_cuda_device(int gpu);
 

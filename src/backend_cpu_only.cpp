@@ -1,6 +1,7 @@
 // Stand-ins for kernels/cuda_device.cu and kernels/cuda_ops.cu in a build without CUDA.
 #ifndef TRAIN_GPT2_CUDA
 #include "backend.hpp"
+#include "comm.hpp"
 #include "error.hpp"
 #include "update_pipeline.hpp"
 
@@ -9,6 +10,11 @@ namespace gpt2 {
 bool cuda_usable(std::string* why) {
   if (why) *why = "built without CUDA";
   return false;
+}
+
+int cuda_device_count(std::string* why) {
+  if (why) *why = "built without CUDA";
+  return 0;
 }
 
 std::unique_ptr<Device> make_cuda_device(int) {
@@ -47,6 +53,11 @@ std::unique_ptr<GradOps<T>> make_cuda_grad_ops(size_t, Device&) {
 }
 template std::unique_ptr<GradOps<float>> make_cuda_grad_ops<float>(size_t, Device&);
 template std::unique_ptr<GradOps<bf16>> make_cuda_grad_ops<bf16>(size_t, Device&);
+
+std::unique_ptr<Comm> make_nccl_comm(const LaunchEnv& env, uint64_t, double, Device&) {
+  fail("WORLD_SIZE=", env.world_size, " (", env.launcher, " launch) needs NCCL, but this build ",
+       "has no CUDA support: rebuild on a machine with nvcc, or run one process");
+}
 
 }  // namespace gpt2
 #endif

@@ -4,6 +4,7 @@
 //   train_gpt2 memory --table adapprox       (the Adapprox paper's state-memory table)
 //   train_gpt2 memory --table adapprox --measure   (... and each optimizer built for real)
 //   train_gpt2 memory --config configs/quickstart.json --device cpu --measure
+//   train_gpt2 memory --model d12 --optimizer adalomo --gpus 8   (per GPU, data parallel)
 #include <cmath>
 #include <cstdio>
 
@@ -20,7 +21,7 @@ namespace {
 
 struct MemoryArgs {
   std::string config, model, optimizer, update, precision, device = "cuda", table;
-  int rank = 0, batch = 0, seq = 0, recompute = -1;
+  int rank = 0, batch = 0, seq = 0, recompute = -1, gpus = 1;
   bool no_first_moment = false, as_json = false, measure = false;
   std::vector<std::string> sets;
 };
@@ -164,10 +165,15 @@ void add_memory_command(CLI::App& app) {
   cmd->add_option("--table", a.table, "print a paper's table: adapprox")
       ->check(CLI::IsMember({"adapprox"}));
   cmd->add_flag("--measure", a.measure, "also allocate the run for real and compare");
+  cmd->add_option("--gpus", a.gpus, "per GPU of a data-parallel run on N GPUs")
+      ->check(CLI::PositiveNumber);
   cmd->callback([] {
     if (!a.table.empty()) return print_adapprox_table(a.measure, a.device);
     const json cfg = resolve(a);
-    const MemoryPlan plan = plan_memory(cfg, a.device == "cuda");
+    const MemoryPlan plan = plan_memory(cfg, a.device == "cuda", a.gpus);
+    if (a.measure && a.gpus > 1)
+      fail("--measure allocates a single-GPU run, not one rank of --gpus ", a.gpus,
+           ": drop --gpus, or read the ledger a `train --gpus ", a.gpus, "` run prints");
     if (a.measure) {
       size_t driver = 0;
       const MemoryLedger m = measure_memory(cfg, 2, &driver);

@@ -126,7 +126,7 @@ std::vector<uint8_t> DataLoader::state() const {
   return out;
 }
 
-void DataLoader::restore(const std::vector<uint8_t>& s) {
+void DataLoader::restore(const std::vector<uint8_t>& s, bool from_rank0) {
   if (s.size() != kStateFields * 8)
     fail("cannot resume the data loader for ", pattern_, ": its saved state is ", s.size(),
          " bytes, expected ", kStateFields * 8, " (the checkpoint is corrupt or from another version)");
@@ -138,7 +138,7 @@ void DataLoader::restore(const std::vector<uint8_t>& s) {
   const char* names[] = {"", "data.batch_size", "data.seq_len", "rank", "world size", "train.seed",
                          "data.shuffle", "number of shards", "number of tokens", "number of windows"};
   for (int i = 1; i < kStateFields - 2; i++)
-    if (saved[i] != now[i])
+    if (saved[i] != (from_rank0 && i == 3 ? 0 : now[i]))
       fail("cannot resume the data loader for ", pattern_, ": the checkpoint was saved with ",
            names[i], " ", saved[i], " but this run has ", now[i],
            "; resume with the same data and settings, or start a fresh run");
@@ -147,6 +147,7 @@ void DataLoader::restore(const std::vector<uint8_t>& s) {
          " is past the ", num_windows_, " windows of an epoch (corrupt checkpoint?)");
   epoch_ = saved[10];
   index_ = saved[11];
+  if (from_rank0) advance(uint64_t(rank_));
 }
 
 }  // namespace gpt2

@@ -28,8 +28,9 @@ class DataLoader {
   // The position, with enough of the setup to refuse a state from another loader.
   std::vector<uint8_t> state() const;
   // Error if s was not made by a loader with the same shards, B, T, rank, world size,
-  // seed and shuffle.
-  void restore(const std::vector<uint8_t>& s);
+  // seed and shuffle. from_rank0: s is rank 0's state (the one a checkpoint keeps);
+  // every rank has taken as many windows as rank 0, so this rank's position follows.
+  void restore(const std::vector<uint8_t>& s, bool from_rank0 = false);
   size_t num_tokens() const { return num_tokens_; }
   size_t num_shards() const { return paths_.size(); }
   // The epoch the next window comes from.

@@ -16,7 +16,7 @@ size_t MemoryPlan::total() const {
   return t;
 }
 
-MemoryPlan plan_memory(const json& cfg, bool cuda) {
+MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   const ParamTable table(model_config(cfg));
   const json& tr = cfg["train"];
   MemoryPlan p;
@@ -27,7 +27,8 @@ MemoryPlan plan_memory(const json& cfg, bool cuda) {
   if (p.elem_size == 2 && tr["master_weights"].get<bool>())
     b[int(MemCategory::master_weights)] = table.total * 4;
   const bool fused = resolved_update(cfg) == "fused";
-  b[int(MemCategory::grads)] = grad_memory_plan(table, fused).grad_elems * p.elem_size;
+  b[int(MemCategory::grads)] = grad_memory_plan(table, fused, world).grad_elems * p.elem_size;
+  if (world > 1) b[int(MemCategory::communication)] = kCommScratchDoubles * sizeof(double);
   b[int(MemCategory::optimizer_state)] = optimizer_state_bytes(cfg, table);
   const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
   const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,

@@ -17,8 +17,9 @@ struct MemoryPlan {
   size_t elem_size;  // bytes per parameter/activation element (4 fp32, 2 bf16)
 };
 
-// For a validated config on the CPU (fp32) or a GPU (train.precision; auto = bf16).
-MemoryPlan plan_memory(const json& cfg, bool cuda);
+// For a validated config on the CPU (fp32) or a GPU (train.precision; auto = bf16), per
+// rank of a `world`-rank data-parallel run.
+MemoryPlan plan_memory(const json& cfg, bool cuda, int world = 1);
 
 // Builds the run of `cfg` on its device (model, optimizer, update pipeline), trains
 // `steps` steps on random tokens and returns the device ledger: the measured side of

@@ -1,6 +1,8 @@
 // `train_gpt2 train <config.json> [--set key=value]...`
 // Reads top to bottom as the whole algorithm: config, device, model, optimizer, data,
 // resume, then the loop (eval, sample, checkpoint, step, log), then the final report.
+// Under a launcher (src/distributed.hpp) every rank runs this on its own GPU and its own
+// slice of the data; only rank 0 prints and writes files.
 #include "train.hpp"
 
 #include <omp.h>
@@ -9,11 +11,13 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
 
 #include "checkpoint.hpp"
+#include "comm.hpp"
 #include "dataloader.hpp"
 #include "error.hpp"
 #include "gpt2.hpp"
@@ -42,35 +46,48 @@ uint64_t resume_hash(const json& cfg) {
   return fnv1a(key.dump());
 }
 
+// How long rank 0 waits for the others to arrive (they may still be loading CUDA).
+constexpr double kRendezvousTimeoutS = 120;
+
 template <class T>
-void train_on(const json& cfg, RunBackend<T>& be);
+void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env);
 
 }  // namespace
 
 void train(const json& cfg) {
   const int threads = cfg["train"]["threads"].get<int>();
   if (threads > 0) omp_set_num_threads(threads);
-  with_backend(cfg, 0, [&](auto& be) { train_on(cfg, be); });
+  const LaunchEnv env = launch_env_from([](const char* name) { return std::getenv(name); });
+  with_backend(cfg, env.local_rank, [&](auto& be) { train_on(cfg, be, env); });
 }
 
 namespace {
 
 template <class T>
-void train_on(const json& cfg, RunBackend<T>& be) {
+void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   // ---- config
   const json& tr = cfg["train"];
   const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
   const int64_t steps = cfg["schedule"]["steps"].get<int64_t>();
   const uint64_t seed = tr["seed"].get<uint64_t>();
   const std::string out_dir = cfg["checkpoint"]["dir"].get<std::string>();
-  std::filesystem::create_directories(out_dir);
   Device& dev = *be.dev;
+
+  // ---- ranks: every rank must run the very same resolved config
+  if (env.world_size > 1 && !be.cuda)
+    fail(env.launcher, " launch with ", env.world_size, " ranks needs a GPU per rank, but ",
+         "this run is on the CPU: set train.device=cuda (on a machine with GPUs) or run one process");
+  std::unique_ptr<Comm> nccl;
+  if (env.world_size > 1) nccl = make_nccl_comm(env, fnv1a(cfg.dump()), kRendezvousTimeoutS, dev);
+  Comm& comm = nccl ? *nccl : local_comm();
+  const bool lead = comm.rank() == 0;  // prints, logs, samples, checkpoints
+  if (lead) std::filesystem::create_directories(out_dir);
 
   // ---- model, optimizer, update pipeline
   GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>(),
                 tr["classifier_chunk"].get<int>());
   std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
-  UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, dev);
+  UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, dev, comm);
   const std::string init_from = cfg["model"]["init_from"].get<std::string>();
   if (init_from.empty()) {
     pipeline.set_weights(init_params(model.table, seed));
@@ -82,13 +99,13 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   const Schedule schedule(cfg);
 
   // ---- data
-  DataLoader train_loader(cfg["data"]["train"].get<std::string>(), B, T_, 0, 1, seed,
-                          cfg["data"]["shuffle"].get<bool>());
+  DataLoader train_loader(cfg["data"]["train"].get<std::string>(), B, T_, comm.rank(),
+                          comm.world(), seed, cfg["data"]["shuffle"].get<bool>());
   const int eval_every = cfg["eval"]["every"].get<int>();
   std::unique_ptr<DataLoader> val_loader;
   if (eval_every > 0)
-    val_loader = std::make_unique<DataLoader>(cfg["data"]["val"].get<std::string>(), B, T_, 0,
-                                              1, seed, false);
+    val_loader = std::make_unique<DataLoader>(cfg["data"]["val"].get<std::string>(), B, T_,
+                                              comm.rank(), comm.world(), seed, false);
 
   // ---- resume
   int64_t start = 0;
@@ -96,7 +113,7 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   if (cfg["checkpoint"]["resume"].get<bool>()) {
     const std::string model_path = latest_checkpoint(out_dir);
     if (model_path.empty()) {
-      std::printf("resume: no checkpoint in %s, starting from scratch\n", out_dir.c_str());
+      if (lead) std::printf("resume: no checkpoint in %s, starting from scratch\n", out_dir.c_str());
     } else {
       ModelFile m = load_model(model_path);
       check_model_matches(m, model.table.cfg, model_path);
@@ -106,13 +123,15 @@ void train_on(const json& cfg, RunBackend<T>& be) {
       if (st.config_hash != resume_hash(cfg))
         fail(state_path, " was written with a different model/optimizer/batch config; ",
              "resume with the same config or pick another checkpoint.dir");
-      train_loader.restore(st.loader);
+      train_loader.restore(st.loader, /*from_rank0=*/true);
       start = st.step;
       if (!st.rng.empty()) sample_rng = st.rng[0];
-      std::printf("resumed from %s at step %lld\n", model_path.c_str(), (long long)start);
+      if (lead) std::printf("resumed from %s at step %lld\n", model_path.c_str(), (long long)start);
     }
   }
+  // Every rank holds the same weights and optimizer state, so rank 0's are the run's.
   auto save_checkpoint = [&](int64_t step) {
+    if (!lead) return;
     const std::string model_path = model_checkpoint_path(out_dir, step);
     // fp32 when there is an fp32 copy of the weights (CPU, fp32 GPU, bf16 with master
     // weights), so a resume continues bit-exactly; llm.c's bf16 format otherwise.
@@ -125,8 +144,14 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   };
 
   // ---- report what this run is
-  RunLog log(cfg, start > 0);
-  log.startup(model.table, dev.ledger(), pipeline.fused());
+  std::unique_ptr<RunLog> log;
+  if (lead) {
+    log = std::make_unique<RunLog>(cfg, start > 0);
+    if (comm.world() > 1)
+      std::printf("ranks      %d (%s launch), batch %d per rank\n", comm.world(),
+                  env.launcher.c_str(), B);
+    log->startup(model.table, dev.ledger(), pipeline.fused());
+  }
 
   std::unique_ptr<Tokenizer> tokenizer;
   auto sample_text = [&]() {
@@ -148,11 +173,12 @@ void train_on(const json& cfg, RunBackend<T>& be) {
       val_loader->next(in.data(), tg.data());
       sum += model.forward(in.data(), tg.data(), 0.0f);
     }
-    return sum / batches;
+    return comm.mean(sum / batches);
   };
 
   // ---- the loop
-  const double tokens_per_step = double(B) * T_ * tr["grad_accum_steps"].get<int>();
+  const double tokens_per_step =
+      double(B) * T_ * tr["grad_accum_steps"].get<int>() * comm.world();
   // llm.c's estimate: 6 flops per parameter per token (forward + backward) plus the
   // attention scores, 6 L C T per token, so MFU compares with llm.c's reports.
   const ModelConfig& mc = model.table.cfg;
@@ -162,8 +188,12 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   const int sample_every = cfg["sample"]["every"].get<int>();
   const int ckpt_every = cfg["checkpoint"]["every"].get<int>();
   for (int64_t step = start; step < steps; step++) {
-    if (eval_every > 0 && step % eval_every == 0) log.val(step, val_loss());
-    if (sample_every > 0 && step > start && step % sample_every == 0) log.sample(step, sample_text());
+    if (eval_every > 0 && step % eval_every == 0) {
+      const double v = val_loss();
+      if (lead) log->val(step, v);
+    }
+    if (lead && sample_every > 0 && step > start && step % sample_every == 0)
+      log->sample(step, sample_text());
     if (ckpt_every > 0 && step > start && step % ckpt_every == 0) save_checkpoint(step);
 
     const auto t0 = std::chrono::steady_clock::now();
@@ -172,11 +202,15 @@ void train_on(const json& cfg, RunBackend<T>& be) {
         pipeline.step(step + 1, lr, [&](int* in, int* tg) { train_loader.next(in, tg); });
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    log.step(step, steps, r.loss, lr, r.grad_norm, ms, tokens_per_step, flops_per_token,
-             be.peak_flops, dev.ledger(), r.skipped);
+    if (lead)
+      log->step(step, steps, r.loss, lr, r.grad_norm, ms, tokens_per_step, flops_per_token,
+                be.peak_flops, dev.ledger(), r.skipped);
 
-    if (g_interrupted) {
-      std::printf("\ninterrupted at step %lld: saving a checkpoint\n", (long long)step + 1);
+    // Ranks stop together (a launcher forwards Ctrl-C to each, not at the same step).
+    double stop = g_interrupted;
+    comm.all_reduce_sum(&stop, 1);
+    if (stop > 0) {
+      if (lead) std::printf("\ninterrupted at step %lld: saving a checkpoint\n", (long long)step + 1);
       save_checkpoint(step + 1);
       std::signal(SIGINT, SIG_DFL);
       return;
@@ -185,10 +219,13 @@ void train_on(const json& cfg, RunBackend<T>& be) {
   std::signal(SIGINT, SIG_DFL);
 
   // ---- the end: final eval, sample, checkpoint, memory peak
-  if (eval_every > 0) log.val(steps, val_loss());
-  if (sample_every > 0) log.sample(steps, sample_text());
+  if (eval_every > 0) {
+    const double v = val_loss();
+    if (lead) log->val(steps, v);
+  }
+  if (lead && sample_every > 0) log->sample(steps, sample_text());
   save_checkpoint(steps);
-  log.finish(dev.ledger(), dev.driver_bytes_in_use());
+  if (lead) log->finish(dev.ledger(), dev.driver_bytes_in_use());
 }
 
 }  // namespace

@@ -20,12 +20,13 @@ int group_of(const ParamSpec& p) {
 
 }  // namespace
 
-GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused) {
+GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world) {
   if (!fused) return {table.total, 0};
   std::vector<size_t> group_size(table.cfg.num_layers + 2, 0);
   for (const ParamSpec& p : table.params)
     if (p.kind != ParamKind::wte) group_size[group_of(p) + 2] += p.storage;
-  const size_t arena = *std::max_element(group_size.begin(), group_size.end());
+  const size_t largest = *std::max_element(group_size.begin(), group_size.end());
+  const size_t arena = largest * (world > 1 ? 2 : 1);
   return {table.get(ParamKind::wte).storage + arena, arena};
 }
 
@@ -48,18 +49,41 @@ void CpuGradOps::clip_scale(float* g, size_t n, float clip_value, float scale) {
     for (size_t i = 0; i < n; i++) g[i] *= scale;
 }
 
+// NCCL's own guidance for data-parallel buckets: big enough to reach bus bandwidth,
+// small enough that the first ones go out while backward is still busy.
+constexpr size_t kBucketBytes = size_t(25) << 20;
+
 template <class T>
 class UpdatePipeline<T>::FullSink final : public GradSink<T> {
  public:
-  FullSink(const ParamTable& table, Device& dev)
-      : dev_(dev), grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
+  FullSink(const ParamTable& table, Device& dev, Comm& comm)
+      : dev_(dev),
+        comm_(comm),
+        grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
+  bool reducing = false;  // the last micro-step of a multi-rank step: gradients are final
+
   T* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
-  void ready(const ParamSpec&) override {}
+  void ready(const ParamSpec& p) override {
+    if (!reducing) return;
+    if (!queue_.empty() && group_of(p) != queued_group_) flush();
+    queue_.push_back({grad(p), p.storage, dtype_of<T>()});
+    queued_group_ = group_of(p);
+    queued_bytes_ += p.storage * sizeof(T);
+    if (queued_bytes_ >= kBucketBytes) flush();
+  }
+  void flush() {
+    comm_.reduce_grads(queue_);
+    queue_.clear(), queued_bytes_ = 0;
+  }
   void zero() { dev_.zero(grads_.get(), grads_.bytes()); }
 
  private:
   Device& dev_;
+  Comm& comm_;
   DeviceBuffer<T> grads_;
+  std::vector<GradBuf> queue_;
+  int queued_group_ = -3;
+  size_t queued_bytes_ = 0;
 };
 
 template <class T>
@@ -68,9 +92,12 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   FusedSink(UpdatePipeline& pipe, const ParamTable& table, Device& dev)
       : pipe_(pipe),
         dev_(dev),
+        halves_(pipe.comm_.world() > 1 ? 2 : 1),
         wte_(dev, table.get(ParamKind::wte).storage, MemCategory::grads, "wte gradient"),
-        arena_(dev, grad_memory_plan(table, true).arena_elems, MemCategory::grads,
-               "gradient arena (one layer)") {}
+        arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
+               MemCategory::grads,
+               halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
+        half_elems_(arena_.size() / halves_) {}
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
   T* grad(const ParamSpec& p) override {
@@ -81,8 +108,10 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
       if (group_of(p) != group_) {
         if (pending_ != 0) fail("internal: arena reused while ", pending_, " gradients pending");
         group_ = group_of(p), used_ = 0;
+        half_ = (half_ + 1) % halves_;
+        pipe_.comm_.wait_mark(half_);  // the updates that last read this half are done
       }
-      g = arena_.get() + used_;
+      g = arena_.get() + half_ * half_elems_ + used_;
       used_ += p.storage;
       pending_++;
     }
@@ -93,9 +122,16 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
 
   void ready(const ParamSpec& p) override {
     T* g = slot_.at(p.id);
-    pipe_.gops_.sum_squares(g, p.numel, p.id);
-    if (!measuring) pipe_.apply(p, g);
-    if (p.kind != ParamKind::wte) pending_--;
+    Comm& comm = pipe_.comm_;
+    comm.reduce_grads({{g, p.storage, dtype_of<T>()}});
+    comm.on_comm_stream([&] {
+      pipe_.gops_.sum_squares(g, p.numel, p.id);
+      if (!measuring) pipe_.apply(p, g);
+    });
+    if (p.kind != ParamKind::wte) {
+      comm.mark(half_);
+      pending_--;
+    }
   }
 
   void reset() { group_ = -3, used_ = 0, pending_ = 0; }
@@ -103,16 +139,18 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
  private:
   UpdatePipeline& pipe_;
   Device& dev_;
+  const int halves_;
   DeviceBuffer<T> wte_, arena_;
+  const size_t half_elems_;
   std::map<int, T*> slot_;
-  int group_ = -3, pending_ = 0;
+  int group_ = -3, pending_ = 0, half_ = 0;
   size_t used_ = 0;
 };
 
 template <class T>
 UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>& opt,
-                                  GradOps<T>& gops, Device& dev)
-    : model_(model), opt_(opt), gops_(gops), dev_(dev) {
+                                  GradOps<T>& gops, Device& dev, Comm& comm)
+    : model_(model), opt_(opt), gops_(gops), dev_(dev), comm_(comm) {
   const json& tr = cfg["train"];
   fused_ = resolved_update(cfg) == "fused";
   two_pass_ = tr["two_pass_clip"].get<bool>();
@@ -131,7 +169,7 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   if (fused_)
     fused_sink_ = std::make_unique<FusedSink>(*this, model.table, dev);
   else
-    full_ = std::make_unique<FullSink>(model.table, dev);
+    full_ = std::make_unique<FullSink>(model.table, dev, comm);
   const size_t n = size_t(model.batch) * model.seq_len;
   inputs_.resize(n), targets_.resize(n);
 }
@@ -187,11 +225,15 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
-      const double loss = model_.forward(inputs_.data(), targets_.data(), dloss, full_.get());
+      const double loss =
+          comm_.mean(model_.forward(inputs_.data(), targets_.data(), dloss, full_.get()));
       if (!loss_ok(loss)) return {float(loss), 0.0, true};
       loss_sum += loss;
+      full_->reducing = comm_.world() > 1 && micro == accum_ - 1;
       model_.backward(*full_);
     }
+    full_->flush();
+    comm_.join();
     for (const ParamSpec& p : model_.table.params)
       gops_.sum_squares(full_->grad(p), p.numel, p.id);
     const double norm = total_norm();
@@ -208,17 +250,19 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
   auto forward = [&](bool measuring) {
     fused_sink_->measuring = measuring;
     fused_sink_->reset();
-    return model_.forward(inputs_.data(), targets_.data(), dloss, fused_sink_.get());
+    return comm_.mean(model_.forward(inputs_.data(), targets_.data(), dloss, fused_sink_.get()));
   };
   const double loss = forward(two_pass_);
   if (!loss_ok(loss)) return {float(loss), 0.0, true};
   clip_coef_ = 1.0f;
   if (two_pass_) {
     model_.backward(*fused_sink_);  // measures the norm, updates nothing
+    comm_.join();
     clip_coef_ = clip_coef(total_norm());
     forward(false);
   }
   model_.backward(*fused_sink_);
+  comm_.join();
   return {float(loss), total_norm(), false};
 }
 

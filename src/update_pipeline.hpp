@@ -11,11 +11,20 @@
 //   wte's classifier gradient), then the updating forward + backward.
 // Both modes sum per-tensor squared norms in parameter-id order and apply the same
 // arithmetic to each tensor, so on the CPU they produce bit-identical weights.
+//
+// Data parallel (Comm world > 1), every gradient is averaged over ranks before the
+// norm and the update see it, on the communication stream while backward goes on:
+// - fused: each tensor's all-reduce is queued the moment it is final, its update queued
+//   behind it on the same stream. The arena is doubled: groups alternate halves, and
+//   backward waits for a half's last update before writing into it again. wte last.
+// - after_backward: on the last micro-step, final gradients are queued and sent in
+//   buckets (one layer, or kBucketBytes); the norm and the updates wait for all of them.
 #pragma once
 #include <functional>
 #include <memory>
 #include <vector>
 
+#include "comm.hpp"
 #include "config.hpp"
 #include "gpt2.hpp"
 #include "optimizer.hpp"
@@ -27,8 +36,9 @@ struct GradMemoryPlan {
   size_t arena_elems;     // of which the fused arena (0 in after_backward)
 };
 // Gradient memory for a mode: after_backward = the whole parameter buffer; fused = wte's
-// storage + the largest group announced together (a layer, or lnf, or wpe).
-GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused);
+// storage + the largest group announced together (a layer, or lnf, or wpe), twice that
+// group with world > 1 (double-buffered so communication overlaps backward).
+GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world = 1);
 
 // The gradient arithmetic the pipeline needs from a backend (CPU loops here, CUDA
 // kernels in kernels/grad_ops.cu).
@@ -60,8 +70,9 @@ class UpdatePipeline {
  public:
   // With bf16 weights and train.master_weights, the pipeline keeps the fp32 master
   // copy (MemCategory::master_weights) that the optimizer updates.
+  // `comm` averages gradients and losses over ranks (local_comm(): one rank, no-op).
   UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>& opt, GradOps<T>& gops,
-                 Device& dev);
+                 Device& dev, Comm& comm = local_comm());
   ~UpdatePipeline();
 
   // Loads weights into the model (and the master copy, if any) from fp32 values.
@@ -72,8 +83,9 @@ class UpdatePipeline {
   // One optimizer step t (1-based): forward + backward over grad_accum_steps
   // micro-batches (after_backward) or one batch (fused), every tensor updated exactly
   // once. next_batch(inputs, targets) fills host arrays of batch*seq_len ids. A NaN/Inf
-  // loss is caught before any weight changes: train.nan_policy "stop" throws an Error
-  // naming the step, "skip" returns skipped = true with the weights untouched.
+  // loss (the mean over ranks, so all ranks agree) is caught before any weight changes:
+  // train.nan_policy "stop" throws an Error naming the step, "skip" returns skipped =
+  // true with the weights untouched.
   struct StepResult { float loss; double grad_norm; bool skipped; };
   StepResult step(int64_t t, float lr, const std::function<void(int*, int*)>& next_batch);
 
@@ -89,6 +101,7 @@ class UpdatePipeline {
   Optimizer<T>& opt_;
   GradOps<T>& gops_;
   Device& dev_;
+  Comm& comm_;
   bool fused_, two_pass_, skip_nan_;
   int accum_;
   float clip_norm_, clip_value_, clip_coef_ = 1.0f;

@@ -120,6 +120,25 @@ TEST_CASE("ranks 0..W-1 split the single-rank sequence between them") {
   }
 }
 
+TEST_CASE("every rank resumes from rank 0's state where it would have been") {
+  Shards s = three_shards();
+  const int W = 3;
+  DataLoader rank0(s.pattern, B, T, 0, W, 11, true);
+  take(rank0, 5);  // 15 windows of the stream: into the second epoch
+  const std::vector<uint8_t> saved = rank0.state();
+  for (int r = 0; r < W; r++) {
+    INFO("rank " << r);
+    DataLoader uninterrupted(s.pattern, B, T, r, W, 11, true), resumed(s.pattern, B, T, r, W, 11, true);
+    take(uninterrupted, 5);
+    resumed.restore(saved, /*from_rank0=*/true);
+    CHECK(take(resumed, 10) == take(uninterrupted, 10));
+  }
+  DataLoader rank1(s.pattern, B, T, 1, W, 11, true);
+  CHECK_THROWS_WITH(rank1.restore(rank1.state(), true), Contains("rank 1"));
+  DataLoader other_world(s.pattern, B, T, 1, 2, 11, true);
+  CHECK_THROWS_WITH(other_world.restore(saved, true), Contains("world size 3"));
+}
+
 TEST_CASE("validation walks the shards in order and reset() restarts it") {
   Shards s = three_shards();
   DataLoader val(s.pattern, B, T, 0, 1, 0, false);

@@ -81,6 +81,25 @@ TEST_CASE("fused gradients take wte plus one layer, not the whole model") {
   CHECK(double(fused.grad_elems) / full.grad_elems < 0.4);
 }
 
+TEST_CASE("with several ranks the fused arena holds two layers; after_backward is unchanged") {
+  const ParamTable t(ModelConfig::from_depth(12));
+  const GradMemoryPlan one = grad_memory_plan(t, true), two = grad_memory_plan(t, true, 2);
+  CHECK(two.arena_elems == 2 * one.arena_elems);
+  CHECK(two.grad_elems == one.grad_elems + one.arena_elems);
+  CHECK(grad_memory_plan(t, false, 2).grad_elems == t.total);
+}
+
+TEST_CASE("a data-parallel rank's plan: the second arena half and the comm scratch") {
+  const json cfg = load_config("", {"optimizer.name=\"adalomo\"", "data.batch_size=16"});
+  const MemoryPlan one = plan_memory(cfg, true), two = plan_memory(cfg, true, 2);
+  const ParamTable t(ModelConfig::from_depth(12));
+  const size_t arena = grad_memory_plan(t, true).arena_elems;
+  CHECK(two.bytes[int(MemCategory::grads)] == one.bytes[int(MemCategory::grads)] + arena * 2);
+  CHECK(one.bytes[int(MemCategory::communication)] == 0);
+  CHECK(two.bytes[int(MemCategory::communication)] == 64 * sizeof(double));
+  CHECK(two.total() == one.total() + arena * 2 + 64 * sizeof(double));
+}
+
 TEST_CASE("bf16 GPU plan: 2-byte params and grads, fp32 master weights and state") {
   const json cfg = load_config("", {"optimizer.name=\"adamw\"", "data.batch_size=16",
                                     "data.seq_len=1024"});
