@@ -5,7 +5,8 @@
 // Per matrix and step:
 //   V_t = beta2 Q U^T + (1 - beta2) g^2   dense m x n fp32 scratch (workspace), one kernel
 //                                         for g^2 and one SGEMM adding the factors
-//   ||V_t||_F^2                            device reduction, copied to the host (1 sync)
+//   ||V_t||_F^2                            device reduction beside the eigenvalues, so it
+//                                         reaches the host with the first S-RSI's copy
 //   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, geqrf + orgqr,
 //                                         SGEMM), Gram U^T U (SGEMM), syevd in double
 //                                         ((k+p) x (k+p), cuSOLVER), eigenvalues to the
@@ -14,7 +15,9 @@
 //   clip, first moment, guidance, decay    reductions + kernels, no sync
 // The rank loop (grow by delta_k while xi > xi_thr, shrink with hysteresis) runs on the
 // host exactly as as_rsi does: its branches need xi, so each S-RSI ends with one small
-// copy. GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
+// copy, the only host sync. The rank k and smoothed error xi_bar live on the host;
+// state() copies them into the "rank_err" blobs and marks them to be read back once
+// (a checkpoint may have written them), so a step does not read them from the device. GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
 // sketch_rng.hpp's counter-based generator run as a device function: the same Gaussian
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
@@ -42,7 +45,7 @@
 namespace gpt2::cuda {
 namespace {
 
-enum Slot { kNormV, kSumD2, kDot, kSumM2, kSlots };
+enum Slot { kSumD2, kDot, kSumM2, kSlots };
 
 template <class D>
 __global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
@@ -137,7 +140,8 @@ class Adapprox final : public Optimizer<T> {
         t.Q = store_.add("adapprox.Q." + p.name, size_t(p.rows) * t.k_max);
         t.U = store_.add("adapprox.U." + p.name, size_t(p.cols) * t.k_max);
         t.rank_err = store_.add("adapprox.rank_err." + p.name, 2);
-        const float k0 = float(s_.initial_rank(p));
+        t.rank = s_.initial_rank(p);
+        const float k0 = float(t.rank);
         dev.to_device(t.rank_err, &k0, sizeof(float));
         largest = std::max(largest, p.numel);
         const int s = thin_cols(p, t.k_max);
@@ -157,7 +161,8 @@ class Adapprox final : public Optimizer<T> {
     Y_ = thin(y, "Y"), Om_ = thin(om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
     W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(vec, "D");
     Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
-    eig_ = DeviceBuffer<double>(dev, s_max, MemCategory::workspace, "adapprox thin eigenvalues");
+    eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 1, MemCategory::workspace,
+                                "adapprox thin eigenvalues and ||V||^2");
     info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
@@ -215,12 +220,24 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK_LAUNCH();
   }
 
-  std::vector<StateBlob> state() override { return store_.blobs(); }
+  std::vector<StateBlob> state() override {
+    for (Tensor& t : tensors_)
+      if (t.rank_err && !t.stale) {
+        const float host[2] = {float(t.rank), t.xi_bar};
+        // Pageable source: cudaMemcpyAsync copies it before returning.
+        CUDA_CHECK(cudaMemcpyAsync(t.rank_err, host, sizeof(host), cudaMemcpyHostToDevice, update_stream()));
+        t.stale = true;  // the caller may write the blob (a checkpoint load)
+      }
+    return store_.blobs();
+  }
 
  private:
   struct Tensor {
     int k_max = 0;
     float *Q = nullptr, *U = nullptr, *rank_err = nullptr, *v = nullptr, *m1 = nullptr;
+    int rank = 0;       // the truth between state() calls
+    float xi_bar = 0;
+    bool stale = false;  // rank_err on the device may be newer than rank, xi_bar
   };
   int thin_cols(const ParamSpec& p, int k_max) const {
     return int(std::min<int64_t>(k_max + s_.p, std::min(p.rows, p.cols)));
@@ -229,20 +246,22 @@ class Adapprox final : public Optimizer<T> {
   // Spec 6.5 steps 1-4: V_t, AS-RSI into (Q, U), then D over the V_t scratch.
   template <class D>
   void matrix_step(const ParamSpec& p, const D* g) {
-    const Tensor& t = tensors_[p.id];
+    Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
-    float rank_err[2];
-    copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
-    const int k = int(rank_err[0]);
+    if (t.stale) {
+      float rank_err[2];
+      copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
+      t.rank = int(rank_err[0]), t.xi_bar = rank_err[1], t.stale = false;
+    }
+    const int k = t.rank;
     fresh_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel,
                                                                     float(1 - s_.beta2));
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
-    red_.sum(FloatSquares{V}, p.numel, scal_.get() + kNormV);
-    double norm_sq = 0;
-    copy_to_host_on_update_stream(&norm_sq, scal_.get() + kNormV, sizeof(double));
+    red_.sum(FloatSquares{V}, p.numel, eig_.get() + (eig_.size() - 1));
+    double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
 
     // as_rsi (srsi.cpp), step for step.
     const optim::RankRule rule = s_.rule(p);
@@ -255,24 +274,22 @@ class Adapprox final : public Optimizer<T> {
       for (int i = 0; i < j; i++) s += x[i];
       return s;
     };
-    std::vector<double> lambda = srsi(p, k, rule, seed);
+    std::vector<double> lambda = srsi(p, k, rule, seed, &norm_sq);
     int rank = int(lambda.size());
     double xi = rel_error(head(lambda, rank));
     while (xi > rule.xi_thr && rank < rule.k_max) {
       rank = std::min(rank + rule.delta_k, rule.k_max);
-      lambda = srsi(p, rank, rule, seed);
+      lambda = srsi(p, rank, rule, seed, nullptr);
       xi = rel_error(head(lambda, rank));
     }
-    if (rank_err[1] < s_.xi_thr / 2) {  // shrink allowed
+    if (t.xi_bar < s_.xi_thr / 2) {  // shrink allowed
       int k_new = rank;
       while (k_new > rule.k_min && rel_error(head(lambda, k_new - 1)) < rule.xi_thr / 2) k_new--;
       if (k_new < rank) rank = k_new, xi = rel_error(head(lambda, rank));
     }
     CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float), update_stream()));
     CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float), update_stream()));
-    const float updated[2] = {float(rank), float(s_.rho * rank_err[1] + (1 - s_.rho) * xi)};
-    // Pageable source: cudaMemcpyAsync copies it before returning, so `updated` may die.
-    CUDA_CHECK(cudaMemcpyAsync(t.rank_err, updated, sizeof(updated), cudaMemcpyHostToDevice, update_stream()));
+    t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
 
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
       const float zero = 0.f;
@@ -283,8 +300,10 @@ class Adapprox final : public Optimizer<T> {
   }
 
   // S-RSI of the V_t scratch at rank k: writes the first k columns of Q and U and
-  // returns lambda (the k largest eigenvalues of U^T U, descending).
-  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed) {
+  // returns lambda (the k largest eigenvalues of U^T U, descending); with norm_sq, also
+  // ||V_t||^2 from the slot after the eigenvalues, in the same copy.
+  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed,
+                           double* norm_sq) {
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols), full = std::min(m, n);
     k = std::min(k, full);
@@ -305,8 +324,9 @@ class Adapprox final : public Optimizer<T> {
     CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
                                     Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
                                     info_.get()));
-    std::vector<double> eig(s);
-    copy_to_host_on_update_stream(eig.data(), eig_.get(), s * sizeof(double));
+    std::vector<double> eig(norm_sq ? eig_.size() : size_t(s));
+    copy_to_host_on_update_stream(eig.data(), eig_.get(), eig.size() * sizeof(double));
+    if (norm_sq) *norm_sq = eig.back();
     std::vector<double> lambda(k);
     for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
     top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(W_.get(), Gd_.get(), s, k);
