@@ -65,30 +65,45 @@ struct AdafactorApply {
   }
 };
 
+// Vectors: v, U, both sums, and the weights in one block; GPT-2's vectors (at most 4C)
+// stay in registers between the reductions and the update.
 template <class D>
-__global__ void __launch_bounds__(1024) adafactor_vector(Weights<D> w, const D* g, float* v, float* m1,
-                                                         size_t n, double beta2, double eps1, StepArgs a) {
+__global__ void __launch_bounds__(kVectorThreads)
+    adafactor_vector(Weights<D> w, const D* g, float* v, float* m1, size_t n, double beta2,
+                     double eps1, StepArgs a) {
   __shared__ double red[32];
   double w2 = 0, u2 = 0;
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const double x = to_f(g[i]);
-    const float vi = float(beta2 * v[i] + (1 - beta2) * (x * x + eps1));
+  const auto first = [&](size_t i, float& x, float& vi, float& y) {
+    const double xd = to_f(g[i]);
+    vi = float(beta2 * v[i] + (1 - beta2) * (xd * xd + eps1));
     v[i] = vi;
-    const float u = float(x) / sqrtf(vi);
+    x = float(xd);
+    const float u = x / sqrtf(vi);
     u2 += double(u) * u;
-    if (a.scale_parameter) {
-      const double y = w.load(i);
-      w2 += y * y;
-    }
+    y = w.load(i);
+    if (a.scale_parameter) w2 += double(y) * y;
+  };
+  float xs[kVectorCached], vs[kVectorCached], ys[kVectorCached];
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n) first(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads) {
+    float x, vi, y;
+    first(i, x, vi, y);
   }
   u2 = block_sum_d(u2, red);
   w2 = block_sum_d(w2, red);
   const StepScalars k = step_scalars(a, w2, u2, n);
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    float u = k.step * ((to_f(g[i]) / sqrtf(v[i])) / k.clip);
+  const auto second = [&](size_t i, float x, float vi, float y) {
+    float u = k.step * ((x / sqrtf(vi)) / k.clip);
     if (m1) u = m1[i] = a.beta1 * m1[i] + (1.f - a.beta1) * u;
-    w.store(i, w.load(i) * k.keep - u);
-  }
+    w.store(i, y * k.keep - u);
+  };
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n) second(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads)
+    second(i, to_f(g[i]), v[i], w.load(i));
 }
 
 template <class T>
@@ -122,17 +137,17 @@ class Adafactor final : public Optimizer<T> {
     const StepArgs a{rho_, rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
                      float(rule_.beta1)};
     if (!p.is_matrix()) {
-      adafactor_vector<<<1, 1024, 0, update_stream()>>>(w, g, s.v, m1, p.numel, beta2_, rule_.eps1, a);
+      adafactor_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m1, p.numel, beta2_, rule_.eps1, a);
       CUDA_CHECK_LAUNCH();
       return;
     }
     double* sc = scal_.get();
     const bool vec = vectorizable(p.cols, {grad, master, param, m1});
-    fac_.sweep(GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1), beta2_, s.r,
-                            s.c, fac_.rf(), fac_.cf(), sc + kSumW2},
-               p.rows, p.cols, vec, true);
-    fac_.sweep(DirectionSquares<D>{g, fac_.rf(), fac_.cf(), p.cols, sc + kSumU2}, p.rows, p.cols,
-               vec, false);
+    const Ema ema{beta2_, s.r, s.c, fac_.rf(), fac_.cf()};
+    fac_.sweep(GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)}, p.rows,
+               p.cols, vec, &ema, rule_.scale_parameter ? sc + kSumW2 : nullptr);
+    fac_.sweep(DirectionSquares<D>{g, fac_.rf(), fac_.cf(), p.cols}, p.rows, p.cols, vec, nullptr,
+               sc + kSumU2);
     fac_.elementwise(AdafactorApply<D>{w, g, fac_.rf(), fac_.cf(), p.cols, p.numel, sc, a, m1},
                      p.rows, p.cols, vec);
   }

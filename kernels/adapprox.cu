@@ -7,7 +7,7 @@
 //                                         for g^2 and one SGEMM adding the factors
 //   ||V_t||_F^2                            device reduction beside the eigenvalues, so it
 //                                         reaches the host with the first S-RSI's copy
-//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, geqrf + orgqr,
+//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2,
 //                                         SGEMM), Gram U^T U (SGEMM), syevd in double
 //                                         ((k+p) x (k+p), cuSOLVER), eigenvalues to the
 //                                         host (1 sync), Q W and U W (SGEMM) into state
@@ -22,6 +22,13 @@
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
 // Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
+// orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197 it
+// beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a Cholesky that fails (a Gram
+// matrix not positive definite in rounding) or non-finite eigenvalues send that S-RSI
+// back to Householder QR, decided with the eigenvalues' copy, so no extra sync.
+// Where a step's time went before (d12, every rank at k_max = 192, H200): geqrf +
+// orgqr ~0.9-1.2 ms per call (4.5 + 0.6 ms for wte), syevd(197) 1.4 ms, the GEMMs
+// ~0.25 ms per matrix (2 ms for wte): all latency-bound cuSOLVER, not FLOPs.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace.
 #include <cublas_v2.h>
@@ -65,6 +72,13 @@ __global__ void sketch(float* om, size_t n, uint64_t seed) {
 __global__ void widen(double* out, const float* in, size_t n) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = in[i];
+}
+__global__ void narrow(float* out, const double* in, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = float(in[i]);
+}
+__global__ void note_failure(const int* info, double* failed) {
+  if (*info != 0) *failed = 1.0;
 }
 
 // W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
@@ -161,8 +175,8 @@ class Adapprox final : public Optimizer<T> {
     Y_ = thin(y, "Y"), Om_ = thin(om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
     W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(vec, "D");
     Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
-    eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 1, MemCategory::workspace,
-                                "adapprox thin eigenvalues and ||V||^2");
+    eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 2, MemCategory::workspace,
+                                "adapprox thin eigenvalues, failure flag, ||V||^2");
     info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
@@ -170,13 +184,14 @@ class Adapprox final : public Optimizer<T> {
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
       const int m = int(p.rows), s = thin_cols(p, tensors_[p.id].k_max);
-      int a = 0, b = 0, c = 0;
+      int a = 0, b = 0, c = 0, d = 0;
       CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
       CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(solver_, m, s, s, Y_.get(), m, tau_.get(), &b));
       CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR,
                                                  CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s,
                                                  eig_.get(), &c));
-      lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, c);
+      CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, &d));
+      lwork = std::max({lwork, a, b}), dlwork = std::max({dlwork, c, d});
     }
     work_ = thin(size_t(lwork), "cuSOLVER work");
     dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
@@ -303,19 +318,20 @@ class Adapprox final : public Optimizer<T> {
   // returns lambda (the k largest eigenvalues of U^T U, descending); with norm_sq, also
   // ||V_t||^2 from the slot after the eigenvalues, in the same copy.
   std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed,
-                           double* norm_sq) {
+                           double* norm_sq, bool householder = false) {
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols), full = std::min(m, n);
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
     float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
+    double* failed = eig_.get() + (eig_.size() - 2);
+    CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(double), update_stream()));
     sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
     CUDA_CHECK_LAUNCH();
     for (int it = 0; it < rule.l; it++) {
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
-      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
-      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      orthonormalize(Y, m, s, householder, failed);
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
     }
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
@@ -324,9 +340,11 @@ class Adapprox final : public Optimizer<T> {
     CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
                                     Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
                                     info_.get()));
-    std::vector<double> eig(norm_sq ? eig_.size() : size_t(s));
+    std::vector<double> eig(eig_.size());
     copy_to_host_on_update_stream(eig.data(), eig_.get(), eig.size() * sizeof(double));
     if (norm_sq) *norm_sq = eig.back();
+    const bool finite = std::all_of(eig.begin(), eig.begin() + s, [](double x) { return std::isfinite(x); });
+    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(p, k, rule, seed, nullptr, true);
     std::vector<double> lambda(k);
     for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
     top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(W_.get(), Gd_.get(), s, k);
@@ -334,6 +352,30 @@ class Adapprox final : public Optimizer<T> {
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));
     return lambda;
+  }
+
+  // orth(Y) in place, Y m x s: CholeskyQR2 (twice: G = Y^T Y, R = chol(G) in double,
+  // Y <- Y R^-1), a failed Cholesky flagged in *failed; or Householder QR.
+  void orthonormalize(float* Y, int m, int s, bool householder, double* failed) {
+    if (householder) {
+      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      return;
+    }
+    const float one = 1.f, zero = 0.f;
+    const size_t ss = size_t(s) * s;
+    for (int pass = 0; pass < 2; pass++) {
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, G_.get(), s));
+      widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), ss);
+      CUDA_CHECK_LAUNCH();
+      CUSOLVER_CHECK(cusolverDnDpotrf(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, dwork_.get(),
+                                      int(dwork_.size()), info_.get()));
+      note_failure<<<1, 1, 0, update_stream()>>>(info_.get(), failed);
+      narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(G_.get(), Gd_.get(), ss);
+      CUDA_CHECK_LAUNCH();
+      CUBLAS_CHECK(cublasStrsm(blas_, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, m, s, &one, G_.get(), s, Y, m));
+    }
   }
 
   optim::Common common_;

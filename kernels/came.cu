@@ -25,8 +25,7 @@ struct CameMoment {
   double d;
   float* m;
   float beta1, eps2;
-  double beta3;
-  float *rr, *rc, *rf, *cf;
+  const float *rf, *cf;
   template <bool kVec>
   __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double&) const {
     const size_t at = size_t(i) * size_t(n) + j;
@@ -43,10 +42,6 @@ struct CameMoment {
       x[k] = (kVec || k < left) ? e * e + eps2 : 0.f;
     }
     store_run<kVec>(m + at, left, mv);
-  }
-  __device__ void finish(const SweepShape& s, const SweepParts& p, unsigned tiles,
-                         unsigned chunks, double* red) const {
-    finish_factors(s, p, tiles, chunks, beta3, rr, rc, rf, cf, red);
   }
 };
 
@@ -71,26 +66,44 @@ struct CameApply {
   }
 };
 
-// Vectors: v, U, sum(U^2), m and the weights (D = m, no confidence factor) in one block.
+// Vectors: v, U, sum(U^2), m and the weights (D = m, no confidence factor) in one
+// block, kept in registers between the reduction and the update.
 template <class D>
-__global__ void __launch_bounds__(1024) came_vector(Weights<D> w, const D* g, float* v, float* m,
-                                                    size_t n, double beta2, double eps1, double d,
-                                                    float beta1, float lr, float keep) {
+__global__ void __launch_bounds__(kVectorThreads)
+    came_vector(Weights<D> w, const D* g, float* v, float* m, size_t n, double beta2, double eps1,
+                double d, float beta1, float lr, float keep) {
   __shared__ double red[32];
   double u2 = 0;
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const double x = to_f(g[i]);
-    const float vi = float(beta2 * v[i] + (1 - beta2) * (x * x + eps1));
+  const auto first = [&](size_t i, float& x, float& vi, float& mi, float& y) {
+    const double xd = to_f(g[i]);
+    vi = float(beta2 * v[i] + (1 - beta2) * (xd * xd + eps1));
     v[i] = vi;
-    const float u = float(x) / sqrtf(vi);
+    x = float(xd);
+    const float u = x / sqrtf(vi);
     u2 += double(u) * u;
+    mi = m[i], y = w.load(i);
+  };
+  float xs[kVectorCached], vs[kVectorCached], ms[kVectorCached], ys[kVectorCached];
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n)
+      first(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ms[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads) {
+    float x, vi, mi, y;
+    first(i, x, vi, mi, y);
   }
   const float clip = clip_divisor(block_sum_d(u2, red), n, d);
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float u = (to_f(g[i]) / sqrtf(v[i])) / clip;
-    const float mi = m[i] = beta1 * m[i] + (1.f - beta1) * u;
-    w.store(i, w.load(i) * keep - lr * mi);
-  }
+  const auto second = [&](size_t i, float x, float vi, float mi, float y) {
+    const float u = (x / sqrtf(vi)) / clip;
+    mi = m[i] = beta1 * mi + (1.f - beta1) * u;
+    w.store(i, y * keep - lr * mi);
+  };
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n)
+      second(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ms[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads)
+    second(i, to_f(g[i]), v[i], m[i], w.load(i));
 }
 
 template <class T>
@@ -128,7 +141,7 @@ class Came final : public Optimizer<T> {
     float* m = m_[p.id];
     const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
     if (!p.is_matrix()) {
-      came_vector<<<1, 1024, 0, update_stream()>>>(w, g, s.v, m, p.numel, beta2_, eps1_, clip_,
+      came_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m, p.numel, beta2_, eps1_, clip_,
                                                    float(beta1_), lr_, keep);
       CUDA_CHECK_LAUNCH();
       return;
@@ -136,13 +149,13 @@ class Came final : public Optimizer<T> {
     double* sum_u2 = scal_.get() + kSumU2;
     const bool vec = vectorizable(p.cols, {grad, master, param, m});
     float *rf = fac_.rf(), *cf = fac_.cf();
-    fac_.sweep(GradStats<D>{g, p.cols, w, false, float(eps1_), beta2_, s.r, s.c, rf, cf, nullptr},
-               p.rows, p.cols, vec, true);
-    fac_.sweep(DirectionSquares<D>{g, rf, cf, p.cols, sum_u2}, p.rows, p.cols, vec, false);
+    const Ema moment{beta2_, s.r, s.c, rf, cf};
+    fac_.sweep(GradStats<D>{g, p.cols, w, false, float(eps1_)}, p.rows, p.cols, vec, &moment, nullptr);
+    fac_.sweep(DirectionSquares<D>{g, rf, cf, p.cols}, p.rows, p.cols, vec, nullptr, sum_u2);
     const optim::SecondMoment& in = instability_[p.id];
-    fac_.sweep(CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_),
-                             beta3_, in.r, in.c, rf, cf},
-               p.rows, p.cols, vec, true);
+    const Ema instability{beta3_, in.r, in.c, rf, cf};
+    fac_.sweep(CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_), rf, cf},
+               p.rows, p.cols, vec, &instability, nullptr);
     fac_.elementwise(CameApply<D>{w, m, rf, cf, p.cols, lr_, keep}, p.rows, p.cols, vec);
   }
 

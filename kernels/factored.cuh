@@ -5,16 +5,18 @@
 //
 // The idea that makes it fast: every pass over a matrix is ONE launch. A sweep reads the
 // matrix once in tiles (256 threads; a tile is 256 columns x rows_per_block rows; each
-// lane owns a run of 8 columns moved with 16-byte loads, each warp every 8th row, 4
-// rows in flight) and produces, per tile, fp32 row sums (warp sums) and column sums
-// (shared memory across the warps) of X plus a double sum of some scalar (W^2, U^2).
-// The last block to finish (atomic ticket, no float atomics) adds the partials in a
-// fixed order in double and finishes the pass: the r/c EMAs and both factor vectors, or
-// the scalar into a device slot. So a matrix costs one sweep per statistic plus one
-// elementwise launch, and nothing waits for the host. Deterministic: fixed shapes,
-// fixed orders. Lost variants: a block per row plus chunked column partials in double
-// and separate EMA/factor/reduction kernels (about 9 launches and 4 reads of g per
-// matrix, ~4x slower on d12).
+// lane owns a run of 8 columns moved with 16-byte loads, each warp every 8th row, 8
+// rows in flight) and writes per tile fp32 row sums (warp sums) and column sums (shared
+// memory across the warps) of X, plus a double per-block sum of a scalar (W^2, U^2).
+// The reduction finishes inside the same launch, in three ticketed stages (atomic
+// counters, no float atomics): the last block of a row chunk adds its rows' partials
+// and updates r, the last block of a column tile does c and cf, and the last block of
+// the grid takes mean(r), writes rf and the scalar. Every sum has a fixed order, so
+// runs are bit-reproducible, and nothing waits for the host. A matrix costs one sweep
+// per statistic plus one elementwise launch. Lost variants: a block per row with
+// double column partials and separate EMA/factor/reduction kernels (about 9 launches
+// and 4 reads of g per matrix); one last block finishing everything (its serial loop
+// over ~10^5 partials cost ~30 us per matrix).
 #pragma once
 #include <type_traits>
 
@@ -23,7 +25,7 @@
 
 namespace gpt2::cuda {
 
-constexpr int kRun = 8, kSweepThreads = 256, kTileCols = 32 * kRun, kRowsInFlight = 4;
+constexpr int kRun = 8, kSweepThreads = 256, kTileCols = 32 * kRun, kRowsInFlight = 8;
 constexpr int kSweepWarps = kSweepThreads / 32;
 static_assert(kTileCols == kSweepThreads, "the column reduction gives each thread one column");
 
@@ -98,17 +100,84 @@ struct SweepParts {
   float* row;        // [tile][m]: row sums over the tile's 256 columns
   float* col;        // [chunk][n]: column sums over the chunk's rows
   double* scal;      // [block]: the scalar's per-block sums
-  unsigned* ticket;  // blocks done; the last resets it to 0
+  double* chunk_r;   // [chunk]: sum of the chunk's new r
+  unsigned* ticket;  // [chunk] blocks done per row chunk, [tile] per column tile, then
+                     // one for the grid; whoever finishes a stage resets its ticket
+};
+// Where a statistic sweep leaves its EMAs: r <- beta r + (1 - beta) rowmean(X), c
+// likewise, and the factors rf_i = rsqrt(r_i / mean(r)), cf_j = rsqrt(c_j) (double,
+// rounded once, as the reference's factored_inv_sqrt_scale).
+struct Ema {
+  double beta;
+  float *r, *c, *rf, *cf;
 };
 
+// Stage "row chunk done" (its last tile): the chunk's rows, summed over the tiles in
+// order, into r; the chunk's sum of the new r into chunk_r.
+__device__ __forceinline__ void finish_rows(const SweepShape& s, const SweepParts& p,
+                                            const Ema& e, unsigned tiles, double* red) {
+  const int64_t i0 = int64_t(blockIdx.y) * s.rows_per_block;
+  const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
+  double sum_r = 0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    double t = 0;
+    for (unsigned b = 0; b < tiles; b++) t += __ldcg(p.row + b * s.m + i);
+    const float ri = float(e.beta * e.r[i] + (1 - e.beta) * (t / double(s.n)));
+    e.r[i] = ri;
+    sum_r += ri;
+  }
+  sum_r = block_sum_d(sum_r, red);
+  if (threadIdx.x == 0) p.chunk_r[blockIdx.y] = sum_r;
+}
+
+// Stage "column tile done" (its last chunk): the tile's columns, summed over the chunks
+// in order, into c and cf. One column per thread, 8 chunks' loads in flight.
+__device__ __forceinline__ void finish_cols(const SweepShape& s, const SweepParts& p,
+                                            const Ema& e, unsigned chunks) {
+  const int64_t j = int64_t(blockIdx.x) * kTileCols + threadIdx.x;
+  if (j >= s.n) return;
+  double t = 0;
+#pragma unroll 8
+  for (unsigned b = 0; b < chunks; b++) t += __ldcg(p.col + b * s.n + j);
+  const float cj = float(e.beta * e.c[j] + (1 - e.beta) * (t / double(s.m)));
+  e.c[j] = cj;
+  e.cf[j] = float(1.0 / sqrt(double(cj)));
+}
+
+// Stage "grid done": mean(r) from the chunk sums, then rf.
+__device__ __forceinline__ void finish_factors(const SweepShape& s, const SweepParts& p,
+                                               const Ema& e, unsigned chunks, double* red) {
+  double t = 0;
+  for (unsigned b = threadIdx.x; b < chunks; b += blockDim.x) t += __ldcg(p.chunk_r + b);
+  const double mean_r = block_sum_d(t, red) / double(s.m);
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < s.m; i += blockDim.x)
+    e.rf[i] = float(1.0 / sqrt(double(__ldcg(e.r + i)) / mean_r));
+}
+
+// True for the block that completes `ticket` at `total` arrivals (it also resets it).
+// Every thread's earlier writes are fenced first, so the finisher sees them.
+__device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *flag = atomicAdd(ticket, 1u) == total - 1;
+    if (*flag) *ticket = 0;
+  }
+  __syncthreads();
+  if (*flag) __threadfence();
+  return *flag;
+}
+
 // Sweep over an m x n matrix: f.visit<kVec>(i, j, left, x, scal) fills x with X over
-// columns j..j+7 of row i (0 past the row) and adds its scalar to `scal`; the last block
-// calls f.finish(shape, parts, tiles, chunks, red).
+// columns j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol
+// the sums of X go into `ema`; the scalar's total goes to *scal_out (if given).
 template <class F, bool kVec, bool kRowCol>
-__global__ void __launch_bounds__(kSweepThreads) sweep(F f, SweepShape s, SweepParts parts) {
+__global__ void __launch_bounds__(kSweepThreads)
+    sweep(F f, SweepShape s, SweepParts parts, Ema ema, double* scal_out) {
   __shared__ float cols[kSweepWarps][kTileCols];
   __shared__ double red[32];
-  __shared__ bool last;
+  __shared__ bool flag;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t j = int64_t(blockIdx.x) * kTileCols + lane * kRun;
   const int left = int(s.n - j < kRun ? s.n - j : kRun);  // <= 0: past the row's end
@@ -140,6 +209,7 @@ __global__ void __launch_bounds__(kSweepThreads) sweep(F f, SweepShape s, SweepP
       }
     }
   }
+  const unsigned tiles = gridDim.x, chunks = gridDim.y;
   if constexpr (kRowCol) {
 #pragma unroll
     for (int k = 0; k < kRun; k++) cols[warp][lane * kRun + k] = col[k];
@@ -150,66 +220,20 @@ __global__ void __launch_bounds__(kSweepThreads) sweep(F f, SweepShape s, SweepP
       for (int w = 0; w < kSweepWarps; w++) t += cols[w][threadIdx.x];
       parts.col[blockIdx.y * s.n + jc] = t;
     }
+    if (arrive(parts.ticket + blockIdx.y, tiles, &flag)) finish_rows(s, parts, ema, tiles, red);
+    if (arrive(parts.ticket + chunks + blockIdx.x, chunks, &flag)) finish_cols(s, parts, ema, chunks);
   }
-  scal = block_sum_d(scal, red);
-  if (threadIdx.x == 0) parts.scal[blockIdx.y * gridDim.x + blockIdx.x] = scal;
-  __threadfence();  // this block's partials are visible before its ticket
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(parts.ticket, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  f.finish(s, parts, gridDim.x, gridDim.y, red);
-  if (threadIdx.x == 0) *parts.ticket = 0;
-}
-
-// The sum of the per-block scalars, in block order (every thread gets it).
-__device__ __forceinline__ double finish_scalar(const SweepParts& p, unsigned blocks, double* red) {
-  double t = 0;
-  for (unsigned b = threadIdx.x; b < blocks; b += blockDim.x) t += __ldcg(p.scal + b);
-  return block_sum_d(t, red);
-}
-
-// r <- beta r + (1 - beta) rowmean(X), c likewise, then rf_i = rsqrt(r_i / mean(r)) and
-// cf_j = rsqrt(c_j) in double, rounded once: the reference's factored_ema and
-// factored_inv_sqrt_scale. Partials are read 8 rows / columns at a time so one block
-// keeps enough loads in flight for wte's 50304 rows.
-__device__ __forceinline__ void finish_factors(const SweepShape& s, const SweepParts& p,
-                                               unsigned tiles, unsigned chunks, double beta,
-                                               float* r, float* c, float* rf, float* cf,
-                                               double* red) {
-  constexpr int kBatch = 8;
-  double sum_r = 0;
-  for (int64_t i0 = int64_t(threadIdx.x) * kBatch; i0 < s.m; i0 += int64_t(blockDim.x) * kBatch) {
-    double t[kBatch] = {};
-    for (unsigned b = 0; b < tiles; b++)
-#pragma unroll
-      for (int k = 0; k < kBatch; k++)
-        if (i0 + k < s.m) t[k] += __ldcg(p.row + b * s.m + i0 + k);
-#pragma unroll
-    for (int k = 0; k < kBatch; k++)
-      if (i0 + k < s.m) {
-        const float ri = float(beta * r[i0 + k] + (1 - beta) * (t[k] / double(s.n)));
-        r[i0 + k] = ri;
-        sum_r += ri;
-      }
+  if (scal_out) {
+    scal = block_sum_d(scal, red);
+    if (threadIdx.x == 0) parts.scal[blockIdx.y * tiles + blockIdx.x] = scal;
   }
-  const double mean_r = block_sum_d(sum_r, red) / double(s.m);
-  for (int64_t i = threadIdx.x; i < s.m; i += blockDim.x)
-    rf[i] = float(1.0 / sqrt(double(r[i]) / mean_r));
-  for (int64_t j0 = int64_t(threadIdx.x) * kBatch; j0 < s.n; j0 += int64_t(blockDim.x) * kBatch) {
-    double t[kBatch] = {};
-    for (unsigned b = 0; b < chunks; b++)
-#pragma unroll
-      for (int k = 0; k < kBatch; k++)
-        if (j0 + k < s.n) t[k] += __ldcg(p.col + b * s.n + j0 + k);
-#pragma unroll
-    for (int k = 0; k < kBatch; k++)
-      if (j0 + k < s.n) {
-        const float cj = float(beta * c[j0 + k] + (1 - beta) * (t[k] / double(s.m)));
-        c[j0 + k] = cj;
-        cf[j0 + k] = float(1.0 / sqrt(double(cj)));
-      }
+  if (!arrive(parts.ticket + chunks + tiles, tiles * chunks, &flag)) return;
+  if constexpr (kRowCol) finish_factors(s, parts, ema, chunks, red);
+  if (scal_out) {
+    double t = 0;
+    for (unsigned b = threadIdx.x; b < tiles * chunks; b += blockDim.x) t += __ldcg(parts.scal + b);
+    t = block_sum_d(t, red);
+    if (threadIdx.x == 0) *scal_out = t;
   }
 }
 
@@ -226,13 +250,16 @@ __global__ void runs(F f, int64_t m, int64_t n) {
   }
 }
 
+// Vectors (biases, layernorm) run as one block each: their cost is launches, not bytes.
+constexpr int kVectorThreads = 1024, kVectorCached = 4;
+
 // U's clip divisor max(1, RMS(U) / d) from the sum of U^2.
 __device__ __forceinline__ float clip_divisor(double sum_u2, size_t numel, double d) {
   return float(fmax(1.0, sqrt(sum_u2 / double(numel)) / d));
 }
 
-// Sweep: S = g^2 + eps1 (eps1 inside, before the means) into r, c and the factors; with
-// w, also sum(W^2) into *sum_w2.
+// Sweep: S = g^2 + eps1 (eps1 inside, before the means) into the EMAs; with_w, sum(W^2)
+// as the scalar.
 template <class D>
 struct GradStats {
   const D* g;
@@ -240,9 +267,6 @@ struct GradStats {
   Weights<D> w;
   bool with_w;
   float eps1;
-  double beta;
-  float *r, *c, *rf, *cf;
-  double* sum_w2;
   template <bool kVec>
   __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
     const size_t at = size_t(i) * size_t(n) + j;
@@ -258,21 +282,14 @@ struct GradStats {
       scal += t;
     }
   }
-  __device__ void finish(const SweepShape& s, const SweepParts& p, unsigned tiles,
-                         unsigned chunks, double* red) const {
-    finish_factors(s, p, tiles, chunks, beta, r, c, rf, cf, red);
-    const double t = finish_scalar(p, tiles * chunks, red);
-    if (threadIdx.x == 0 && with_w) *sum_w2 = t;
-  }
 };
 
-// Sweep: sum over the matrix of U^2, U = g rf_i cf_j, into *out.
+// Sweep: U^2, U = g rf_i cf_j, as the scalar.
 template <class D>
 struct DirectionSquares {
   const D* g;
   const float *rf, *cf;
   int64_t n;
-  double* out;
   template <bool kVec>
   __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
     float cv[kRun];
@@ -287,11 +304,6 @@ struct DirectionSquares {
     }
     scal += t;
   }
-  __device__ void finish(const SweepShape&, const SweepParts& p, unsigned tiles,
-                         unsigned chunks, double* red) const {
-    const double t = finish_scalar(p, tiles * chunks, red);
-    if (threadIdx.x == 0) *out = t;
-  }
 };
 
 // Partials, factors and the ticket for the sweeps over the table's matrices
@@ -300,43 +312,48 @@ class Factored {
  public:
   Factored(Device& dev, const ParamTable& table) {
     CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, 0));
-    size_t rows = 1, cols = 1, blocks = 1;
+    size_t rows = 1, cols = 1, blocks = 1, chunks = 1, tiles = 1;
     int64_t m = 1, n = 1;
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
       const SweepShape s = shape(p.rows, p.cols);
-      const int64_t tiles = ceil_div(p.cols, kTileCols), chunks = ceil_div(p.rows, s.rows_per_block);
-      rows = std::max(rows, size_t(tiles * p.rows)), cols = std::max(cols, size_t(chunks * p.cols));
-      blocks = std::max(blocks, size_t(tiles * chunks));
+      const size_t t = ceil_div(p.cols, kTileCols), c = ceil_div(p.rows, s.rows_per_block);
+      rows = std::max(rows, t * p.rows), cols = std::max(cols, c * p.cols);
+      blocks = std::max(blocks, t * c), chunks = std::max(chunks, c), tiles = std::max(tiles, t);
       m = std::max(m, p.rows), n = std::max(n, p.cols);
     }
-    row_ = DeviceBuffer<float>(dev, rows, MemCategory::workspace, "factored row partials");
-    col_ = DeviceBuffer<float>(dev, cols, MemCategory::workspace, "factored column partials");
+    const auto floats = [&](size_t k, const char* what) {
+      return DeviceBuffer<float>(dev, k, MemCategory::workspace, std::string("factored ") + what);
+    };
+    row_ = floats(rows, "row partials"), col_ = floats(cols, "column partials");
+    rf_ = floats(size_t(m), "row factors"), cf_ = floats(size_t(n), "column factors");
     scal_ = DeviceBuffer<double>(dev, blocks, MemCategory::workspace, "factored scalar partials");
-    ticket_ = DeviceBuffer<unsigned>(dev, 1, MemCategory::workspace, "factored ticket");
-    dev.zero(ticket_.get(), sizeof(unsigned));
-    rf_ = DeviceBuffer<float>(dev, size_t(m), MemCategory::workspace, "factored row factors");
-    cf_ = DeviceBuffer<float>(dev, size_t(n), MemCategory::workspace, "factored column factors");
+    chunk_r_ = DeviceBuffer<double>(dev, chunks, MemCategory::workspace, "factored chunk sums of r");
+    ticket_ = DeviceBuffer<unsigned>(dev, chunks + tiles + 1, MemCategory::workspace, "factored tickets");
+    dev.zero(ticket_.get(), ticket_.bytes());
   }
 
-  // Row chunks sized so a sweep has about 4 blocks per SM.
+  // Row chunks sized for about 2 blocks per SM (each keeps 8 rows x 16 bytes per thread
+  // in flight); more blocks only lengthen the partial sums the finishers add.
   SweepShape shape(int64_t m, int64_t n) const {
-    const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 4 * sms_ / tiles);
+    const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms_ / tiles);
     const int64_t step = kSweepWarps * kRowsInFlight;
-    const int64_t rows = ceil_div(ceil_div(m, want), step) * step;
+    const int64_t rows = int64_t(ceil_div(ceil_div(m, want), step)) * step;
     return {m, n, int(rows)};
   }
 
+  // ema: where the row/column sums of X go (null: X unused); scal_out: the scalar's sum.
   template <class F>
-  void sweep(const F& f, int64_t m, int64_t n, bool vec, bool rowcol) {
+  void sweep(const F& f, int64_t m, int64_t n, bool vec, const Ema* ema, double* scal_out) {
     const SweepShape s = shape(m, n);
     const dim3 grid(ceil_div(n, kTileCols), ceil_div(m, s.rows_per_block));
-    const SweepParts p{row_.get(), col_.get(), scal_.get(), ticket_.get()};
+    const SweepParts p{row_.get(), col_.get(), scal_.get(), chunk_r_.get(), ticket_.get()};
+    const Ema e = ema ? *ema : Ema{};
     cudaStream_t st = update_stream();
-    if (vec && rowcol) gpt2::cuda::sweep<F, true, true><<<grid, kSweepThreads, 0, st>>>(f, s, p);
-    else if (vec) gpt2::cuda::sweep<F, true, false><<<grid, kSweepThreads, 0, st>>>(f, s, p);
-    else if (rowcol) gpt2::cuda::sweep<F, false, true><<<grid, kSweepThreads, 0, st>>>(f, s, p);
-    else gpt2::cuda::sweep<F, false, false><<<grid, kSweepThreads, 0, st>>>(f, s, p);
+    if (vec && ema) gpt2::cuda::sweep<F, true, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else if (vec) gpt2::cuda::sweep<F, true, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else if (ema) gpt2::cuda::sweep<F, false, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else gpt2::cuda::sweep<F, false, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
     CUDA_CHECK_LAUNCH();
   }
 
@@ -353,10 +370,9 @@ class Factored {
 
  private:
   int sms_ = 132;
-  DeviceBuffer<float> row_, col_;
-  DeviceBuffer<double> scal_;
+  DeviceBuffer<float> row_, col_, rf_, cf_;
+  DeviceBuffer<double> scal_, chunk_r_;
   DeviceBuffer<unsigned> ticket_;
-  DeviceBuffer<float> rf_, cf_;
 };
 
 }  // namespace gpt2::cuda
