@@ -17,18 +17,21 @@
 // host exactly as as_rsi does: its branches need xi, so each S-RSI ends with one small
 // copy, the only host sync. The rank k and smoothed error xi_bar live on the host;
 // state() copies them into the "rank_err" blobs and marks them to be read back once
-// (a checkpoint may have written them), so a step does not read them from the device. GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
+// (a checkpoint may have written them), so a step does not read them from the device.
+// GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
 // sketch_rng.hpp's counter-based generator run as a device function: the same Gaussian
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
 // Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
-// orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197 it
-// beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a Cholesky that fails (a Gram
-// matrix not positive definite in rounding) or non-finite eigenvalues send that S-RSI
-// back to Householder QR, decided with the eigenvalues' copy, so no extra sync.
-// Where a step's time went before (d12, every rank at k_max = 192, H200): geqrf +
-// orgqr ~0.9-1.2 ms per call (4.5 + 0.6 ms for wte), syevd(197) 1.4 ms, the GEMMs
-// ~0.25 ms per matrix (2 ms for wte): all latency-bound cuSOLVER, not FLOPs.
+// orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197
+// it beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a
+// Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
+// eigenvalues send that S-RSI back to Householder QR, decided with the eigenvalues'
+// copy, so no extra sync.
+// Where a d12 step goes (every rank at k_max = 192, H200): with geqrf + orgqr 214 ms,
+// of which QR ~0.9-1.2 ms per call (5.1 ms for wte), syevd(197) 1.4 ms per matrix, the
+// GEMMs ~0.25 ms per matrix (2 ms for wte); with CholeskyQR2 156 ms. What is left is
+// latency-bound cuSOLVER (syevd ~70 ms, potrf 0.18 ms per call), not FLOPs.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace.
 #include <cublas_v2.h>

@@ -16,7 +16,9 @@
 // per statistic plus one elementwise launch. Lost variants: a block per row with
 // double column partials and separate EMA/factor/reduction kernels (about 9 launches
 // and 4 reads of g per matrix); one last block finishing everything (its serial loop
-// over ~10^5 partials cost ~30 us per matrix).
+// over ~10^5 partials cost ~30 us per matrix). d12 step on an H200: AdaLomo 4.8 -> 2.5
+// ms, Adafactor 3.6 -> 2.3, CAME 7.0 -> 3.5 (AdamW 1.3): what is left is launch latency
+// (248 launches for Adafactor, 298 for CAME) more than bytes.
 #pragma once
 #include <type_traits>
 
