@@ -1,9 +1,12 @@
 // Adafactor with HF semantics (spec optimizers.md section 4; twin of src/reference/optim/
-// adafactor.cpp), and through AdafactorRule also AdaLomo (adalomo.cu). Per tensor, all
-// on the device: RMS(W_old) (if scale_parameter) and the factored direction U with its
-// RMS (factored.cuh), then one elementwise kernel applies clipping, the step size, the
-// optional first moment of the lr-scaled update and decoupled decay scaled by alpha.
-// About 9 launches per matrix; the passes over g are what cost (4 reads of g).
+// adafactor.cpp), and through AdafactorRule also AdaLomo (adalomo.cu). All on the device.
+// A matrix is three launches (factored.cuh): a sweep for the r/c EMAs and factors (and
+// sum(W^2) if scale_parameter, read in the same pass), a sweep for sum(U^2), and one
+// elementwise pass that applies clipping, the step size, the optional first moment of
+// the lr-scaled update and decoupled decay scaled by alpha: 2 reads of g, bf16 16-byte
+// runs. A vector is one single-block launch (the ~100 biases and layernorm tensors of
+// GPT-2 are dominated by launch count, not bytes): it keeps the whole update, both
+// reductions included, in one block.
 #include <algorithm>
 #include <cmath>
 
@@ -12,21 +15,95 @@
 namespace gpt2::cuda {
 namespace {
 
-enum Slot { kSumW2, kSumR, kSumU2, kSlots };
+enum Slot { kSumW2, kSumU2, kSlots };
+
+struct StepArgs {
+  double rho, eps2, d, wd;
+  bool scale_parameter;
+  float beta1;
+};
+
+// alpha = rho * max(eps2, RMS(W_old)) (scale_parameter) or rho; decay scaled by alpha
+// (pitfall 5).
+struct StepScalars {
+  float clip, step, keep;
+};
+__device__ __forceinline__ StepScalars step_scalars(const StepArgs& a, double sum_w2, double sum_u2,
+                                                    size_t numel) {
+  const double alpha = a.scale_parameter ? a.rho * fmax(a.eps2, sqrt(sum_w2 / double(numel))) : a.rho;
+  return {clip_divisor(sum_u2, numel, a.d), float(alpha), float(1.0 - alpha * a.wd)};
+}
 
 template <class D>
-__global__ void adafactor_apply(Weights<D> w, Direction<D> u, const double* scal, size_t n,
-                                double rho, double eps2, bool scale_parameter, double d,
-                                double wd, float* m1, float beta1) {
-  const double alpha = scale_parameter ? rho * fmax(eps2, sqrt(scal[kSumW2] / double(n))) : rho;
-  const float clip = clip_divisor(scal + kSumU2, n, d), step = float(alpha);
-  const float keep = float(1.0 - alpha * wd);  // decay scaled by alpha (pitfall 5)
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    float x = step * (u(i) / clip);  // lr applied BEFORE the momentum EMA
-    if (m1) x = m1[i] = beta1 * m1[i] + (1.f - beta1) * x;
-    w.store(i, w.load(i) * keep - x);
+struct AdafactorApply {
+  Weights<D> w;
+  const D* g;
+  const float *rf, *cf;
+  int64_t n;
+  size_t numel;
+  const double* scal;
+  StepArgs a;
+  float* m1;
+  __device__ StepScalars constants() const { return step_scalars(a, scal[kSumW2], scal[kSumU2], numel); }
+  template <bool kVec>
+  __device__ void apply(const StepScalars& k, int64_t i, int64_t j, int left) const {
+    const size_t at = size_t(i) * size_t(n) + j;
+    float x[kRun], cv[kRun], y[kRun], mv[kRun];
+    load_run<kVec>(g + at, left, x);
+    load_run<kVec>(cf + j, left, cv);
+    load_weights<kVec>(w, at, left, y);
+    if (m1) load_run<kVec>(m1 + at, left, mv);
+    const float r = rf[i];
+#pragma unroll
+    for (int e = 0; e < kRun; e++) {
+      float u = k.step * ((x[e] * r * cv[e]) / k.clip);  // lr applied BEFORE the momentum EMA
+      if (m1) u = mv[e] = a.beta1 * mv[e] + (1.f - a.beta1) * u;
+      y[e] = y[e] * k.keep - u;
+    }
+    if (m1) store_run<kVec>(m1 + at, left, mv);
+    store_weights<kVec>(w, at, left, y);
   }
+};
+
+// Vectors: v, U, both sums, and the weights in one block; GPT-2's vectors (at most 4C)
+// stay in registers between the reductions and the update.
+template <class D>
+__global__ void __launch_bounds__(kVectorThreads)
+    adafactor_vector(Weights<D> w, const D* g, float* v, float* m1, size_t n, double beta2,
+                     double eps1, StepArgs a) {
+  __shared__ double red[32];
+  double w2 = 0, u2 = 0;
+  const auto first = [&](size_t i, float& x, float& vi, float& y) {
+    const double xd = to_f(g[i]);
+    vi = float(beta2 * v[i] + (1 - beta2) * (xd * xd + eps1));
+    v[i] = vi;
+    x = float(xd);
+    const float u = x / sqrtf(vi);
+    u2 += double(u) * u;
+    y = w.load(i);
+    if (a.scale_parameter) w2 += double(y) * y;
+  };
+  float xs[kVectorCached], vs[kVectorCached], ys[kVectorCached];
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n) first(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads) {
+    float x, vi, y;
+    first(i, x, vi, y);
+  }
+  u2 = block_sum_d(u2, red);
+  w2 = block_sum_d(w2, red);
+  const StepScalars k = step_scalars(a, w2, u2, n);
+  const auto second = [&](size_t i, float x, float vi, float y) {
+    float u = k.step * ((x / sqrtf(vi)) / k.clip);
+    if (m1) u = m1[i] = a.beta1 * m1[i] + (1.f - a.beta1) * u;
+    w.store(i, y * k.keep - u);
+  };
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n) second(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads)
+    second(i, to_f(g[i]), v[i], w.load(i));
 }
 
 template <class T>
@@ -34,7 +111,7 @@ class Adafactor final : public Optimizer<T> {
  public:
   Adafactor(const json& cfg, const AdafactorRule& rule, const ParamTable& table, Device& dev,
             uint64_t seed)
-      : common_(cfg), rule_(rule), seed_(seed), store_(dev), red_(dev), fac_(dev, table),
+      : common_(cfg), rule_(rule), seed_(seed), store_(dev), fac_(dev, table),
         scal_(dev, kSlots, MemCategory::workspace, rule.prefix + " scalars") {
     for (const ParamSpec& p : table.params) {
       moments_.push_back(optim::add_second_moment(store_, rule.prefix, p));
@@ -54,14 +131,25 @@ class Adafactor final : public Optimizer<T> {
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     using D = device_t<T>;
     const Weights<D> w = weights(param, master, seed_, t_, p.id);
-    double* s = scal_.get();
-    if (rule_.scale_parameter) red_.sum(WeightSquares<D>{w}, p.numel, s + kSumW2);
-    const Direction<D> u = fac_.direction(red_, p, moments_[p.id], beta2_, rule_.eps1,
-                                          dev_ptr<T>(grad), s + kSumR, s + kSumU2);
-    adafactor_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        w, u, s, p.numel, rho_, rule_.eps2, rule_.scale_parameter, rule_.clip, common_.wd(p),
-        m1_[p.id], float(rule_.beta1));
-    CUDA_CHECK_LAUNCH();
+    const D* g = dev_ptr<T>(grad);
+    const optim::SecondMoment& s = moments_[p.id];
+    float* m1 = m1_[p.id];
+    const StepArgs a{rho_, rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
+                     float(rule_.beta1)};
+    if (!p.is_matrix()) {
+      adafactor_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m1, p.numel, beta2_, rule_.eps1, a);
+      CUDA_CHECK_LAUNCH();
+      return;
+    }
+    double* sc = scal_.get();
+    const bool vec = vectorizable(p.cols, {grad, master, param, m1});
+    const Ema ema{beta2_, s.r, s.c, fac_.rf(), fac_.cf()};
+    fac_.sweep(GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)}, p.rows,
+               p.cols, vec, &ema, rule_.scale_parameter ? sc + kSumW2 : nullptr);
+    fac_.sweep(DirectionSquares<D>{g, fac_.rf(), fac_.cf(), p.cols}, p.rows, p.cols, vec, nullptr,
+               sc + kSumU2);
+    fac_.elementwise(AdafactorApply<D>{w, g, fac_.rf(), fac_.cf(), p.cols, p.numel, sc, a, m1},
+                     p.rows, p.cols, vec);
   }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
@@ -71,7 +159,6 @@ class Adafactor final : public Optimizer<T> {
   AdafactorRule rule_;
   uint64_t seed_;
   optim::StateStore store_;
-  Reducer red_;
   Factored fac_;
   DeviceBuffer<double> scal_;
   std::vector<optim::SecondMoment> moments_;

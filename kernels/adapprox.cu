@@ -5,8 +5,9 @@
 // Per matrix and step:
 //   V_t = beta2 Q U^T + (1 - beta2) g^2   dense m x n fp32 scratch (workspace), one kernel
 //                                         for g^2 and one SGEMM adding the factors
-//   ||V_t||_F^2                            device reduction, copied to the host (1 sync)
-//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, geqrf + orgqr,
+//   ||V_t||_F^2                            device reduction beside the eigenvalues, so it
+//                                         reaches the host with the first S-RSI's copy
+//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2,
 //                                         SGEMM), Gram U^T U (SGEMM), syevd in double
 //                                         ((k+p) x (k+p), cuSOLVER), eigenvalues to the
 //                                         host (1 sync), Q W and U W (SGEMM) into state
@@ -14,11 +15,23 @@
 //   clip, first moment, guidance, decay    reductions + kernels, no sync
 // The rank loop (grow by delta_k while xi > xi_thr, shrink with hysteresis) runs on the
 // host exactly as as_rsi does: its branches need xi, so each S-RSI ends with one small
-// copy. GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
+// copy, the only host sync. The rank k and smoothed error xi_bar live on the host;
+// state() copies them into the "rank_err" blobs and marks them to be read back once
+// (a checkpoint may have written them), so a step does not read them from the device.
+// GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
 // sketch_rng.hpp's counter-based generator run as a device function: the same Gaussian
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
 // Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
+// orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197
+// it beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a
+// Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
+// eigenvalues send that S-RSI back to Householder QR, decided with the eigenvalues'
+// copy, so no extra sync.
+// Where a d12 step goes (every rank at k_max = 192, H200): with geqrf + orgqr 214 ms,
+// of which QR ~0.9-1.2 ms per call (5.1 ms for wte), syevd(197) 1.4 ms per matrix, the
+// GEMMs ~0.25 ms per matrix (2 ms for wte); with CholeskyQR2 156 ms. What is left is
+// latency-bound cuSOLVER (syevd ~70 ms, potrf 0.18 ms per call), not FLOPs.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace.
 #include <cublas_v2.h>
@@ -42,7 +55,7 @@
 namespace gpt2::cuda {
 namespace {
 
-enum Slot { kNormV, kSumD2, kDot, kSumM2, kSlots };
+enum Slot { kSumD2, kDot, kSumM2, kSlots };
 
 template <class D>
 __global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
@@ -62,6 +75,13 @@ __global__ void sketch(float* om, size_t n, uint64_t seed) {
 __global__ void widen(double* out, const float* in, size_t n) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = in[i];
+}
+__global__ void narrow(float* out, const double* in, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = float(in[i]);
+}
+__global__ void note_failure(const int* info, double* failed) {
+  if (*info != 0) *failed = 1.0;
 }
 
 // W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
@@ -137,7 +157,8 @@ class Adapprox final : public Optimizer<T> {
         t.Q = store_.add("adapprox.Q." + p.name, size_t(p.rows) * t.k_max);
         t.U = store_.add("adapprox.U." + p.name, size_t(p.cols) * t.k_max);
         t.rank_err = store_.add("adapprox.rank_err." + p.name, 2);
-        const float k0 = float(s_.initial_rank(p));
+        t.rank = s_.initial_rank(p);
+        const float k0 = float(t.rank);
         dev.to_device(t.rank_err, &k0, sizeof(float));
         largest = std::max(largest, p.numel);
         const int s = thin_cols(p, t.k_max);
@@ -157,7 +178,8 @@ class Adapprox final : public Optimizer<T> {
     Y_ = thin(y, "Y"), Om_ = thin(om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
     W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(vec, "D");
     Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
-    eig_ = DeviceBuffer<double>(dev, s_max, MemCategory::workspace, "adapprox thin eigenvalues");
+    eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 2, MemCategory::workspace,
+                                "adapprox thin eigenvalues, failure flag, ||V||^2");
     info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
@@ -165,13 +187,14 @@ class Adapprox final : public Optimizer<T> {
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
       const int m = int(p.rows), s = thin_cols(p, tensors_[p.id].k_max);
-      int a = 0, b = 0, c = 0;
+      int a = 0, b = 0, c = 0, d = 0;
       CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
       CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(solver_, m, s, s, Y_.get(), m, tau_.get(), &b));
       CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR,
                                                  CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s,
                                                  eig_.get(), &c));
-      lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, c);
+      CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, &d));
+      lwork = std::max({lwork, a, b}), dlwork = std::max({dlwork, c, d});
     }
     work_ = thin(size_t(lwork), "cuSOLVER work");
     dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
@@ -215,12 +238,24 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK_LAUNCH();
   }
 
-  std::vector<StateBlob> state() override { return store_.blobs(); }
+  std::vector<StateBlob> state() override {
+    for (Tensor& t : tensors_)
+      if (t.rank_err && !t.stale) {
+        const float host[2] = {float(t.rank), t.xi_bar};
+        // Pageable source: cudaMemcpyAsync copies it before returning.
+        CUDA_CHECK(cudaMemcpyAsync(t.rank_err, host, sizeof(host), cudaMemcpyHostToDevice, update_stream()));
+        t.stale = true;  // the caller may write the blob (a checkpoint load)
+      }
+    return store_.blobs();
+  }
 
  private:
   struct Tensor {
     int k_max = 0;
     float *Q = nullptr, *U = nullptr, *rank_err = nullptr, *v = nullptr, *m1 = nullptr;
+    int rank = 0;       // the truth between state() calls
+    float xi_bar = 0;
+    bool stale = false;  // rank_err on the device may be newer than rank, xi_bar
   };
   int thin_cols(const ParamSpec& p, int k_max) const {
     return int(std::min<int64_t>(k_max + s_.p, std::min(p.rows, p.cols)));
@@ -229,20 +264,22 @@ class Adapprox final : public Optimizer<T> {
   // Spec 6.5 steps 1-4: V_t, AS-RSI into (Q, U), then D over the V_t scratch.
   template <class D>
   void matrix_step(const ParamSpec& p, const D* g) {
-    const Tensor& t = tensors_[p.id];
+    Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
-    float rank_err[2];
-    copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
-    const int k = int(rank_err[0]);
+    if (t.stale) {
+      float rank_err[2];
+      copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
+      t.rank = int(rank_err[0]), t.xi_bar = rank_err[1], t.stale = false;
+    }
+    const int k = t.rank;
     fresh_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel,
                                                                     float(1 - s_.beta2));
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
-    red_.sum(FloatSquares{V}, p.numel, scal_.get() + kNormV);
-    double norm_sq = 0;
-    copy_to_host_on_update_stream(&norm_sq, scal_.get() + kNormV, sizeof(double));
+    red_.sum(FloatSquares{V}, p.numel, eig_.get() + (eig_.size() - 1));
+    double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
 
     // as_rsi (srsi.cpp), step for step.
     const optim::RankRule rule = s_.rule(p);
@@ -255,24 +292,22 @@ class Adapprox final : public Optimizer<T> {
       for (int i = 0; i < j; i++) s += x[i];
       return s;
     };
-    std::vector<double> lambda = srsi(p, k, rule, seed);
+    std::vector<double> lambda = srsi(p, k, rule, seed, &norm_sq);
     int rank = int(lambda.size());
     double xi = rel_error(head(lambda, rank));
     while (xi > rule.xi_thr && rank < rule.k_max) {
       rank = std::min(rank + rule.delta_k, rule.k_max);
-      lambda = srsi(p, rank, rule, seed);
+      lambda = srsi(p, rank, rule, seed, nullptr);
       xi = rel_error(head(lambda, rank));
     }
-    if (rank_err[1] < s_.xi_thr / 2) {  // shrink allowed
+    if (t.xi_bar < s_.xi_thr / 2) {  // shrink allowed
       int k_new = rank;
       while (k_new > rule.k_min && rel_error(head(lambda, k_new - 1)) < rule.xi_thr / 2) k_new--;
       if (k_new < rank) rank = k_new, xi = rel_error(head(lambda, rank));
     }
     CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float), update_stream()));
     CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float), update_stream()));
-    const float updated[2] = {float(rank), float(s_.rho * rank_err[1] + (1 - s_.rho) * xi)};
-    // Pageable source: cudaMemcpyAsync copies it before returning, so `updated` may die.
-    CUDA_CHECK(cudaMemcpyAsync(t.rank_err, updated, sizeof(updated), cudaMemcpyHostToDevice, update_stream()));
+    t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
 
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
       const float zero = 0.f;
@@ -283,20 +318,23 @@ class Adapprox final : public Optimizer<T> {
   }
 
   // S-RSI of the V_t scratch at rank k: writes the first k columns of Q and U and
-  // returns lambda (the k largest eigenvalues of U^T U, descending).
-  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed) {
+  // returns lambda (the k largest eigenvalues of U^T U, descending); with norm_sq, also
+  // ||V_t||^2 from the slot after the eigenvalues, in the same copy.
+  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed,
+                           double* norm_sq, bool householder = false) {
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols), full = std::min(m, n);
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
     float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
+    double* failed = eig_.get() + (eig_.size() - 2);
+    CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(double), update_stream()));
     sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
     CUDA_CHECK_LAUNCH();
     for (int it = 0; it < rule.l; it++) {
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
-      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
-      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      orthonormalize(Y, m, s, householder, failed);
       CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
     }
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
@@ -305,8 +343,11 @@ class Adapprox final : public Optimizer<T> {
     CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
                                     Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
                                     info_.get()));
-    std::vector<double> eig(s);
-    copy_to_host_on_update_stream(eig.data(), eig_.get(), s * sizeof(double));
+    std::vector<double> eig(eig_.size());
+    copy_to_host_on_update_stream(eig.data(), eig_.get(), eig.size() * sizeof(double));
+    if (norm_sq) *norm_sq = eig.back();
+    const bool finite = std::all_of(eig.begin(), eig.begin() + s, [](double x) { return std::isfinite(x); });
+    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(p, k, rule, seed, nullptr, true);
     std::vector<double> lambda(k);
     for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
     top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(W_.get(), Gd_.get(), s, k);
@@ -314,6 +355,30 @@ class Adapprox final : public Optimizer<T> {
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));
     return lambda;
+  }
+
+  // orth(Y) in place, Y m x s: CholeskyQR2 (twice: G = Y^T Y, R = chol(G) in double,
+  // Y <- Y R^-1), a failed Cholesky flagged in *failed; or Householder QR.
+  void orthonormalize(float* Y, int m, int s, bool householder, double* failed) {
+    if (householder) {
+      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      return;
+    }
+    const float one = 1.f, zero = 0.f;
+    const size_t ss = size_t(s) * s;
+    for (int pass = 0; pass < 2; pass++) {
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, G_.get(), s));
+      widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), ss);
+      CUDA_CHECK_LAUNCH();
+      CUSOLVER_CHECK(cusolverDnDpotrf(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, dwork_.get(),
+                                      int(dwork_.size()), info_.get()));
+      note_failure<<<1, 1, 0, update_stream()>>>(info_.get(), failed);
+      narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(G_.get(), Gd_.get(), ss);
+      CUDA_CHECK_LAUNCH();
+      CUBLAS_CHECK(cublasStrsm(blas_, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, m, s, &one, G_.get(), s, Y, m));
+    }
   }
 
   optim::Common common_;

@@ -1,52 +1,109 @@
 // CAME (spec optimizers.md section 5; twin of src/reference/optim/came.cpp): Adafactor's
-// factored direction U (factored.cuh), a first moment m of the clipped U, and for
-// matrices the factored instability (U - m_new)^2 + eps2 whose inverse square root
-// scales m. Per matrix, all on the device: direction + RMS(U) (factored.cuh), one
-// kernel for m, the instability's row/column EMAs (U recomputed from g, not stored),
-// its factors, one kernel for the weights.
+// factored direction U, a first moment m of the clipped U, and for matrices the factored
+// instability (U - m_new)^2 + eps2 whose inverse square root scales m. A matrix is four
+// launches (factored.cuh): a sweep for the r/c EMAs and factors, a sweep for sum(U^2),
+// a sweep that updates m and feeds the instability's row/column EMAs and factors (U
+// recomputed from g, not stored), and one elementwise pass for the weights. A vector
+// (no instability state) is one single-block launch.
 #include "factored.cuh"
 #include "reference/optim/optim_common.hpp"
 
 namespace gpt2::cuda {
 namespace {
 
-enum Slot { kSumR, kSumU2, kSumRR, kSlots };
+enum Slot { kSumU2, kSlots };
 
+// Sweep: m <- beta1 m + (1 - beta1) U / clip, and I = (U / clip - m_new)^2 + eps2 (the
+// NEW m, as the official code does) into rr, rc and their factors. The U factors are
+// overwritten only by the last block, after every other block has read them.
 template <class D>
-__global__ void came_moment(Direction<D> u, const double* sum_u2, size_t n, double d, float* m,
-                            float beta1) {
-  const float clip = clip_divisor(sum_u2, n, d);
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    m[i] = beta1 * m[i] + (1.f - beta1) * (u(i) / clip);
-}
-
-// (U - m_new)^2 + eps2: the NEW m, as the official code does.
-template <class D>
-struct Instability {
-  Direction<D> u;
-  const double* sum_u2;
+struct CameMoment {
+  const D* g;
+  int64_t n;
   size_t numel;
-  double d, eps2;
-  const float* m;
-  __device__ double operator()(size_t i) const {
-    const double x = double(u(i) / clip_divisor(sum_u2, numel, d)) - m[i];
-    return x * x + eps2;
+  const double* sum_u2;
+  double d;
+  float* m;
+  float beta1, eps2;
+  const float *rf, *cf;
+  template <bool kVec>
+  __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double&) const {
+    const size_t at = size_t(i) * size_t(n) + j;
+    float cv[kRun], mv[kRun];
+    load_run<kVec>(g + at, left, x);
+    load_run<kVec>(cf + j, left, cv);
+    load_run<kVec>(m + at, left, mv);
+    const float clip = clip_divisor(*sum_u2, numel, d), r = rf[i];
+#pragma unroll
+    for (int k = 0; k < kRun; k++) {
+      const float u = (x[k] * r * cv[k]) / clip;
+      mv[k] = beta1 * mv[k] + (1.f - beta1) * u;
+      const float e = u - mv[k];
+      x[k] = (kVec || k < left) ? e * e + eps2 : 0.f;
+    }
+    store_run<kVec>(m + at, left, mv);
   }
 };
 
 template <class D>
-__global__ void came_apply(Weights<D> w, const float* m, const float* rf, const float* cf,
-                           uint32_t cols, size_t n, float lr, float keep) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    float step = m[i];  // vectors: no confidence factor, D = m
-    if (rf) {
-      const uint32_t r = uint32_t(i) / cols;
-      step *= rf[r] * cf[uint32_t(i) - r * cols];
-    }
-    w.store(i, w.load(i) * keep - lr * step);
+struct CameApply {
+  Weights<D> w;
+  const float *m, *rf, *cf;
+  int64_t n;
+  float lr, keep;
+  __device__ int constants() const { return 0; }
+  template <bool kVec>
+  __device__ void apply(int, int64_t i, int64_t j, int left) const {
+    const size_t at = size_t(i) * size_t(n) + j;
+    float mv[kRun], cv[kRun], y[kRun];
+    load_run<kVec>(m + at, left, mv);
+    load_run<kVec>(cf + j, left, cv);
+    load_weights<kVec>(w, at, left, y);
+    const float r = rf[i];
+#pragma unroll
+    for (int k = 0; k < kRun; k++) y[k] = y[k] * keep - lr * (mv[k] * (r * cv[k]));
+    store_weights<kVec>(w, at, left, y);
   }
+};
+
+// Vectors: v, U, sum(U^2), m and the weights (D = m, no confidence factor) in one
+// block, kept in registers between the reduction and the update.
+template <class D>
+__global__ void __launch_bounds__(kVectorThreads)
+    came_vector(Weights<D> w, const D* g, float* v, float* m, size_t n, double beta2, double eps1,
+                double d, float beta1, float lr, float keep) {
+  __shared__ double red[32];
+  double u2 = 0;
+  const auto first = [&](size_t i, float& x, float& vi, float& mi, float& y) {
+    const double xd = to_f(g[i]);
+    vi = float(beta2 * v[i] + (1 - beta2) * (xd * xd + eps1));
+    v[i] = vi;
+    x = float(xd);
+    const float u = x / sqrtf(vi);
+    u2 += double(u) * u;
+    mi = m[i], y = w.load(i);
+  };
+  float xs[kVectorCached], vs[kVectorCached], ms[kVectorCached], ys[kVectorCached];
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n)
+      first(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ms[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads) {
+    float x, vi, mi, y;
+    first(i, x, vi, mi, y);
+  }
+  const float clip = clip_divisor(block_sum_d(u2, red), n, d);
+  const auto second = [&](size_t i, float x, float vi, float mi, float y) {
+    const float u = (x / sqrtf(vi)) / clip;
+    mi = m[i] = beta1 * mi + (1.f - beta1) * u;
+    w.store(i, y * keep - lr * mi);
+  };
+#pragma unroll
+  for (int q = 0; q < kVectorCached; q++)
+    if (threadIdx.x + q * kVectorThreads < n)
+      second(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ms[q], ys[q]);
+  for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads)
+    second(i, to_f(g[i]), v[i], m[i], w.load(i));
 }
 
 template <class T>
@@ -60,7 +117,7 @@ class Came final : public Optimizer<T> {
         eps1_(optim::number(cfg, "came", "eps1", 0.0, 1.0)),
         eps2_(optim::number(cfg, "came", "eps2", 0.0, 1.0)),
         clip_(optim::number(cfg, "came", "clip_threshold", 1e-12, 1e12)),
-        seed_(seed), store_(dev), red_(dev), fac_(dev, table),
+        seed_(seed), store_(dev), fac_(dev, table),
         scal_(dev, kSlots, MemCategory::workspace, "came scalars") {
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       moments_.push_back(optim::add_second_moment(store_, "came", p));
@@ -78,24 +135,28 @@ class Came final : public Optimizer<T> {
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     using D = device_t<T>;
-    double* s = scal_.get();
-    const Direction<D> u =
-        fac_.direction(red_, p, moments_[p.id], beta2_, eps1_, dev_ptr<T>(grad), s + kSumR, s + kSumU2);
+    const Weights<D> w = weights(param, master, seed_, t_, p.id);
+    const D* g = dev_ptr<T>(grad);
+    const optim::SecondMoment& s = moments_[p.id];
     float* m = m_[p.id];
-    came_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(u, s + kSumU2, p.numel, clip_, m, float(beta1_));
-    CUDA_CHECK_LAUNCH();
-    const float *rf = nullptr, *cf = nullptr;
-    if (p.is_matrix()) {
-      const optim::SecondMoment& in = instability_[p.id];
-      fac_.ema(Instability<D>{u, s + kSumU2, p.numel, clip_, eps2_, m}, p.rows, p.cols, beta3_,
-               in.r, in.c);
-      fac_.factors(red_, in.r, in.c, p.rows, p.cols, s + kSumRR);  // u's factors are spent
-      rf = fac_.rf(), cf = fac_.cf();
-    }
     const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
-    came_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        weights(param, master, seed_, t_, p.id), m, rf, cf, uint32_t(p.cols), p.numel, lr_, keep);
-    CUDA_CHECK_LAUNCH();
+    if (!p.is_matrix()) {
+      came_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m, p.numel, beta2_, eps1_, clip_,
+                                                   float(beta1_), lr_, keep);
+      CUDA_CHECK_LAUNCH();
+      return;
+    }
+    double* sum_u2 = scal_.get() + kSumU2;
+    const bool vec = vectorizable(p.cols, {grad, master, param, m});
+    float *rf = fac_.rf(), *cf = fac_.cf();
+    const Ema moment{beta2_, s.r, s.c, rf, cf};
+    fac_.sweep(GradStats<D>{g, p.cols, w, false, float(eps1_)}, p.rows, p.cols, vec, &moment, nullptr);
+    fac_.sweep(DirectionSquares<D>{g, rf, cf, p.cols}, p.rows, p.cols, vec, nullptr, sum_u2);
+    const optim::SecondMoment& in = instability_[p.id];
+    const Ema instability{beta3_, in.r, in.c, rf, cf};
+    fac_.sweep(CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_), rf, cf},
+               p.rows, p.cols, vec, &instability, nullptr);
+    fac_.elementwise(CameApply<D>{w, m, rf, cf, p.cols, lr_, keep}, p.rows, p.cols, vec);
   }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
@@ -105,7 +166,6 @@ class Came final : public Optimizer<T> {
   double beta1_, beta2_, beta3_, eps1_, eps2_, clip_;
   uint64_t seed_;
   optim::StateStore store_;
-  Reducer red_;
   Factored fac_;
   DeviceBuffer<double> scal_;
   std::vector<optim::SecondMoment> moments_, instability_;

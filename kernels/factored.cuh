@@ -3,151 +3,378 @@
 // mean EMAs of an m x n statistic X, and the factors rf_i = rsqrt(r_i / mean(r)),
 // cf_j = rsqrt(c_j) with X_hat^-1/2 = rf_i cf_j.
 //
-// Launch shapes: row means, one 128-thread block per row (double sums, block reduce);
-// column means, kColChunks fixed row chunks x 256-column blocks writing double partials
-// that a second kernel adds in chunk order. Fixed shapes and orders: deterministic.
-// Everything stays on the device (r, c, factors, and the RMS(U) sum in a device double).
+// The idea that makes it fast: every pass over a matrix is ONE launch. A sweep reads the
+// matrix once in tiles (256 threads; a tile is 256 columns x rows_per_block rows; each
+// lane owns a run of 8 columns moved with 16-byte loads, each warp every 8th row, 8
+// rows in flight) and writes per tile fp32 row sums (warp sums) and column sums (shared
+// memory across the warps) of X, plus a double per-block sum of a scalar (W^2, U^2).
+// The reduction finishes inside the same launch, in three ticketed stages (atomic
+// counters, no float atomics): the last block of a row chunk adds its rows' partials
+// and updates r, the last block of a column tile does c and cf, and the last block of
+// the grid takes mean(r), writes rf and the scalar. Every sum has a fixed order, so
+// runs are bit-reproducible, and nothing waits for the host. A matrix costs one sweep
+// per statistic plus one elementwise launch. Lost variants: a block per row with
+// double column partials and separate EMA/factor/reduction kernels (about 9 launches
+// and 4 reads of g per matrix); one last block finishing everything (its serial loop
+// over ~10^5 partials cost ~30 us per matrix). d12 step on an H200: AdaLomo 4.8 -> 2.5
+// ms, Adafactor 3.6 -> 2.3, CAME 7.0 -> 3.5 (AdamW 1.3): what is left is launch latency
+// (248 launches for Adafactor, 298 for CAME) more than bytes.
 #pragma once
+#include <type_traits>
+
 #include "optim_common.cuh"
 #include "reference/optim/factored.hpp"
 
 namespace gpt2::cuda {
 
-constexpr int kColChunks = 64, kRowThreads = 128;
+constexpr int kRun = 8, kSweepThreads = 256, kTileCols = 32 * kRun, kRowsInFlight = 8;
+constexpr int kSweepWarps = kSweepThreads / 32;
+static_assert(kTileCols == kSweepThreads, "the column reduction gives each thread one column");
 
-template <class F>
-__global__ void __launch_bounds__(kRowThreads)
-    row_mean_ema(F f, int64_t n, double beta, float* r) {
-  __shared__ double shared[32];
-  const int64_t i = blockIdx.x;
-  double s = 0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += f(size_t(i * n + j));
-  s = block_sum_d(s, shared);
-  if (threadIdx.x == 0) r[i] = float(beta * r[i] + (1 - beta) * (s / double(n)));
+// A run of 8 consecutive elements as fp32: 16-byte accesses when kVec (run aligned and
+// whole), else element by element with the `left` elements that exist (0 beyond).
+template <bool kVec, class D>
+__device__ __forceinline__ void load_run(const D* p, int left, float (&x)[kRun]) {
+  if constexpr (kVec && std::is_same_v<D, float>) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+  } else if constexpr (kVec) {
+    const uint4 t = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&t);
+#pragma unroll
+    for (int k = 0; k < kRun / 2; k++) {
+      const float2 f = __bfloat1622float2(h[k]);
+      x[2 * k] = f.x, x[2 * k + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; k++) x[k] = k < left ? to_f(p[k]) : 0.f;
+  }
+}
+// Stores rounded to nearest (bf16).
+template <bool kVec, class D>
+__device__ __forceinline__ void store_run(D* p, int left, const float (&x)[kRun]) {
+  if constexpr (kVec && std::is_same_v<D, float>) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(x[0], x[1], x[2], x[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(x[4], x[5], x[6], x[7]);
+  } else if constexpr (kVec) {
+    uint4 t;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&t);
+#pragma unroll
+    for (int k = 0; k < kRun / 2; k++) h[k] = __floats2bfloat162_rn(x[2 * k], x[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = t;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; k++)
+      if (k < left) p[k] = from_f<D>(x[k]);
+  }
+}
+template <bool kVec, class D>
+__device__ __forceinline__ void load_weights(const Weights<D>& w, size_t at, int left, float (&x)[kRun]) {
+  if (w.master) load_run<kVec>(w.master + at, left, x);
+  else load_run<kVec>(w.param + at, left, x);
+}
+template <bool kVec, class D>
+__device__ __forceinline__ void store_weights(const Weights<D>& w, size_t at, int left, const float (&x)[kRun]) {
+  if (w.master) {
+    store_run<kVec>(w.master + at, left, x);
+    store_run<kVec>(w.param + at, left, x);
+  } else if constexpr (std::is_same_v<D, float>) {
+    store_run<kVec>(w.param + at, left, x);
+  } else {
+    for (int k = 0; k < kRun && k < left; k++) w.store(at + k, x[k]);  // stochastic rounding
+  }
 }
 
-template <class F>
-__global__ void col_partials(F f, int64_t m, int64_t n, int chunks, double* partials) {
-  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= n) return;
-  const int64_t rows = (m + chunks - 1) / chunks, i0 = blockIdx.y * rows;
-  const int64_t i1 = i0 + rows < m ? i0 + rows : m;
-  double s = 0;
-  for (int64_t i = i0; i < i1; i++) s += f(size_t(i * n + j));
-  partials[blockIdx.y * n + j] = s;
+// True if runs of 8 can move with 16-byte accesses: whole runs per row, aligned rows.
+inline bool vectorizable(int64_t n, std::initializer_list<const void*> ptrs) {
+  if (n % kRun != 0) return false;
+  for (const void* p : ptrs)
+    if (p && uintptr_t(p) % 16 != 0) return false;
+  return true;
 }
 
-__global__ void col_mean_ema(const double* partials, int chunks, int64_t m, int64_t n,
-                             double beta, float* c);
-__global__ void inv_sqrt_factors(const float* r, const float* c, const double* sum_r,
-                                 int64_t m, int64_t n, float* rf, float* cf);
-
-struct FloatSum {
-  const float* x;
-  __device__ double operator()(size_t i) const { return x[i]; }
+struct SweepShape {
+  int64_t m, n;
+  int rows_per_block;
+};
+struct SweepParts {
+  float* row;        // [tile][m]: row sums over the tile's 256 columns
+  float* col;        // [chunk][n]: column sums over the chunk's rows
+  double* scal;      // [block]: the scalar's per-block sums
+  double* chunk_r;   // [chunk]: sum of the chunk's new r
+  unsigned* ticket;  // [chunk] blocks done per row chunk, [tile] per column tile, then
+                     // one for the grid; whoever finishes a stage resets its ticket
+};
+// Where a statistic sweep leaves its EMAs: r <- beta r + (1 - beta) rowmean(X), c
+// likewise, and the factors rf_i = rsqrt(r_i / mean(r)), cf_j = rsqrt(c_j) (double,
+// rounded once, as the reference's factored_inv_sqrt_scale).
+struct Ema {
+  double beta;
+  float *r, *c, *rf, *cf;
 };
 
-// U = g / sqrt(X_hat) (matrix: rf, cf; vector: the full v), unclipped.
+// Stage "row chunk done" (its last tile): the chunk's rows, summed over the tiles in
+// order, into r; the chunk's sum of the new r into chunk_r.
+__device__ __forceinline__ void finish_rows(const SweepShape& s, const SweepParts& p,
+                                            const Ema& e, unsigned tiles, double* red) {
+  const int64_t i0 = int64_t(blockIdx.y) * s.rows_per_block;
+  const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
+  double sum_r = 0;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    double t = 0;
+    for (unsigned b = 0; b < tiles; b++) t += __ldcg(p.row + b * s.m + i);
+    const float ri = float(e.beta * e.r[i] + (1 - e.beta) * (t / double(s.n)));
+    e.r[i] = ri;
+    sum_r += ri;
+  }
+  sum_r = block_sum_d(sum_r, red);
+  if (threadIdx.x == 0) p.chunk_r[blockIdx.y] = sum_r;
+}
+
+// Stage "column tile done" (its last chunk): the tile's columns, summed over the chunks
+// in order, into c and cf. One column per thread, 8 chunks' loads in flight.
+__device__ __forceinline__ void finish_cols(const SweepShape& s, const SweepParts& p,
+                                            const Ema& e, unsigned chunks) {
+  const int64_t j = int64_t(blockIdx.x) * kTileCols + threadIdx.x;
+  if (j >= s.n) return;
+  double t = 0;
+#pragma unroll 8
+  for (unsigned b = 0; b < chunks; b++) t += __ldcg(p.col + b * s.n + j);
+  const float cj = float(e.beta * e.c[j] + (1 - e.beta) * (t / double(s.m)));
+  e.c[j] = cj;
+  e.cf[j] = float(1.0 / sqrt(double(cj)));
+}
+
+// Stage "grid done": mean(r) from the chunk sums, then rf.
+__device__ __forceinline__ void finish_factors(const SweepShape& s, const SweepParts& p,
+                                               const Ema& e, unsigned chunks, double* red) {
+  double t = 0;
+  for (unsigned b = threadIdx.x; b < chunks; b += blockDim.x) t += __ldcg(p.chunk_r + b);
+  const double mean_r = block_sum_d(t, red) / double(s.m);
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < s.m; i += blockDim.x)
+    e.rf[i] = float(1.0 / sqrt(double(__ldcg(e.r + i)) / mean_r));
+}
+
+// True for the block that completes `ticket` at `total` arrivals (it also resets it).
+// Every thread's earlier writes are fenced first, so the finisher sees them.
+__device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *flag = atomicAdd(ticket, 1u) == total - 1;
+    if (*flag) *ticket = 0;
+  }
+  __syncthreads();
+  if (*flag) __threadfence();
+  return *flag;
+}
+
+// Sweep over an m x n matrix: f.visit<kVec>(i, j, left, x, scal) fills x with X over
+// columns j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol
+// the sums of X go into `ema`; the scalar's total goes to *scal_out (if given).
+template <class F, bool kVec, bool kRowCol>
+__global__ void __launch_bounds__(kSweepThreads)
+    sweep(F f, SweepShape s, SweepParts parts, Ema ema, double* scal_out) {
+  __shared__ float cols[kSweepWarps][kTileCols];
+  __shared__ double red[32];
+  __shared__ bool flag;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t j = int64_t(blockIdx.x) * kTileCols + lane * kRun;
+  const int left = int(s.n - j < kRun ? s.n - j : kRun);  // <= 0: past the row's end
+  const int64_t i0 = int64_t(blockIdx.y) * s.rows_per_block;
+  const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
+  float col[kRun] = {};
+  double scal = 0;
+  for (int64_t i = i0 + warp; i < i1; i += kSweepWarps * kRowsInFlight) {
+    float x[kRowsInFlight][kRun];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; u++) {
+      const int64_t r = i + u * kSweepWarps;
+      if (r < i1 && left > 0) {
+        f.template visit<kVec>(r, j, left, x[u], scal);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kRun; k++) x[u][k] = 0.f;
+      }
+    }
+    if constexpr (kRowCol) {
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; u++) {
+        float rs = 0;
+#pragma unroll
+        for (int k = 0; k < kRun; k++) rs += x[u][k], col[k] += x[u][k];
+        rs = warp_sum(rs);
+        const int64_t r = i + u * kSweepWarps;
+        if (lane == 0 && r < i1) parts.row[blockIdx.x * s.m + r] = rs;
+      }
+    }
+  }
+  const unsigned tiles = gridDim.x, chunks = gridDim.y;
+  if constexpr (kRowCol) {
+#pragma unroll
+    for (int k = 0; k < kRun; k++) cols[warp][lane * kRun + k] = col[k];
+    __syncthreads();
+    const int64_t jc = int64_t(blockIdx.x) * kTileCols + threadIdx.x;
+    if (jc < s.n) {
+      float t = 0;
+      for (int w = 0; w < kSweepWarps; w++) t += cols[w][threadIdx.x];
+      parts.col[blockIdx.y * s.n + jc] = t;
+    }
+    if (arrive(parts.ticket + blockIdx.y, tiles, &flag)) finish_rows(s, parts, ema, tiles, red);
+    if (arrive(parts.ticket + chunks + blockIdx.x, chunks, &flag)) finish_cols(s, parts, ema, chunks);
+  }
+  if (scal_out) {
+    scal = block_sum_d(scal, red);
+    if (threadIdx.x == 0) parts.scal[blockIdx.y * tiles + blockIdx.x] = scal;
+  }
+  if (!arrive(parts.ticket + chunks + tiles, tiles * chunks, &flag)) return;
+  if constexpr (kRowCol) finish_factors(s, parts, ema, chunks, red);
+  if (scal_out) {
+    double t = 0;
+    for (unsigned b = threadIdx.x; b < tiles * chunks; b += blockDim.x) t += __ldcg(parts.scal + b);
+    t = block_sum_d(t, red);
+    if (threadIdx.x == 0) *scal_out = t;
+  }
+}
+
+// Elementwise pass over the runs of an m x n matrix: f.apply<kVec>(k, i, j, left), k =
+// f.constants() computed once per thread.
+template <class F, bool kVec>
+__global__ void runs(F f, int64_t m, int64_t n) {
+  const auto k = f.constants();
+  const int64_t per_row = (n + kRun - 1) / kRun;
+  for (int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; q < m * per_row;
+       q += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = q / per_row, j = (q - i * per_row) * kRun;
+    f.template apply<kVec>(k, i, j, int(n - j < kRun ? n - j : kRun));
+  }
+}
+
+// Vectors (biases, layernorm) run as one block each: their cost is launches, not bytes.
+constexpr int kVectorThreads = 1024, kVectorCached = 4;
+
+// U's clip divisor max(1, RMS(U) / d) from the sum of U^2.
+__device__ __forceinline__ float clip_divisor(double sum_u2, size_t numel, double d) {
+  return float(fmax(1.0, sqrt(sum_u2 / double(numel)) / d));
+}
+
+// Sweep: S = g^2 + eps1 (eps1 inside, before the means) into the EMAs; with_w, sum(W^2)
+// as the scalar.
 template <class D>
-struct Direction {
+struct GradStats {
   const D* g;
-  const float *rf, *cf, *v;
-  uint32_t n;
-  __device__ float operator()(size_t idx) const {
-    const float x = to_f(g[idx]);
-    if (!rf) return x / sqrtf(v[idx]);
-    const uint32_t i = uint32_t(idx) / n;
-    return x * rf[i] * cf[uint32_t(idx) - i * n];
+  int64_t n;
+  Weights<D> w;
+  bool with_w;
+  float eps1;
+  template <bool kVec>
+  __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
+    const size_t at = size_t(i) * size_t(n) + j;
+    load_run<kVec>(g + at, left, x);
+#pragma unroll
+    for (int k = 0; k < kRun; k++) x[k] = (kVec || k < left) ? x[k] * x[k] + eps1 : 0.f;
+    if (with_w) {
+      float y[kRun];
+      load_weights<kVec>(w, at, left, y);
+      float t = 0;
+#pragma unroll
+      for (int k = 0; k < kRun; k++) t += y[k] * y[k];
+      scal += t;
+    }
   }
 };
+
+// Sweep: U^2, U = g rf_i cf_j, as the scalar.
 template <class D>
 struct DirectionSquares {
-  Direction<D> u;
-  __device__ double operator()(size_t i) const {
-    const double x = u(i);
-    return x * x;
-  }
-};
-template <class D>
-struct GradSquaresPlus {  // S = g^2 + eps1, eps1 inside before the means
   const D* g;
-  double eps;
-  __device__ double operator()(size_t i) const {
-    const double x = to_f(g[i]);
-    return x * x + eps;
+  const float *rf, *cf;
+  int64_t n;
+  template <bool kVec>
+  __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
+    float cv[kRun];
+    load_run<kVec>(g + size_t(i) * n + j, left, x);
+    load_run<kVec>(cf + j, left, cv);
+    const float a = rf[i];
+    float t = 0;
+#pragma unroll
+    for (int k = 0; k < kRun; k++) {
+      const float u = x[k] * a * cv[k];
+      t += u * u;
+    }
+    scal += t;
   }
 };
 
-// U's clip divisor max(1, RMS(U) / d) from the device sum of U^2.
-__device__ __forceinline__ float clip_divisor(const double* sum_u2, size_t numel, double d) {
-  return float(fmax(1.0, sqrt(*sum_u2 / double(numel)) / d));
-}
-
-template <class D>
-__global__ void vector_second_moment(const D* g, float* v, size_t n, double beta, double eps) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const double x = to_f(g[i]);
-    v[i] = float(beta * v[i] + (1 - beta) * (x * x + eps));
-  }
-}
-
-// Scratch for the factored statistics of the table's matrices (MemCategory::workspace).
+// Partials, factors and the ticket for the sweeps over the table's matrices
+// (MemCategory::workspace); launches them on update_stream().
 class Factored {
  public:
   Factored(Device& dev, const ParamTable& table) {
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, 0));
+    size_t rows = 1, cols = 1, blocks = 1, chunks = 1, tiles = 1;
     int64_t m = 1, n = 1;
-    for (const ParamSpec& p : table.params)
-      if (p.is_matrix()) m = std::max(m, p.rows), n = std::max(n, p.cols);
-    partials_ = DeviceBuffer<double>(dev, size_t(kColChunks) * n, MemCategory::workspace,
-                                     "factored column partials");
-    rf_ = DeviceBuffer<float>(dev, size_t(m), MemCategory::workspace, "factored row factors");
-    cf_ = DeviceBuffer<float>(dev, size_t(n), MemCategory::workspace, "factored column factors");
-  }
-
-  // r <- beta r + (1 - beta) rowmean(X), c likewise with column means; X_ij = f(i n + j).
-  template <class F>
-  void ema(const F& f, int64_t m, int64_t n, double beta, float* r, float* c) {
-    row_mean_ema<<<unsigned(m), kRowThreads, 0, update_stream()>>>(f, n, beta, r);
-    CUDA_CHECK_LAUNCH();
-    const int chunks = int(std::min<int64_t>(kColChunks, m));
-    col_partials<<<dim3(ceil_div(n, 256), chunks), 256, 0, update_stream()>>>(f, m, n, chunks, partials_.get());
-    CUDA_CHECK_LAUNCH();
-    col_mean_ema<<<ceil_div(n, 256), 256, 0, update_stream()>>>(partials_.get(), chunks, m, n, beta, c);
-    CUDA_CHECK_LAUNCH();
-  }
-
-  // rf, cf from r, c (sum_r: a device double to hold sum(r)).
-  void factors(Reducer& red, const float* r, const float* c, int64_t m, int64_t n, double* sum_r) {
-    red.sum(FloatSum{r}, size_t(m), sum_r);
-    inv_sqrt_factors<<<ceil_div(std::max(m, n), 256), 256, 0, update_stream()>>>(r, c, sum_r, m, n, rf_.get(), cf_.get());
-    CUDA_CHECK_LAUNCH();
-  }
-
-  // Adafactor-family steps "S = g^2 + eps1, EMA, U = g / sqrt(S_hat)" for tensor p with
-  // second moment s: returns U (unclipped) and leaves sum(U^2) in *sum_u2 (sum_r: scratch).
-  template <class D>
-  Direction<D> direction(Reducer& red, const ParamSpec& p, optim::SecondMoment s, double beta2,
-                         double eps1, const D* g, double* sum_r, double* sum_u2) {
-    Direction<D> u{g, nullptr, nullptr, s.v, uint32_t(p.cols)};
-    if (p.is_matrix()) {
-      ema(GradSquaresPlus<D>{g, eps1}, p.rows, p.cols, beta2, s.r, s.c);
-      factors(red, s.r, s.c, p.rows, p.cols, sum_r);
-      u.rf = rf_.get(), u.cf = cf_.get();
-    } else {
-      vector_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(g, s.v, p.numel, beta2, eps1);
-      CUDA_CHECK_LAUNCH();
+    for (const ParamSpec& p : table.params) {
+      if (!p.is_matrix()) continue;
+      const SweepShape s = shape(p.rows, p.cols);
+      const size_t t = ceil_div(p.cols, kTileCols), c = ceil_div(p.rows, s.rows_per_block);
+      rows = std::max(rows, t * p.rows), cols = std::max(cols, c * p.cols);
+      blocks = std::max(blocks, t * c), chunks = std::max(chunks, c), tiles = std::max(tiles, t);
+      m = std::max(m, p.rows), n = std::max(n, p.cols);
     }
-    red.sum(DirectionSquares<D>{u}, p.numel, sum_u2);
-    return u;
+    const auto floats = [&](size_t k, const char* what) {
+      return DeviceBuffer<float>(dev, k, MemCategory::workspace, std::string("factored ") + what);
+    };
+    row_ = floats(rows, "row partials"), col_ = floats(cols, "column partials");
+    rf_ = floats(size_t(m), "row factors"), cf_ = floats(size_t(n), "column factors");
+    scal_ = DeviceBuffer<double>(dev, blocks, MemCategory::workspace, "factored scalar partials");
+    chunk_r_ = DeviceBuffer<double>(dev, chunks, MemCategory::workspace, "factored chunk sums of r");
+    ticket_ = DeviceBuffer<unsigned>(dev, chunks + tiles + 1, MemCategory::workspace, "factored tickets");
+    dev.zero(ticket_.get(), ticket_.bytes());
   }
 
-  const float* rf() const { return rf_.get(); }
-  const float* cf() const { return cf_.get(); }
+  // Row chunks sized for about 2 blocks per SM (each keeps 8 rows x 16 bytes per thread
+  // in flight); more blocks only lengthen the partial sums the finishers add.
+  SweepShape shape(int64_t m, int64_t n) const {
+    const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms_ / tiles);
+    const int64_t step = kSweepWarps * kRowsInFlight;
+    const int64_t rows = int64_t(ceil_div(ceil_div(m, want), step)) * step;
+    return {m, n, int(rows)};
+  }
+
+  // ema: where the row/column sums of X go (null: X unused); scal_out: the scalar's sum.
+  template <class F>
+  void sweep(const F& f, int64_t m, int64_t n, bool vec, const Ema* ema, double* scal_out) {
+    const SweepShape s = shape(m, n);
+    const dim3 grid(ceil_div(n, kTileCols), ceil_div(m, s.rows_per_block));
+    const SweepParts p{row_.get(), col_.get(), scal_.get(), chunk_r_.get(), ticket_.get()};
+    const Ema e = ema ? *ema : Ema{};
+    cudaStream_t st = update_stream();
+    if (vec && ema) gpt2::cuda::sweep<F, true, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else if (vec) gpt2::cuda::sweep<F, true, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else if (ema) gpt2::cuda::sweep<F, false, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    else gpt2::cuda::sweep<F, false, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
+    CUDA_CHECK_LAUNCH();
+  }
+
+  template <class F>
+  void elementwise(const F& f, int64_t m, int64_t n, bool vec) {
+    const unsigned blocks = elementwise_blocks(size_t(m) * size_t(ceil_div(n, kRun)));
+    if (vec) runs<F, true><<<blocks, kThreads, 0, update_stream()>>>(f, m, n);
+    else runs<F, false><<<blocks, kThreads, 0, update_stream()>>>(f, m, n);
+    CUDA_CHECK_LAUNCH();
+  }
+
+  float* rf() const { return rf_.get(); }
+  float* cf() const { return cf_.get(); }
 
  private:
-  DeviceBuffer<double> partials_;
-  DeviceBuffer<float> rf_, cf_;
+  int sms_ = 132;
+  DeviceBuffer<float> row_, col_, rf_, cf_;
+  DeviceBuffer<double> scal_, chunk_r_;
+  DeviceBuffer<unsigned> ticket_;
 };
 
 }  // namespace gpt2::cuda

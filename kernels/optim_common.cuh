@@ -102,20 +102,12 @@ class Reducer {
   DeviceBuffer<double> partials_;
 };
 
-// sum of squares of a fp32 or bf16 buffer, and of the weights an update reads.
+// sum of squares of a fp32 or bf16 buffer.
 template <class D>
 struct Squares {
   const D* x;
   __device__ double operator()(size_t i) const {
     const double v = to_f(x[i]);
-    return v * v;
-  }
-};
-template <class D>
-struct WeightSquares {
-  Weights<D> w;
-  __device__ double operator()(size_t i) const {
-    const double v = w.load(i);
     return v * v;
   }
 };

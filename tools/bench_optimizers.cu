@@ -5,6 +5,7 @@
 //   build/bench_optimizers            table
 //   build/bench_optimizers --json     one JSON object on stdout
 //   build/bench_optimizers --depth 24 other model sizes
+//   build/bench_optimizers --only adapprox --steps 5   AdamW and one other (e.g. for nsys)
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -68,9 +69,11 @@ int main(int argc, char** argv) {
   CLI::App app{"Times one optimizer step on the GPT-2 parameter table (bf16 + fp32 master)"};
   bool as_json = false;
   int depth = 12, steps = 20;
+  std::string only;
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_option("--depth", depth, "GPT-2 depth (12 = 124M)");
   app.add_option("--steps", steps, "timed steps (median reported)");
+  app.add_option("--only", only, "time AdamW and this optimizer only");
   CLI11_PARSE(app, argc, argv);
   try {
     ModelConfig mc = ModelConfig::from_depth(depth);
@@ -91,7 +94,10 @@ int main(int argc, char** argv) {
     dev->to_device(master.get(), wf.data(), wf.size() * sizeof(float));
     std::vector<Result> rs;
     for (const char* name : {"adamw", "lomo", "adalomo", "adafactor", "came", "adapprox"})
-      rs.push_back(bench(name, table, *dev, params.get(), master.get(), grads.get(), g, steps));
+      if (only.empty() || only == name || std::string(name) == "adamw")
+        rs.push_back(bench(name, table, *dev, params.get(), master.get(), grads.get(), g, steps));
+    if (!only.empty() && rs.size() == 1 && only != "adamw")
+      fail("--only ", only, " names no optimizer; use lomo, adalomo, adafactor, came or adapprox");
     // AdamW with bf16 params + fp32 master: read g (2), master, m, v (12); write master,
     // m, v (12), param (2).
     const double bytes = 28.0 * double(table.total);
