@@ -10,7 +10,8 @@
 // on_comm_stream puts behind it) runs. join() makes the compute stream wait for all of it.
 //
 // LocalComm (world 1) does nothing, so the CPU and single-GPU runs are unchanged;
-// kernels/nccl_comm.cu is the NCCL implementation for world > 1.
+// kernels/nccl_comm.cu is the NCCL implementation for GPU ranks, src/host_comm.cpp the
+// TCP one for CPU ranks.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -67,6 +68,10 @@ constexpr size_t kCommScratchDoubles = 64;
 // NCCL over the ranks of `env` on the current GPU: rank 0 makes the NCCL id and hands it
 // out through rendezvous() with the config-hash check (timeout_s). Small host values go
 // through a scratch buffer of kCommScratchDoubles on `dev`.
+// CPU ranks: host collectives over the rendezvous's TCP links (src/host_comm.cpp), with
+// the same config-hash check and timeout.
+std::unique_ptr<Comm> make_host_comm(const LaunchEnv& env, uint64_t config_hash, double timeout_s);
+
 std::unique_ptr<Comm> make_nccl_comm(const LaunchEnv& env, uint64_t config_hash, double timeout_s,
                                      Device& dev);
 

@@ -140,6 +140,7 @@ class Socket {
   }
   int fd() const { return fd_; }
   bool open() const { return fd_ >= 0; }
+  int release() { return std::exchange(fd_, -1); }
 
  private:
   int fd_;
@@ -226,7 +227,7 @@ Socket listen_on(int port) {
 }
 
 std::vector<uint8_t> serve(const LaunchEnv& env, const std::vector<uint8_t>& blob,
-                           uint64_t config_hash, double timeout_s) {
+                           uint64_t config_hash, double timeout_s, std::vector<Socket>* keep) {
   if (blob.size() > kMaxPayload)
     fail("rendezvous: rank 0's blob is ", blob.size(), " bytes, more than ", kMaxPayload);
   const auto deadline =
@@ -287,6 +288,7 @@ std::vector<uint8_t> serve(const LaunchEnv& env, const std::vector<uint8_t>& blo
     }
   }
   if (!problem.empty()) fail(problem);
+  if (keep) *keep = std::move(peers);
   return blob;
 }
 
@@ -322,7 +324,8 @@ Socket try_connect(const addrinfo* ai, Clock::time_point deadline, std::string& 
   return s;
 }
 
-std::vector<uint8_t> join(const LaunchEnv& env, uint64_t config_hash, double timeout_s) {
+std::vector<uint8_t> join(const LaunchEnv& env, uint64_t config_hash, double timeout_s,
+                          Socket* keep) {
   const auto timeout = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(timeout_s));
   const auto deadline = Clock::now() + timeout;
@@ -372,6 +375,7 @@ std::vector<uint8_t> join(const LaunchEnv& env, uint64_t config_hash, double tim
          "): is MASTER_PORT used by another program?");
   std::vector<uint8_t> payload = recv_exact(s.fd(), length, reply_deadline, context);
   if (head[0] == 1) fail(std::string(payload.begin(), payload.end()));
+  if (keep) *keep = std::move(s);
   return payload;
 }
 
@@ -380,8 +384,50 @@ std::vector<uint8_t> join(const LaunchEnv& env, uint64_t config_hash, double tim
 std::vector<uint8_t> rendezvous(const LaunchEnv& env, const std::vector<uint8_t>& blob_from_rank0,
                                 uint64_t config_hash, double timeout_s) {
   if (env.world_size == 1) return blob_from_rank0;
-  return env.rank == 0 ? serve(env, blob_from_rank0, config_hash, timeout_s)
-                       : join(env, config_hash, timeout_s);
+  return env.rank == 0 ? serve(env, blob_from_rank0, config_hash, timeout_s, nullptr)
+                       : join(env, config_hash, timeout_s, nullptr);
+}
+
+RankLinks::~RankLinks() {
+  for (int fd : fds_)
+    if (fd >= 0) ::close(fd);
+}
+
+int RankLinks::link(int peer) const {
+  const int fd = peer >= 0 && size_t(peer) < fds_.size() ? fds_[peer] : -1;
+  if (fd < 0) fail("internal: rank ", rank_, " has no link to rank ", peer);
+  return fd;
+}
+
+void RankLinks::send(int peer, const void* data, size_t bytes) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  send_all(link(peer), std::vector<uint8_t>(p, p + bytes),
+           cat("rank ", rank_, " sending to rank ", peer, " (did it stop? its log says why)"));
+}
+
+void RankLinks::recv(int peer, void* data, size_t bytes) {
+  // Ranks do the same work between collectives, so a long wait means a stuck rank.
+  const auto deadline = Clock::now() + std::chrono::minutes(10);
+  const std::vector<uint8_t> got = recv_exact(
+      link(peer), bytes, deadline,
+      cat("rank ", rank_, " waiting for rank ", peer, " (did it stop? its log says why)"));
+  std::memcpy(data, got.data(), bytes);
+}
+
+std::unique_ptr<RankLinks> connect_ranks(const LaunchEnv& env, uint64_t config_hash,
+                                         double timeout_s) {
+  auto links = std::unique_ptr<RankLinks>(new RankLinks(env.rank, env.world_size));
+  if (env.world_size == 1) return links;
+  if (env.rank == 0) {
+    std::vector<Socket> peers;
+    serve(env, {}, config_hash, timeout_s, &peers);
+    for (int r = 1; r < env.world_size; r++) links->fds_[r] = peers[r].release();
+  } else {
+    Socket root;
+    join(env, config_hash, timeout_s, &root);
+    links->fds_[0] = root.release();
+  }
+  return links;
 }
 
 }  // namespace gpt2

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,5 +37,31 @@ LaunchEnv launch_env_from(const std::function<const char*(const char*)>& getenv)
 // rank 0 gives up after timeout_s, naming how many ranks arrived.
 std::vector<uint8_t> rendezvous(const LaunchEnv& env, const std::vector<uint8_t>& blob_from_rank0,
                                 uint64_t config_hash, double timeout_s);
+
+// The rendezvous's TCP connections kept open for host-side collectives between CPU ranks
+// (src/host_comm.cpp): rank 0 holds a link to every other rank, the others one to rank 0.
+// A rank that dies closes its link, and whoever waits on it fails naming that rank.
+class RankLinks {
+ public:
+  ~RankLinks();
+  RankLinks(const RankLinks&) = delete;
+  RankLinks& operator=(const RankLinks&) = delete;
+  int rank() const { return rank_; }
+  int world() const { return int(fds_.size()); }
+  void send(int peer, const void* data, size_t bytes);
+  void recv(int peer, void* data, size_t bytes);  // exactly `bytes`
+
+ private:
+  friend std::unique_ptr<RankLinks> connect_ranks(const LaunchEnv&, uint64_t, double);
+  RankLinks(int rank, int world) : rank_(rank), fds_(world, -1) {}
+  int link(int peer) const;
+  int rank_;
+  std::vector<int> fds_;
+};
+
+// rendezvous() with an empty blob, keeping the connections: the same config-hash check,
+// timeout and errors.
+std::unique_ptr<RankLinks> connect_ranks(const LaunchEnv& env, uint64_t config_hash,
+                                         double timeout_s);
 
 }  // namespace gpt2

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "backend.hpp"
 #include "error.hpp"
@@ -32,7 +33,7 @@ void forward_signal(int sig) {
 // take it before rank 0 binds it; rank 0's error then says to retry.
 int free_port() {
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) fail("--gpus: cannot create a socket to find a free port: ", std::strerror(errno));
+  if (s < 0) fail("cannot create a socket to find a free port: ", std::strerror(errno));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -40,7 +41,7 @@ int free_port() {
   const bool ok = ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
                   ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
   ::close(s);
-  if (!ok) fail("--gpus: cannot find a free port on 127.0.0.1: ", std::strerror(errno));
+  if (!ok) fail("cannot find a free port on 127.0.0.1: ", std::strerror(errno));
   return ntohs(addr.sin_port);
 }
 
@@ -53,18 +54,22 @@ std::string describe(int status) {
 
 }  // namespace
 
-void launch_ranks(int gpus, const std::vector<std::string>& args) {
+void launch_ranks(int n, const std::vector<std::string>& args, bool gpus) {
+  const char* flag = gpus ? "--gpus" : "--ranks";
   for (const char* v : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"})
     if (std::getenv(v) != nullptr)
-      fail("--gpus ", gpus, " starts its own ranks, but ", v, " is set (this process is ",
-           "already one rank of a launch): drop --gpus, or run train_gpt2 directly");
-  std::string why;
-  const int have = cuda_device_count(&why);
-  if (gpus > have)
-    fail("--gpus ", gpus, " needs ", gpus, " GPUs, but this machine has ", have,
-         have == 0 ? cat(" (", why, ")") : std::string(),
-         ": pass --gpus ",
-         have > 0 ? cat("1 to ", have) : std::string("only on a machine with GPUs"));
+      fail(flag, " ", n, " starts its own ranks, but ", v, " is set (this process is ",
+           "already one rank of a launch): drop ", flag, ", or run train_gpt2 directly");
+  if (gpus) {
+    std::string why;
+    const int have = cuda_device_count(&why);
+    if (n > have)
+      fail("--gpus ", n, " needs ", n, " GPUs, but this machine has ", have,
+           have == 0 ? cat(" (", why, ")") : std::string(), ": pass --gpus ",
+           have > 0 ? cat("1 to ", have) : std::string("only on a machine with GPUs"));
+  }
+  // CPU ranks share the cores instead of each starting a thread per core.
+  const std::string threads = std::to_string(std::max(1u, std::thread::hardware_concurrency() / unsigned(n)));
 
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   const std::string port = std::to_string(free_port());
@@ -76,26 +81,27 @@ void launch_ranks(int gpus, const std::vector<std::string>& args) {
 
   std::fflush(stdout), std::fflush(stderr);  // or the children print our buffers again
   const pid_t parent = ::getpid();
-  g_children.assign(gpus, 0);
-  for (int r = 0; r < gpus; r++) {
+  g_children.assign(n, 0);
+  for (int r = 0; r < n; r++) {
     const pid_t pid = ::fork();
     if (pid < 0) {
       forward_signal(SIGTERM);
-      fail("--gpus: cannot start rank ", r, ": ", std::strerror(errno));
+      fail(flag, ": cannot start rank ", r, ": ", std::strerror(errno));
     }
     if (pid == 0) {
       ::setpgid(0, 0);
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a killed launcher takes its ranks along
       if (::getppid() != parent) ::_exit(1);
-      const std::string rank = std::to_string(r), world = std::to_string(gpus);
+      const std::string rank = std::to_string(r), world = std::to_string(n);
       ::setenv("RANK", rank.c_str(), 1);
       ::setenv("LOCAL_RANK", rank.c_str(), 1);
       ::setenv("WORLD_SIZE", world.c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", port.c_str(), 1);
       ::setenv("NCCL_NVLS_ENABLE", "0", 1);
+      if (!gpus) ::setenv("OMP_NUM_THREADS", threads.c_str(), 0);
       ::execv(exe.c_str(), argv.data());
-      std::fprintf(stderr, "error: --gpus: cannot run %s: %s\n", exe.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "error: %s: cannot run %s: %s\n", flag, exe.c_str(), std::strerror(errno));
       ::_exit(127);
     }
     g_children[r] = pid;
@@ -106,7 +112,7 @@ void launch_ranks(int gpus, const std::vector<std::string>& args) {
   ::sigaction(SIGINT, &forward, &old_int);
   ::sigaction(SIGTERM, &forward, &old_term);
 
-  int failed_rank = -1, failed_status = 0, left = gpus;
+  int failed_rank = -1, failed_status = 0, left = n;
   while (left > 0) {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, 0);
@@ -115,8 +121,8 @@ void launch_ranks(int gpus, const std::vector<std::string>& args) {
       break;
     }
     int r = 0;
-    while (r < gpus && g_children[r] != pid) r++;
-    if (r == gpus) continue;
+    while (r < n && g_children[r] != pid) r++;
+    if (r == n) continue;
     g_children[r] = 0;
     left--;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
@@ -129,7 +135,7 @@ void launch_ranks(int gpus, const std::vector<std::string>& args) {
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   if (failed_rank >= 0)
-    fail("rank ", failed_rank, " of ", gpus, " ", describe(failed_status),
+    fail("rank ", failed_rank, " of ", n, " ", describe(failed_status),
          " (its error is printed above); the other ranks were stopped");
 }
 

@@ -74,12 +74,11 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   Device& dev = *be.dev;
 
   // ---- ranks: every rank must run the very same resolved config
-  if (env.world_size > 1 && !be.cuda)
-    fail(env.launcher, " launch with ", env.world_size, " ranks needs a GPU per rank, but ",
-         "this run is on the CPU: set train.device=cuda (on a machine with GPUs) or run one process");
-  std::unique_ptr<Comm> nccl;
-  if (env.world_size > 1) nccl = make_nccl_comm(env, fnv1a(cfg.dump()), kRendezvousTimeoutS, dev);
-  Comm& comm = nccl ? *nccl : local_comm();
+  std::unique_ptr<Comm> ranks;
+  if (env.world_size > 1)
+    ranks = be.cuda ? make_nccl_comm(env, fnv1a(cfg.dump()), kRendezvousTimeoutS, dev)
+                    : make_host_comm(env, fnv1a(cfg.dump()), kRendezvousTimeoutS);
+  Comm& comm = ranks ? *ranks : local_comm();
   const bool lead = comm.rank() == 0;  // prints, logs, samples, checkpoints
   if (lead) std::filesystem::create_directories(out_dir);
 
