@@ -46,6 +46,12 @@ class CudaOps final : public Ops<T> {
                          const T* bias, int N, int C) override {
     cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C);
   }
+  void residual_layernorm_forward(T* residual_out, T* out, float* mean, float* rstd,
+                                  const T* a, const T* b, const T* weight, const T* bias, int N,
+                                  int C) override {
+    cuda::residual_layernorm_forward(d(residual_out), d(out), mean, rstd, d(a), d(b), d(weight),
+                                     d(bias), N, C);
+  }
   void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                           const T* weight, const float* mean, const float* rstd, int N,
                           int C) override {
