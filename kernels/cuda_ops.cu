@@ -65,7 +65,8 @@ class CudaOps final : public Ops<T> {
   }
   void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                        const T* weight, const T* pre_gelu, int N, int C, int OC) override {
-    void* s = scratch(cuda::matmul_backward_scratch_bytes(N, OC));
+    // Only dbias needs scratch (the classifier's matmul, with the vocabulary as OC, has none).
+    void* s = dbias ? scratch(cuda::matmul_backward_scratch_bytes(N, OC)) : nullptr;
     cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
                           d(pre_gelu), N, C, OC, s);
   }
