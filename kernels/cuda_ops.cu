@@ -46,6 +46,12 @@ class CudaOps final : public Ops<T> {
                          const T* bias, int N, int C) override {
     cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C);
   }
+  void residual_layernorm_forward(T* residual_out, T* out, float* mean, float* rstd,
+                                  const T* a, const T* b, const T* weight, const T* bias, int N,
+                                  int C) override {
+    cuda::residual_layernorm_forward(d(residual_out), d(out), mean, rstd, d(a), d(b), d(weight),
+                                     d(bias), N, C);
+  }
   void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                           const T* weight, const float* mean, const float* rstd, int N,
                           int C) override {
@@ -59,7 +65,8 @@ class CudaOps final : public Ops<T> {
   }
   void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                        const T* weight, const T* pre_gelu, int N, int C, int OC) override {
-    void* s = scratch(cuda::matmul_backward_scratch_bytes(N, OC));
+    // Only dbias needs scratch (the classifier's matmul, with the vocabulary as OC, has none).
+    void* s = dbias ? scratch(cuda::matmul_backward_scratch_bytes(N, OC)) : nullptr;
     cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
                           d(pre_gelu), N, C, OC, s);
   }

@@ -33,6 +33,9 @@ void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, in
 template <class D>
 void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
                        const D* bias, int N, int C);
+template <class D>
+void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rstd, const D* a,
+                                const D* b, const D* weight, const D* bias, int N, int C);
 size_t layernorm_backward_scratch_bytes(int N, int C);
 template <class D>
 void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,

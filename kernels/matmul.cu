@@ -8,9 +8,19 @@
 // algorithm for an epilogue (e.g. an aux leading dimension that is not a multiple of 8)
 // we fall back to the plain GEMM plus gelu.cu. BGRADB is not used for dbias: it
 // overwrites, while dbias accumulates, so it would need a scratch vector and an extra
-// add; the two-stage column-sum kernel below is deterministic and costs one read of dout.
+// add; the two-stage column-sum kernel below is deterministic and costs one read of dout
+// (16-byte loads where OC allows: 2-byte loads left it far below the memory's bandwidth).
+// cuBLASLt's heuristic query costs tens of microseconds of host time, about as long as a
+// small GEMM runs, so its answer is kept per device and shape for the process. Together
+// the two took the non-classifier matmuls from 17.3 to 15.7 ms of a d12 B 16 T 1024 bf16
+// step (tools/bench_ops, H200; that tool synchronizes around each call, so host time shows).
 // Precision: fp32 uses CUBLAS_COMPUTE_32F (no TF32), so it matches the reference to
 // fp32 rounding; bf16 keeps bf16 in/out with fp32 accumulation.
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "cuda_check.cuh"
 #include "error.hpp"
 #include "kernels.cuh"
@@ -18,7 +28,7 @@
 namespace gpt2::cuda {
 namespace {
 
-constexpr int kRowChunks = 64;
+constexpr int kRowChunks = 128;
 
 template <class D> constexpr cudaDataType_t cuda_type();
 template <> constexpr cudaDataType_t cuda_type<float>() { return CUDA_R_32F; }
@@ -34,6 +44,39 @@ struct Gemm {
   void* aux = nullptr;
   int ldaux = 0;
 };
+
+// The heuristic's first algorithm for a GEMM, or found = false if it has none.
+struct Choice {
+  bool found;
+  cublasLtMatmulAlgo_t algo;
+};
+Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmulDesc_t desc,
+                   cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                   cublasLtMatrixLayout_t ld) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  // Everything the heuristic sees: shapes, layouts, epilogue, workspace (not beta).
+  const auto key = std::make_tuple(device, int(t), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
+                                   g.ldd, int(g.epilogue), g.bias != nullptr, g.ldaux,
+                                   lt.workspace_bytes);
+  static std::mutex mutex;
+  static std::map<decltype(key), Choice> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = cache.find(key); it != cache.end()) return it->second;
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.workspace_bytes,
+      sizeof lt.workspace_bytes));
+  cublasLtMatmulHeuristicResult_t heuristic;
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt.handle, desc, la, lb, ld, ld, pref,
+                                                           1, &heuristic, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  Choice c{hs == CUBLAS_STATUS_SUCCESS && found > 0, {}};
+  if (c.found) c.algo = heuristic.algo;
+  return cache[key] = c;
+}
 
 // Runs the GEMM; returns false (doing nothing) if cuBLASLt has no algorithm for it.
 template <class D>
@@ -61,27 +104,17 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, t, g.m, g.n, g.ldd));
-  cublasLtMatmulPreference_t pref;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.workspace_bytes,
-      sizeof lt.workspace_bytes));
-  cublasLtMatmulHeuristicResult_t heuristic;
-  int found = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt.handle, desc, la, lb, ld, ld, pref,
-                                                           1, &heuristic, &found);
-  bool ok = hs == CUBLAS_STATUS_SUCCESS && found > 0;
-  if (ok) {
+  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld);
+  if (choice.found) {
     const float alpha = 1.f;
     CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
-                                &heuristic.algo, lt.workspace, lt.workspace_bytes, 0));
+                                &choice.algo, lt.workspace, lt.workspace_bytes, 0));
   }
-  cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(ld);
   cublasLtMatrixLayoutDestroy(lb);
   cublasLtMatrixLayoutDestroy(la);
   cublasLtMatmulDescDestroy(desc);
-  return ok;
+  return choice.found;
 }
 
 template <class D>
@@ -110,12 +143,46 @@ __global__ void bias_partial_kernel(float* partial, const D* dout, int N, int OC
   }
 }
 
+// The same with one 16-byte vector of V columns per thread (OC a multiple of V): grid
+// (ceil(OC / (32 V)), kRowChunks), block 32 x 8.
+template <class D>
+__global__ void bias_partial_vec_kernel(float* partial, const D* dout, int N, int OC) {
+  constexpr int V = 16 / int(sizeof(D));
+  __shared__ float s[8][32 * V];
+  const int v = blockIdx.x * 32 + threadIdx.x, c0 = blockIdx.x * 32 * V;
+  const int rows_per_chunk = (N + gridDim.y - 1) / gridDim.y;
+  const int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
+  float sum[V] = {};
+  if (v * V < OC)
+    for (int row = r0 + threadIdx.y; row < r1; row += blockDim.y) {
+      const int4 raw = reinterpret_cast<const int4*>(dout + size_t(row) * OC)[v];
+      const D* e = reinterpret_cast<const D*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; j++) sum[j] += to_f(e[j]);
+    }
+#pragma unroll
+  for (int j = 0; j < V; j++) s[threadIdx.y][threadIdx.x * V + j] = sum[j];
+  __syncthreads();
+  for (int col = threadIdx.y * 32 + threadIdx.x; col < 32 * V; col += 256) {
+    if (c0 + col >= OC) break;
+    float total = 0.f;
+    for (int k = 0; k < 8; k++) total += s[k][col];
+    partial[size_t(blockIdx.y) * OC + c0 + col] = total;
+  }
+}
+
+// grid ceil(OC/32), block 32 x 8: the warps take every 8th chunk and combine in order.
 template <class D>
 __global__ void bias_final_kernel(D* dbias, const float* partial, int chunks, int OC) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= OC) return;
+  __shared__ float s[8][32];
+  const int c = blockIdx.x * 32 + threadIdx.x;
   float sum = 0.f;
-  for (int k = 0; k < chunks; k++) sum += partial[size_t(k) * OC + c];
+  if (c < OC)
+    for (int k = threadIdx.y; k < chunks; k += blockDim.y) sum += partial[size_t(k) * OC + c];
+  s[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= OC) return;
+  for (int k = 1; k < blockDim.y; k++) sum += s[k][threadIdx.x];
   dbias[c] = from_f<D>(to_f(dbias[c]) + sum);
 }
 
@@ -171,10 +238,15 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
   }
   if (dbias) {
     float* partial = static_cast<float*>(scratch);
-    bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8)>>>(partial, dout, N,
-                                                                             OC);
+    constexpr int V = 16 / int(sizeof(D));
+    if (OC % V == 0 && reinterpret_cast<uintptr_t>(dout) % 16 == 0)
+      bias_partial_vec_kernel<<<dim3(ceil_div(OC, 32 * V), kRowChunks), dim3(32, 8)>>>(
+          partial, dout, N, OC);
+    else
+      bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8)>>>(partial, dout,
+                                                                               N, OC);
     CUDA_CHECK_LAUNCH();
-    bias_final_kernel<<<ceil_div(OC, 256), 256>>>(dbias, partial, kRowChunks, OC);
+    bias_final_kernel<<<ceil_div(OC, 32), dim3(32, 8)>>>(dbias, partial, kRowChunks, OC);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -183,32 +183,38 @@ void GPT2<T>::forward_to_lnf(const int* inputs) {
   using K = ParamKind;
   const ModelConfig& c = table.cfg;
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
-  const size_t BTC = size_t(BT) * C;
   train_sink_ = nullptr;  // the activations backward would use are overwritten
   dev_.to_device(inputs_.get(), inputs, BT * sizeof(int));
   ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
+  ops_.layernorm_forward(layer(0).ln1, layer(0).ln1_mean, layer(0).ln1_rstd, encoded_.get(),
+                         param(K::ln1w, 0), param(K::ln1b, 0), BT, C);
+  Stat<T>* lnf_mean = lnf_stats_.get();
   for (int l = 0; l < c.num_layers; l++) {
     const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
     Layer y = layer(l);
-    ops_.layernorm_forward(y.ln1, y.ln1_mean, y.ln1_rstd, residual, param(K::ln1w, l),
-                           param(K::ln1b, l), BT, C);
     ops_.matmul_forward(y.qkv, nullptr, y.ln1, param(K::qkvw, l), param(K::qkvb, l), BT, C,
                         3 * C);
     ops_.attention_forward(y.atty, y.lse, y.qkv, B, Tn, C, NH);
     ops_.matmul_forward(scratch_.get(), nullptr, y.atty, param(K::attprojw, l),
                         param(K::attprojb, l), BT, C, C);
-    ops_.residual_forward(y.residual2, residual, scratch_.get(), BTC);
-    ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
-                           param(K::ln2b, l), BT, C);
+    ops_.residual_layernorm_forward(y.residual2, y.ln2, y.ln2_mean, y.ln2_rstd, residual,
+                                    scratch_.get(), param(K::ln2w, l), param(K::ln2b, l), BT, C);
     ops_.matmul_forward(y.fch, y.fch_gelu, y.ln2, param(K::fcw, l), param(K::fcb, l), BT, C,
                         4 * C);
     ops_.matmul_forward(scratch_.get(), nullptr, y.fch_gelu, param(K::fcprojw, l),
                         param(K::fcprojb, l), BT, 4 * C, C);
-    ops_.residual_forward(y.residual3, y.residual2, scratch_.get(), BTC);
+    // residual3, normalized by the next layer's ln1 or, after the last layer, by lnf.
+    if (l + 1 < c.num_layers) {
+      const Layer next = layer(l + 1);
+      ops_.residual_layernorm_forward(y.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
+                                      y.residual2, scratch_.get(), param(K::ln1w, l + 1),
+                                      param(K::ln1b, l + 1), BT, C);
+    } else {
+      ops_.residual_layernorm_forward(y.residual3, lnf_.get(), lnf_mean, lnf_mean + BT,
+                                      y.residual2, scratch_.get(), param(K::lnfw),
+                                      param(K::lnfb), BT, C);
+    }
   }
-  Stat<T>* lnf_mean = lnf_stats_.get();
-  ops_.layernorm_forward(lnf_.get(), lnf_mean, lnf_mean + BT, layer(c.num_layers - 1).residual3,
-                         param(K::lnfw), param(K::lnfb), BT, C);
 }
 
 template <class T>

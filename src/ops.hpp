@@ -67,6 +67,12 @@ class Ops {
 
   // out = a + b (out may alias a or b).
   virtual void residual_forward(T* out, const T* a, const T* b, size_t n) = 0;
+  // residual_out = a + b (stored as T, may alias a or b), then out = layernorm of the
+  // stored residual_out, exactly as residual_forward followed by layernorm_forward; one
+  // pass over the rows instead of two (llm.c's fused_residual_forward).
+  virtual void residual_layernorm_forward(T* residual_out, T* out, Stat<T>* mean,
+                                          Stat<T>* rstd, const T* a, const T* b,
+                                          const T* weight, const T* bias, int N, int C) = 0;
 
   // Fused softmax + cross-entropy over logits[N, Vp] of which the first V columns are
   // real: losses[i] = -log softmax(logits[i, :V])[targets[i]]. If dloss != 0, logits is

@@ -69,6 +69,10 @@ class ProfiledOps final : public Ops<T> {
   void residual_forward(T* o, const T* a, const T* b, size_t n) override {
     time("residual", [&] { in_.residual_forward(o, a, b, n); });
   }
+  void residual_layernorm_forward(T* ro, T* o, Stat<T>* m, Stat<T>* r, const T* a, const T* b,
+                                  const T* w, const T* bias, int N, int C) override {
+    time("layernorm", [&] { in_.residual_layernorm_forward(ro, o, m, r, a, b, w, bias, N, C); });
+  }
   void classifier(T* l, Stat<T>* ls, const int* t, int N, int V, int Vp, float d) override {
     time("classifier (softmax+CE)", [&] { in_.classifier(l, ls, t, N, V, Vp, d); });
   }

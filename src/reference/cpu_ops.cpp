@@ -86,6 +86,12 @@ void CpuOps::residual_forward(float* out, const float* a, const float* b, size_t
   ref::residual_forward(out, a, b, n);
 }
 
+void CpuOps::residual_layernorm_forward(float* residual_out, float* out, float* mean,
+                                        float* rstd, const float* a, const float* b,
+                                        const float* weight, const float* bias, int N, int C) {
+  ref::residual_layernorm_forward(residual_out, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
 void CpuOps::classifier(float* logits, float* losses, const int* targets, int N, int V, int Vp,
                         float dloss) {
   ref::classifier(logits, losses, targets, N, V, Vp, dloss);

@@ -31,6 +31,9 @@ class CpuOps final : public Ops<float> {
   void gelu_forward(float* out, const float* inp, size_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override;
   void residual_forward(float* out, const float* a, const float* b, size_t n) override;
+  void residual_layernorm_forward(float* residual_out, float* out, float* mean, float* rstd,
+                                  const float* a, const float* b, const float* weight,
+                                  const float* bias, int N, int C) override;
   void classifier(float* logits, float* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override;
 };

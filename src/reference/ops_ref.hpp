@@ -51,6 +51,10 @@ void gelu_backward(S* dinp, const S* inp, const S* dout, size_t n);
 // residual.cpp
 template <class S>
 void residual_forward(S* out, const S* a, const S* b, size_t n);
+// residual_out = a + b, then layernorm_forward of residual_out (see Ops).
+template <class S>
+void residual_layernorm_forward(S* residual_out, S* out, S* mean, S* rstd, const S* a,
+                                const S* b, const S* weight, const S* bias, int N, int C);
 
 // classifier.cpp. Throws gpt2::Error if a target is outside [0, V).
 template <class S>

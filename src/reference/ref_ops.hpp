@@ -48,6 +48,10 @@ class RefOps final : public Ops<S> {
   void residual_forward(S* out, const S* a, const S* b, size_t n) override {
     ref::residual_forward(out, a, b, n);
   }
+  void residual_layernorm_forward(S* res, S* out, S* mean, S* rstd, const S* a, const S* b,
+                                  const S* w, const S* bias, int N, int C) override {
+    ref::residual_layernorm_forward(res, out, mean, rstd, a, b, w, bias, N, C);
+  }
   void classifier(S* logits, S* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override {
     ref::classifier(logits, losses, targets, N, V, Vp, S(dloss));
