@@ -115,7 +115,7 @@ class Adafactor final : public Optimizer<T> {
         scal_(dev, kSlots, MemCategory::workspace, rule.prefix + " scalars") {
     for (const ParamSpec& p : table.params) {
       moments_.push_back(optim::add_second_moment(store_, rule.prefix, p));
-      m1_.push_back(rule.momentum ? store_.add(rule.prefix + ".m1." + p.name, p.numel) : nullptr);
+      m1_.push_back(rule.momentum ? store_.add(p, rule.prefix + ".m1", p.numel) : nullptr);
     }
   }
 

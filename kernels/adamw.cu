@@ -87,8 +87,8 @@ class AdamW final : public Optimizer<T> {
         seed_(seed),
         store_(dev) {
     for (const ParamSpec& p : table.params) {
-      m_.push_back(store_.add("adamw.m." + p.name, p.numel));
-      v_.push_back(store_.add("adamw.v." + p.name, p.numel));
+      m_.push_back(store_.add(p, "adamw.m", p.numel));
+      v_.push_back(store_.add(p, "adamw.v", p.numel));
     }
   }
 

@@ -154,21 +154,21 @@ class Adapprox final : public Optimizer<T> {
       Tensor t;
       if (p.is_matrix()) {
         t.k_max = s_.rule(p).k_max;
-        t.Q = store_.add("adapprox.Q." + p.name, size_t(p.rows) * t.k_max);
-        t.U = store_.add("adapprox.U." + p.name, size_t(p.cols) * t.k_max);
-        t.rank_err = store_.add("adapprox.rank_err." + p.name, 2);
+        t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
+        t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
+        t.rank_err = store_.add(p, "adapprox.rank_err", 2);
         t.rank = s_.initial_rank(p);
         const float k0 = float(t.rank);
-        dev.to_device(t.rank_err, &k0, sizeof(float));
+        if (t.rank_err) dev.to_device(t.rank_err, &k0, sizeof(float));
         largest = std::max(largest, p.numel);
         const int s = thin_cols(p, t.k_max);
         s_max = std::max(s_max, s);
         y = std::max(y, size_t(p.rows) * s), om = std::max(om, size_t(p.cols) * s);
       } else {
-        t.v = store_.add("adapprox.v." + p.name, p.numel);
+        t.v = store_.add(p, "adapprox.v", p.numel);
         vec = std::max(vec, p.numel);
       }
-      if (s_.beta1 > 0) t.m1 = store_.add("adapprox.m1." + p.name, p.numel);
+      if (s_.beta1 > 0) t.m1 = store_.add(p, "adapprox.m1", p.numel);
       tensors_.push_back(t);
     }
     if (largest) V_ = DeviceBuffer<float>(dev, largest, MemCategory::workspace, "adapprox V_t");

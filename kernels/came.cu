@@ -121,11 +121,11 @@ class Came final : public Optimizer<T> {
         scal_(dev, kSlots, MemCategory::workspace, "came scalars") {
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       moments_.push_back(optim::add_second_moment(store_, "came", p));
-      m_.push_back(store_.add("came.m." + p.name, p.numel));
+      m_.push_back(store_.add(p, "came.m", p.numel));
       optim::SecondMoment s;
       if (p.is_matrix()) {
-        s.r = store_.add("came.rr." + p.name, size_t(p.rows));
-        s.c = store_.add("came.rc." + p.name, size_t(p.cols));
+        s.r = store_.add(p, "came.rr", size_t(p.rows));
+        s.c = store_.add(p, "came.rc", size_t(p.cols));
       }
       instability_.push_back(s);
     }

@@ -81,12 +81,21 @@ class NcclComm final : public Comm {
 
   void reduce_grads(const std::vector<GradBuf>& bufs) override {
     if (bufs.empty() || skip_) return;
-    CUDA_CHECK(cudaEventRecord(produced_, 0));
-    CUDA_CHECK(cudaStreamWaitEvent(stream_, produced_, 0));
+    after_compute();
     NCCL_CHECK(ncclGroupStart());
     for (const GradBuf& b : bufs)
       NCCL_CHECK(ncclAllReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, comm_, stream_));
     NCCL_CHECK(ncclGroupEnd());
+  }
+
+  void reduce_to(const GradBuf& b, int owner) override {
+    after_compute();
+    NCCL_CHECK(ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, owner, comm_, stream_));
+  }
+
+  void broadcast(const GradBuf& b, int owner) override {
+    after_compute();
+    NCCL_CHECK(ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), owner, comm_, stream_));
   }
 
   void on_comm_stream(const std::function<void()>& fn) override {
@@ -103,6 +112,11 @@ class NcclComm final : public Comm {
   }
 
  private:
+  // The communication stream goes on only after what the compute stream queued so far.
+  void after_compute() {
+    CUDA_CHECK(cudaEventRecord(produced_, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, produced_, 0));
+  }
   int rank_, world_;
   bool skip_ = false;
   DeviceBuffer<double> scratch_;

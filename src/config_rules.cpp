@@ -77,7 +77,6 @@ const Range kRanges[] = {
     {"train.recompute", 0, false, 2, false},
     {"train.classifier_chunk", 0, false, kInf, true},  // 0: auto
     {"train.threads", 0, false, kInf, true},
-    {"train.gpus", 1, false, kInf, true},
     {"eval.every", 0, false, kInf, true},
     {"eval.batches", 1, false, kInf, true},
     {"sample.every", 0, false, kInf, true},
@@ -110,7 +109,7 @@ const json& at(const json& cfg, const std::string& path) {
   return cfg.at(json::json_pointer(pointer));
 }
 
-// Where the values of `paths` were set, joined: "a.json and --set train.gpus=2".
+// Where the values of `paths` were set, joined: "a.json and --set train.threads=2".
 std::string origin(const ConfigOrigins& origins, std::initializer_list<const char*> paths) {
   std::set<std::string> seen;
   std::string s;
@@ -210,6 +209,11 @@ void check_config_rules(const json& cfg, const ConfigOrigins& origins) {
          ": ", update_text, " cannot clip to train.grad_clip = ",
          shown(at(cfg, "train.grad_clip")),
          " in one backward pass; set train.two_pass_clip=true or train.grad_clip=0");
+  if (flag("train.zero1") && update == "fused")
+    fail(origin(origins, {"train.zero1", "optimizer.update", "optimizer.name"}),
+         ": train.zero1: true shards the optimizer state of after_backward updates, but ",
+         update_text, " updates each tensor inside backward; set optimizer.update=after_backward "
+         "or train.zero1=false");
   if (str("train.device") == "cpu" && str("train.precision") == "bf16")
     fail(origin(origins, {"train.precision", "train.device"}),
          ": train.precision: \"bf16\" is GPU-only but train.device is \"cpu\"; "

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -427,6 +428,11 @@ std::unique_ptr<RankLinks> connect_ranks(const LaunchEnv& env, uint64_t config_h
     join(env, config_hash, timeout_s, &root);
     links->fds_[0] = root.release();
   }
+  // Collectives are request-reply; Nagle's algorithm would hold each small message back
+  // until the last one is acknowledged (tens of ms per round trip).
+  int one = 1;
+  for (int fd : links->fds_)
+    if (fd >= 0) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return links;
 }
 

@@ -42,6 +42,7 @@ struct ParamSpec {
   size_t offset;       // element offset in the parameter buffer
   size_t numel;        // elements the optimizer updates (wte: V x C, padding rows excluded)
   size_t storage;      // elements the tensor occupies in the buffer (wte: Vp x C)
+  bool local = true;   // this rank keeps its optimizer state (false: another rank's ZeRO-1 shard)
   bool is_matrix() const { return rows > 1; }
   bool decay() const { return is_matrix(); }  // llm.c: weight decay on 2-D tensors only
 };

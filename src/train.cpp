@@ -39,11 +39,18 @@ void on_sigint(int) {
 
 uint64_t fnv1a(const std::string& s) { return fnv1a64(s.data(), s.size()); }
 
-// What must not change across a resume: the model, the optimizer and the batch shape.
-uint64_t resume_hash(const json& cfg) {
-  const json key = {cfg["model"], cfg["optimizer"], cfg["data"]["batch_size"],
-                    cfg["data"]["seq_len"], cfg["train"]["seed"]};
+// What must not change across a resume: the model, the optimizer and the batch shape,
+// and, when ZeRO-1 splits the optimizer state into `shards` files, their number.
+uint64_t resume_hash(const json& cfg, int shards) {
+  json key = {cfg["model"], cfg["optimizer"], cfg["data"]["batch_size"],
+              cfg["data"]["seq_len"], cfg["train"]["seed"]};
+  if (shards > 1) key.push_back(shards);
   return fnv1a(key.dump());
+}
+
+// ZeRO-1: rank r > 0 keeps its share of the optimizer state beside rank 0's state file.
+std::string shard_path(const std::string& state_path, int rank) {
+  return rank == 0 ? state_path : cat(state_path, ".rank", rank);
 }
 
 // How long rank 0 waits for the others to arrive (they may still be loading CUDA).
@@ -85,7 +92,10 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   // ---- model, optimizer, update pipeline
   GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>(),
                 tr["classifier_chunk"].get<int>());
-  std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
+  // ZeRO-1: this rank allocates and updates only its tensors' optimizer state.
+  const int shards = tr["zero1"].get<bool>() ? comm.world() : 1;
+  std::unique_ptr<Optimizer<T>> opt =
+      be.optimizer(shards > 1 ? zero1_shard(model.table, shards, comm.rank()) : model.table);
   UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, dev, comm);
   const std::string init_from = cfg["model"]["init_from"].get<std::string>();
   if (init_from.empty()) {
@@ -117,19 +127,31 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
       ModelFile m = load_model(model_path);
       check_model_matches(m, model.table.cfg, model_path);
       pipeline.set_weights(m.params);
-      const std::string state_path = state_path_for(model_path);
+      const std::string state_path = shard_path(state_path_for(model_path), shards > 1 ? comm.rank() : 0);
       TrainState st = load_train_state(state_path, opt->state(), dev);
-      if (st.config_hash != resume_hash(cfg))
-        fail(state_path, " was written with a different model/optimizer/batch config; ",
-             "resume with the same config or pick another checkpoint.dir");
-      train_loader.restore(st.loader, /*from_rank0=*/true);
+      if (st.config_hash != resume_hash(cfg, shards))
+        fail(state_path, " was written with a different model/optimizer/batch config",
+             shards > 1 ? " or number of ZeRO-1 ranks" : "",
+             "; resume with the same config or pick another checkpoint.dir");
+      // A ZeRO-1 shard holds its own rank's data position; otherwise rank 0's is derived from.
+      train_loader.restore(st.loader, /*from_rank0=*/shards == 1);
       start = st.step;
       if (!st.rng.empty()) sample_rng = st.rng[0];
       if (lead) std::printf("resumed from %s at step %lld\n", model_path.c_str(), (long long)start);
     }
   }
-  // Every rank holds the same weights and optimizer state, so rank 0's are the run's.
+  // Every rank holds the same weights and, without ZeRO-1, the same optimizer state, so
+  // rank 0's are the run's. With ZeRO-1 every rank writes its state shard first, and rank
+  // 0 writes the model file (what resume looks for) only once all shards are on disk.
   auto save_checkpoint = [&](int64_t step) {
+    TrainState st{step, resume_hash(cfg, shards), train_loader.state(), {sample_rng}};
+    if (shards > 1) {
+      if (!lead)
+        save_train_state(shard_path(state_checkpoint_path(out_dir, step), comm.rank()), st,
+                         opt->state(), dev);
+      double barrier = 0;
+      comm.all_reduce_sum(&barrier, 1);
+    }
     if (!lead) return;
     const std::string model_path = model_checkpoint_path(out_dir, step);
     // fp32 when there is an fp32 copy of the weights (CPU, fp32 GPU, bf16 with master
@@ -137,7 +159,6 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
     const bool exact = !std::is_same_v<T, bf16> || tr["master_weights"].get<bool>();
     save_model(model_path, model.table.cfg, pipeline.weights().data(), model.table.total,
                exact ? DType::f32 : DType::bf16);
-    TrainState st{step, resume_hash(cfg), train_loader.state(), {sample_rng}};
     save_train_state(state_checkpoint_path(out_dir, step), st, opt->state(), dev);
     std::printf("saved checkpoint %s\n", model_path.c_str());
   };

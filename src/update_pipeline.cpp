@@ -30,6 +30,29 @@ GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world) 
   return {table.get(ParamKind::wte).storage + arena, arena};
 }
 
+std::vector<int> zero1_owners(const ParamTable& table, int world) {
+  std::vector<int> order(table.params.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = int(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return table.params[a].numel > table.params[b].numel;
+  });
+  std::vector<size_t> load(world, 0);
+  std::vector<int> owner(order.size());
+  for (int id : order) {
+    const int r = int(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[id] = r;
+    load[r] += table.params[id].numel;
+  }
+  return owner;
+}
+
+ParamTable zero1_shard(const ParamTable& table, int world, int rank) {
+  ParamTable shard = table;
+  const std::vector<int> owner = zero1_owners(table, world);
+  for (ParamSpec& p : shard.params) p.local = owner[p.id] == rank;
+  return shard;
+}
+
 void CpuGradOps::sum_squares(const float* g, size_t n, int slot) {
   double s = 0;
   for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
@@ -61,10 +84,12 @@ class UpdatePipeline<T>::FullSink final : public GradSink<T> {
         comm_(comm),
         grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
   bool reducing = false;  // the last micro-step of a multi-rank step: gradients are final
+  const std::vector<int>* owners = nullptr;  // ZeRO-1: each gradient goes to its owner only
 
   T* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
   void ready(const ParamSpec& p) override {
     if (!reducing) return;
+    if (owners) return comm_.reduce_to({grad(p), p.storage, dtype_of<T>()}, (*owners)[p.id]);
     if (!queue_.empty() && group_of(p) != queued_group_) flush();
     queue_.push_back({grad(p), p.storage, dtype_of<T>()});
     queued_group_ = group_of(p);
@@ -158,6 +183,9 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   accum_ = tr["grad_accum_steps"].get<int>();
   clip_norm_ = float(resolved_grad_clip(cfg));
   clip_value_ = tr["grad_clip_value"].get<float>();
+  zero1_ = tr["zero1"].get<bool>() && comm.world() > 1;
+  if (zero1_ && fused_) fail("train.zero1 needs optimizer.update = after_backward");
+  if (zero1_) owners_ = zero1_owners(model.table, comm.world());
   // The config check rejects these with a message naming the keys; this guards callers
   // that build a pipeline from an unchecked config.
   if (fused_ && accum_ != 1) fail("fused update needs train.grad_accum_steps = 1");
@@ -170,6 +198,7 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
     fused_sink_ = std::make_unique<FusedSink>(*this, model.table, dev);
   else
     full_ = std::make_unique<FullSink>(model.table, dev, comm);
+  if (zero1_) full_->owners = &owners_;
   const size_t n = size_t(model.batch) * model.seq_len;
   inputs_.resize(n), targets_.resize(n);
 }
@@ -193,8 +222,12 @@ std::vector<float> UpdatePipeline<T>::weights() const {
 
 template <class T>
 double UpdatePipeline<T>::total_norm() {
+  std::vector<double> sq = gops_.take_squares();
+  // ZeRO-1: each rank measured only its own tensors (the others' slots are 0), so the
+  // slots are summed over ranks first; then the id-order sum equals plain data parallel's.
+  if (zero1_) comm_.all_reduce_sum(sq.data(), sq.size());
   double s = 0;
-  for (double x : gops_.take_squares()) s += x;
+  for (double x : sq) s += x;
   return std::sqrt(s);
 }
 
@@ -234,11 +267,21 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     }
     full_->flush();
     comm_.join();
+    auto mine = [&](const ParamSpec& p) { return !zero1_ || owners_[p.id] == comm_.rank(); };
     for (const ParamSpec& p : model_.table.params)
-      gops_.sum_squares(full_->grad(p), p.numel, p.id);
+      if (mine(p)) gops_.sum_squares(full_->grad(p), p.numel, p.id);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
-    for (const ParamSpec& p : model_.table.params) apply(p, full_->grad(p));
+    for (const ParamSpec& p : model_.table.params)
+      if (mine(p)) apply(p, full_->grad(p));
+    if (zero1_) {  // every rank takes each tensor's new weights from its owner
+      for (const ParamSpec& p : model_.table.params) {
+        comm_.broadcast({model_.params() + p.offset, p.storage, dtype_of<T>()}, owners_[p.id]);
+        if (master_.get())
+          comm_.broadcast({master_.get() + p.offset, p.storage, DType::f32}, owners_[p.id]);
+      }
+      comm_.join();
+    }
     return {float(loss_sum / accum_), norm, false};
   }
 

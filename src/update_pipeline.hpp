@@ -40,6 +40,15 @@ struct GradMemoryPlan {
 // group with world > 1 (double-buffered so communication overlaps backward).
 GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world = 1);
 
+// ZeRO-1 (train.zero1, after_backward): which rank keeps each tensor's optimizer state
+// and updates it. Whole tensors, so the factored and low-rank optimizers keep their
+// per-matrix statistics; largest first onto the least-loaded rank (ties: lower rank),
+// so every rank computes the same assignment.
+std::vector<int> zero1_owners(const ParamTable& table, int world);
+// `table` with ParamSpec::local set for the tensors `rank` owns: the optimizer built
+// from it allocates only those tensors' state.
+ParamTable zero1_shard(const ParamTable& table, int world, int rank);
+
 // The gradient arithmetic the pipeline needs from a backend (CPU loops here, CUDA
 // kernels in kernels/grad_ops.cu).
 template <class T>
@@ -71,6 +80,7 @@ class UpdatePipeline {
   // With bf16 weights and train.master_weights, the pipeline keeps the fp32 master
   // copy (MemCategory::master_weights) that the optimizer updates.
   // `comm` averages gradients and losses over ranks (local_comm(): one rank, no-op).
+  // With train.zero1, `opt` must be built from zero1_shard(model.table, world, rank).
   UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>& opt, GradOps<T>& gops,
                  Device& dev, Comm& comm = local_comm());
   ~UpdatePipeline();
@@ -102,7 +112,8 @@ class UpdatePipeline {
   GradOps<T>& gops_;
   Device& dev_;
   Comm& comm_;
-  bool fused_, two_pass_, skip_nan_;
+  bool fused_, two_pass_, skip_nan_, zero1_;
+  std::vector<int> owners_;  // ZeRO-1: the rank that updates each tensor
   int accum_;
   float clip_norm_, clip_value_, clip_coef_ = 1.0f;
   DeviceBuffer<float> master_;

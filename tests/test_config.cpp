@@ -93,8 +93,8 @@ TEST_CASE("--set overrides are typed, nested, and applied after the file in orde
   const json cfg = load_config(path, {"optimizer.lr=0.5", "data.shuffle=false",
                                       "optimizer.name=lomo", "train.grad_clip=0",
                                       "sample.prompt=42", "schedule={\"steps\": 50}",
-                                      "schedule.warmup_steps=1e1", "train.gpus=2",
-                                      "train.gpus=3", "optimizer.adafactor.beta1=null"});
+                                      "schedule.warmup_steps=1e1", "train.threads=2",
+                                      "train.threads=3", "optimizer.adafactor.beta1=null"});
   CHECK(cfg["optimizer"]["lr"].get<double>() == 0.5);
   CHECK(cfg["data"]["shuffle"] == false);
   CHECK(cfg["optimizer"]["name"] == "lomo");
@@ -104,7 +104,7 @@ TEST_CASE("--set overrides are typed, nested, and applied after the file in orde
   CHECK(cfg["schedule"]["decay"] == "cosine");  // an object --set merges, keeps the rest
   CHECK(cfg["schedule"]["warmup_steps"].is_number_integer());  // 1e1 is the integer 10
   CHECK(cfg["schedule"]["warmup_steps"] == 10);
-  CHECK(cfg["train"]["gpus"] == 3);  // the last --set wins
+  CHECK(cfg["train"]["threads"] == 3);  // the last --set wins
   CHECK(cfg["optimizer"]["adafactor"]["beta1"].is_null());
   CHECK(load_config("", {"optimizer.adafactor.beta1=0.9"})["optimizer"]["adafactor"]["beta1"] ==
         0.9);
@@ -195,7 +195,9 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   check_error(error_of("", {"train.recompute=3"}), {"train.recompute", "[0, 2]", "got 3"});
   check_error(error_of("", {"train.classifier_chunk=-8"}),
               {"train.classifier_chunk", ">= 0", "got -8"});
-  check_error(error_of("", {"train.gpus=0"}), {"train.gpus", "got 0"});
+  check_error(error_of("", {"train.threads=-1"}), {"train.threads", "got -1"});
+  check_error(error_of("", {"train.zero1=true", "optimizer.name=adalomo"}),
+              {"train.zero1", "after_backward", "fused"});
   check_error(error_of("", {"eval.every=-1"}), {"eval.every", ">= 0", "-1"});
   check_error(error_of("", {"optimizer.adafactor.beta1=1"}),
               {"optimizer.adafactor.beta1", "null or a number in [0, 1)", "got 1"});

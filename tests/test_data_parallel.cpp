@@ -4,6 +4,7 @@
 // launcher's errors. GPU cases skip with a warning when fewer than 2 GPUs answer.
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -160,6 +161,62 @@ TEST_CASE("CPU ranks without the gradient averaging train another model (the tes
   CHECK(d > 100 * kTolerance);
 }
 
+// ZeRO-1 changes who updates a tensor, not the arithmetic: rank 0 sums gradients in rank
+// order whether it sends the mean to everyone or to the owner, the squared norms are
+// summed in tensor order either way, and each tensor's update reads only its own state.
+// So on CPU ranks the weights must be bit-identical, and the state must really be split.
+TEST_CASE("ZeRO-1 on 2 CPU ranks trains exactly what plain data parallel trains") {
+  const std::vector<std::vector<std::string>> optimizers = {
+      {"optimizer.name=\"adamw\""},
+      {"optimizer.name=\"adafactor\"", "optimizer.adafactor.eps1=1e-10", "optimizer.lr=1e-3"},
+      {"optimizer.name=\"came\"", "optimizer.came.eps1=1e-10", "optimizer.lr=1e-3"},
+      {"optimizer.name=\"adapprox\"", "optimizer.lr=1e-3"},
+  };
+  for (std::vector<std::string> set : optimizers) {
+    INFO(set[0]);
+    set.push_back("optimizer.update=\"after_backward\"");
+    TempDir dir;
+    write_data(dir);
+    const std::vector<float> plain = train_model(dir, "plain", 2, 2, set, "cpu");
+    std::vector<std::string> z = set;
+    z.push_back("train.zero1=true");
+    const std::vector<float> zero1 = train_model(dir, "zero1", 2, 2, z, "cpu");
+    CHECK(plain == zero1);
+    namespace fs = std::filesystem;
+    const std::string state = state_checkpoint_path(dir / "zero1", kSteps);
+    const auto whole = fs::file_size(state_checkpoint_path(dir / "plain", kSteps));
+    const auto shard0 = fs::file_size(state), shard1 = fs::file_size(state + ".rank1");
+    CHECK(shard0 < whole);
+    CHECK(shard1 < whole);
+    CHECK(shard0 + shard1 > whole);  // each shard repeats the header and data position
+  }
+}
+
+TEST_CASE("ZeRO-1 on 2 CPU ranks: a resume ends bit-identical to an uninterrupted run") {
+  TempDir dir;
+  write_data(dir);
+  const std::vector<std::string> set = {"optimizer.name=\"adamw\"",
+                                        "optimizer.update=\"after_backward\"",
+                                        "train.zero1=true", "checkpoint.every=10"};
+  const std::vector<float> uninterrupted = train_model(dir, "run", 2, 2, set, "cpu");
+  const std::string last = model_checkpoint_path(dir / "run", kSteps);
+  std::filesystem::remove(last);
+  std::filesystem::remove(state_checkpoint_path(dir / "run", kSteps));
+  std::filesystem::remove(state_checkpoint_path(dir / "run", kSteps) + ".rank1");
+  std::vector<std::string> resume = set;
+  resume.push_back("checkpoint.resume=true");
+  const CliRun r = run_cli(train_args(dir, "run", 2, 2, resume, "cpu"));
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code() == 0);
+  CHECK_THAT(r.out, Contains("resumed from"));
+  CHECK(load_model(last).params == uninterrupted);
+  // Another number of ranks cannot take these shards (their blob lists differ, which is
+  // checked before the config hash).
+  const CliRun other = run_cli(train_args(dir, "run", 3, 2, resume, "cpu"));
+  CHECK(other.exit_code() == 1);
+  CHECK_THAT(other.err, Contains("state_00000020.bin"));
+}
+
 TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu]") {
   if (!two_gpus()) return;
   // Adafactor's eps1 = 1e-30 lets a gradient that is zero up to rounding (the attention
@@ -181,6 +238,9 @@ TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu]"
        kTolerance},
       {"adamw after_backward, 2 micro-steps",
        {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.grad_accum_steps=2"},
+       kTolerance},
+      {"adamw after_backward, ZeRO-1",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.zero1=true"},
        kTolerance},
       {"adalomo fused", {"optimizer.name=\"adalomo\"", "optimizer.update=\"fused\""}, kTolerance},
       {"adafactor fused", {"optimizer.name=\"adafactor\"", "optimizer.update=\"fused\"", af_eps, af_lr},

@@ -1,6 +1,7 @@
 // The analytic memory plan against what a CPU run really allocates, for every
 // optimizer in both update modes and for classifier chunks, the fused mode's gradient
 // saving, the chunked classifier's logits, and the Adapprox paper table's measured column.
+#include <algorithm>
 #include <sstream>
 
 #include "catch.hpp"
@@ -133,4 +134,34 @@ TEST_CASE("memory --table adapprox --measure: allocated state matches the formul
     }
   }
   CHECK(rows == 7);
+}
+
+TEST_CASE("ZeRO-1 splits the optimizer state over the ranks, whole tensors, balanced") {
+  const json cfg = load_config("", {"model.depth=12", "optimizer.name=\"adamw\""});
+  const ParamTable table(model_config(cfg));
+  const size_t whole = optimizer_state_bytes(cfg, table);
+  size_t largest = 0;
+  for (const ParamSpec& p : table.params) largest = std::max(largest, p.numel);
+  for (int world : {2, 3, 8}) {
+    INFO("world " << world);
+    const std::vector<int> owner = zero1_owners(table, world);
+    REQUIRE(owner.size() == table.params.size());
+    std::vector<size_t> load(world, 0);
+    for (const ParamSpec& p : table.params) {
+      REQUIRE(owner[p.id] >= 0);
+      REQUIRE(owner[p.id] < world);
+      load[owner[p.id]] += p.numel;
+    }
+    const auto [lo, hi] = std::minmax_element(load.begin(), load.end());
+    CHECK(*hi - *lo <= largest);  // greedy largest-first: within one tensor of even
+    CHECK(zero1_owners(table, world) == owner);
+    size_t sum = 0;
+    for (int r = 0; r < world; r++) sum += optimizer_state_bytes(cfg, zero1_shard(table, world, r));
+    CHECK(sum == whole);
+    CHECK(plan_memory(load_config("", {"model.depth=12", "optimizer.name=\"adamw\"",
+                                       "optimizer.update=\"after_backward\"", "train.zero1=true"}),
+                      true, world)
+              .bytes[int(MemCategory::optimizer_state)] ==
+          optimizer_state_bytes(cfg, zero1_shard(table, world, 0)));
+  }
 }

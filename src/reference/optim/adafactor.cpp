@@ -41,7 +41,7 @@ class Adafactor final : public Optimizer<float> {
            "optimizer.adafactor.relative_step = true; set one of them accordingly");
     for (const ParamSpec& p : table.params) {
       moments_.push_back(add_second_moment(store_, "adafactor", p));
-      m1_.push_back(momentum_ ? store_.add("adafactor.m1." + p.name, p.numel) : nullptr);
+      m1_.push_back(momentum_ ? store_.add(p, "adafactor.m1", p.numel) : nullptr);
     }
   }
 

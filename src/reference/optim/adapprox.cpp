@@ -39,15 +39,15 @@ class Adapprox final : public Optimizer<float> {
       Tensor t;
       if (p.is_matrix()) {
         t.k_max = s_.rule(p).k_max;
-        t.Q = store_.add("adapprox.Q." + p.name, size_t(p.rows) * t.k_max);
-        t.U = store_.add("adapprox.U." + p.name, size_t(p.cols) * t.k_max);
-        t.rank_err = store_.add("adapprox.rank_err." + p.name, 2);
-        t.rank_err[0] = float(s_.initial_rank(p));
+        t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
+        t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
+        t.rank_err = store_.add(p, "adapprox.rank_err", 2);
+        if (t.rank_err) t.rank_err[0] = float(s_.initial_rank(p));
         largest = std::max(largest, p.numel);
       } else {
-        t.v = store_.add("adapprox.v." + p.name, p.numel);
+        t.v = store_.add(p, "adapprox.v", p.numel);
       }
-      if (s_.beta1 > 0) t.m1 = store_.add("adapprox.m1." + p.name, p.numel);
+      if (s_.beta1 > 0) t.m1 = store_.add(p, "adapprox.m1", p.numel);
       tensors_.push_back(t);
     }
     if (largest) scratch_ = DeviceBuffer<float>(dev, largest, MemCategory::workspace, "adapprox V_t");

@@ -26,11 +26,11 @@ class Came final : public Optimizer<float> {
         store_(dev) {
     for (const ParamSpec& p : table.params) {
       moments_.push_back(add_second_moment(store_, "came", p));
-      m_.push_back(store_.add("came.m." + p.name, p.numel));
+      m_.push_back(store_.add(p, "came.m", p.numel));
       Instability s;
       if (p.is_matrix()) {
-        s.rr = store_.add("came.rr." + p.name, size_t(p.rows));
-        s.rc = store_.add("came.rc." + p.name, size_t(p.cols));
+        s.rr = store_.add(p, "came.rr", size_t(p.rows));
+        s.rc = store_.add(p, "came.rc", size_t(p.cols));
       }
       instability_.push_back(s);
     }

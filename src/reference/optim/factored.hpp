@@ -75,10 +75,10 @@ inline SecondMoment add_second_moment(StateStore& store, const std::string& pref
                                       const ParamSpec& p) {
   SecondMoment s;
   if (p.is_matrix()) {
-    s.r = store.add(prefix + ".r." + p.name, size_t(p.rows));
-    s.c = store.add(prefix + ".c." + p.name, size_t(p.cols));
+    s.r = store.add(p, prefix + ".r", size_t(p.rows));
+    s.c = store.add(p, prefix + ".c", size_t(p.cols));
   } else {
-    s.v = store.add(prefix + ".v." + p.name, p.numel);
+    s.v = store.add(p, prefix + ".v", p.numel);
   }
   return s;
 }

@@ -40,7 +40,8 @@ std::unique_ptr<Optimizer<float>> make_optimizer(const json& cfg, const ParamTab
 size_t optimizer_state_bytes(const json& cfg, const ParamTable& table) {
   const Entry& e = find(cfg);
   size_t bytes = 0;
-  for (const ParamSpec& p : table.params) bytes += e.state_bytes(cfg, p);
+  for (const ParamSpec& p : table.params)
+    if (p.local) bytes += e.state_bytes(cfg, p);
   return bytes;
 }
 

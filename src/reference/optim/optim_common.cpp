@@ -39,7 +39,9 @@ Common::Common(const json& cfg)
   decay_vectors = v.get<bool>();
 }
 
-float* StateStore::add(const std::string& name, size_t n) {
+float* StateStore::add(const ParamSpec& p, const std::string& what, size_t n) {
+  if (!p.local) return nullptr;
+  const std::string name = what + "." + p.name;
   bufs_.emplace_back(dev_, n, MemCategory::optimizer_state, name);
   names_.push_back(name);
   return bufs_.back().get();

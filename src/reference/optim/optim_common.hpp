@@ -42,7 +42,9 @@ inline double rms(const float* x, size_t n) { return n ? std::sqrt(sum_sq(x, n) 
 class StateStore {
  public:
   explicit StateStore(Device& dev) : dev_(dev) {}
-  float* add(const std::string& name, size_t n);
+  // n floats of tensor p's state, named "<what>.<p.name>" in checkpoints; nullptr when
+  // another rank keeps p's state (ZeRO-1: p.local is false, update() never sees p).
+  float* add(const ParamSpec& p, const std::string& what, size_t n);
   std::vector<StateBlob> blobs() const;
 
  private:
