@@ -3,6 +3,12 @@
 // single rank's window, and the gradients are averaged), in both update modes; and the
 // launcher's errors. GPU cases skip with a warning when fewer than 2 GPUs answer.
 #include <cmath>
+#include <chrono>
+#include <algorithm>
+#include <sstream>
+#include <thread>
+#include <csignal>
+#include <sys/wait.h>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -215,6 +221,98 @@ TEST_CASE("ZeRO-1 on 2 CPU ranks: a resume ends bit-identical to an uninterrupte
   const CliRun other = run_cli(train_args(dir, "run", 3, 2, resume, "cpu"));
   CHECK(other.exit_code() == 1);
   CHECK_THAT(other.err, Contains("state_00000020.bin"));
+}
+
+namespace {
+
+// Starts `train_gpt2 <args>` (through a shell that execs it, so the pid is the launcher)
+// and waits until rank 0's metrics show `steps` steps.
+pid_t start_launch(const TempDir& dir, const std::string& args, int steps) {
+  const std::string cmd = "exec " + train_gpt2_path() + " " + args + " > " + (dir / "out") +
+                          " 2> " + (dir / "err");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  const std::string metrics = dir / "run/metrics.jsonl";
+  for (int i = 0; i < 1200; i++) {
+    std::ifstream f(metrics);
+    std::string all((std::istreambuf_iterator<char>(f)), {});
+    if (std::count(all.begin(), all.end(), '\n') >= steps) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return pid;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// The launcher's children (the ranks), from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::istringstream stat(slurp(e.path() / "stat"));
+    std::string pid, comm, state;
+    pid_t ppid = 0;
+    stat >> pid >> comm >> state >> ppid;  // comm is "(train_gpt2)", no spaces
+    if (ppid == parent) out.push_back(pid_t(std::stoi(pid)));
+  }
+  return out;
+}
+
+const std::vector<std::string> kEndless = {"optimizer.name=\"adamw\"",
+                                           "optimizer.update=\"after_backward\"",
+                                           "schedule.steps=100000"};
+
+}  // namespace
+
+TEST_CASE("--ranks 2: Ctrl-C stops both ranks at one step and rank 0's checkpoint resumes") {
+  TempDir dir;
+  write_data(dir);
+  const pid_t pid = start_launch(dir, train_args(dir, "run", 2, 2, kEndless, "cpu"), 4);
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  INFO(slurp(dir / "out") << slurp(dir / "err"));
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  const std::string saved = latest_checkpoint(dir / "run");
+  REQUIRE_FALSE(saved.empty());
+  CHECK_THAT(slurp(dir / "out"), Contains("interrupted at step") && Contains(saved));
+  const int64_t step = std::stoll(saved.substr(saved.size() - 12, 8));
+  std::vector<std::string> resume = kEndless;
+  resume.push_back("checkpoint.resume=true");
+  resume.push_back("schedule.steps=" + std::to_string(step + 1));
+  const CliRun r = run_cli(train_args(dir, "run", 2, 2, resume, "cpu"));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code() == 0);
+  CHECK_THAT(r.out, Contains("resumed from " + saved));
+}
+
+TEST_CASE("--ranks 2: a rank that dies stops the launch, naming the rank") {
+  TempDir dir;
+  write_data(dir);
+  const pid_t pid = start_launch(dir, train_args(dir, "run", 2, 2, kEndless, "cpu"), 2);
+  std::vector<pid_t> ranks;
+  for (int i = 0; i < 100 && ranks.size() < 2; i++) {
+    ranks = children_of(pid);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE(ranks.size() == 2);
+  // Which child is rank 1 is not known from outside; killing either must name it.
+  kill(ranks[1], SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string err = slurp(dir / "err");
+  INFO(slurp(dir / "out") << err);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK_THAT(err, Contains("was killed by signal 9") && Contains("the other ranks were stopped"));
 }
 
 TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu]") {
