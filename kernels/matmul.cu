@@ -45,6 +45,14 @@ struct Gemm {
   int ldaux = 0;
 };
 
+// The largest power of two (up to 256) that divides a pointer: cuBLASLt's algorithms
+// assume 256-byte-aligned operands unless told otherwise, and row-offset pointers (a
+// classifier chunk, one sampled row) can be less aligned for some channel counts.
+uint32_t alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return uint32_t(std::min<uintptr_t>(256, a & (~a + 1)));
+}
+
 // The heuristic's first algorithm for a GEMM, or found = false if it has none.
 struct Choice {
   bool found;
@@ -52,13 +60,14 @@ struct Choice {
 };
 Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmulDesc_t desc,
                    cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                   cublasLtMatrixLayout_t ld) {
+                   cublasLtMatrixLayout_t ld, const uint32_t (&align)[3]) {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  // Everything the heuristic sees: shapes, layouts, epilogue, workspace (not beta).
+  // Everything the heuristic sees: shapes, layouts, epilogue, workspace, operand
+  // alignment (A, B, C = D), not beta.
   const auto key = std::make_tuple(device, int(t), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
                                    g.ldd, int(g.epilogue), g.bias != nullptr, g.ldaux,
-                                   lt.workspace_bytes);
+                                   lt.workspace_bytes, align[0], align[1], align[2]);
   static std::mutex mutex;
   static std::map<decltype(key), Choice> cache;
   const std::lock_guard<std::mutex> lock(mutex);
@@ -68,6 +77,13 @@ Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmul
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.workspace_bytes,
       sizeof lt.workspace_bytes));
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligned[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[0]},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[1]},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]}};
+  for (const auto& [attr, bytes] : aligned)
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof bytes));
   cublasLtMatmulHeuristicResult_t heuristic;
   int found = 0;
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt.handle, desc, la, lb, ld, ld, pref,
@@ -104,7 +120,8 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, t, g.m, g.n, g.ldd));
-  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld);
+  const uint32_t align[3] = {alignment(a), alignment(b), alignment(d)};
+  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld, align);
   if (choice.found) {
     const float alpha = 1.f;
     CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
