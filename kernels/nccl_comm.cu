@@ -80,8 +80,9 @@ class NcclComm final : public Comm {
   }
 
   void reduce_grads(const std::vector<GradBuf>& bufs) override {
-    if (bufs.empty() || skip_) return;
-    after_compute();
+    if (bufs.empty()) return;
+    after_compute();  // even when skipping: the updates queued behind must see the gradients
+    if (skip_) return;
     NCCL_CHECK(ncclGroupStart());
     for (const GradBuf& b : bufs)
       NCCL_CHECK(ncclAllReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, comm_, stream_));

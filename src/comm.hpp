@@ -41,9 +41,9 @@ class Comm {
   // Replaces each buffer by its average over ranks, as one group on the communication
   // stream, after the compute stream's queued work (which produced the buffers).
   virtual void reduce_grads(const std::vector<GradBuf>& bufs) = 0;
-  // ZeRO-1: `owner` gets b's average over ranks (the others' b is left undefined), and
-  // b on every rank becomes `owner`'s b; both on the communication stream like
-  // reduce_grads.
+  // ZeRO-1, both on the communication stream like reduce_grads: reduce_to leaves b's
+  // average over ranks in `owner`'s b (the others' b is undefined afterwards);
+  // broadcast makes every rank's b a copy of `owner`'s.
   virtual void reduce_to(const GradBuf& b, int owner) = 0;
   virtual void broadcast(const GradBuf& b, int owner) = 0;
   // Runs fn with update_stream() = the communication stream, so the kernels fn launches

@@ -1,5 +1,6 @@
 #include "memory_plan.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -30,10 +31,14 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   b[int(MemCategory::grads)] = grad_memory_plan(table, fused, world).grad_elems * p.elem_size;
   // NCCL's scratch for host values; CPU ranks talk over sockets and allocate nothing.
   if (world > 1 && cuda) b[int(MemCategory::communication)] = kCommScratchDoubles * sizeof(double);
-  // ZeRO-1: rank 0's share of the optimizer state (the other ranks' differ by a tensor).
-  const bool zero1 = tr["zero1"].get<bool>() && world > 1;
-  b[int(MemCategory::optimizer_state)] =
-      optimizer_state_bytes(cfg, zero1 ? zero1_shard(table, world, 0) : table);
+  // ZeRO-1: the largest rank's share of the optimizer state (the plan is per GPU).
+  size_t state = optimizer_state_bytes(cfg, table);
+  if (tr["zero1"].get<bool>() && world > 1) {
+    state = 0;
+    for (int r = 0; r < world; r++)
+      state = std::max(state, optimizer_state_bytes(cfg, zero1_shard(table, world, r)));
+  }
+  b[int(MemCategory::optimizer_state)] = state;
   const int B = cfg["data"]["batch_size"].get<int>(), T = cfg["data"]["seq_len"].get<int>();
   const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,
                                           p.elem_size, cuda);

@@ -87,7 +87,8 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
                     : make_host_comm(env, fnv1a(cfg.dump()), kRendezvousTimeoutS);
   Comm& comm = ranks ? *ranks : local_comm();
   const bool lead = comm.rank() == 0;  // prints, logs, samples, checkpoints
-  if (lead) std::filesystem::create_directories(out_dir);
+  // Every rank: ZeRO-1 ranks write their state shards there too.
+  std::filesystem::create_directories(out_dir);
 
   // ---- model, optimizer, update pipeline
   GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>(),
@@ -128,7 +129,14 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
       check_model_matches(m, model.table.cfg, model_path);
       pipeline.set_weights(m.params);
       const std::string state_path = shard_path(state_path_for(model_path), shards > 1 ? comm.rank() : 0);
-      TrainState st = load_train_state(state_path, opt->state(), dev);
+      TrainState st;
+      try {
+        st = load_train_state(state_path, opt->state(), dev);
+      } catch (const Error& e) {
+        if (shards == 1) throw;
+        fail(e.what(), " (ZeRO-1 state shards resume only with the number of ranks that wrote "
+             "them)");
+      }
       if (st.config_hash != resume_hash(cfg, shards))
         fail(state_path, " was written with a different model/optimizer/batch config",
              shards > 1 ? " or number of ZeRO-1 ranks" : "",
@@ -139,6 +147,16 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
       if (!st.rng.empty()) sample_rng = st.rng[0];
       if (lead) std::printf("resumed from %s at step %lld\n", model_path.c_str(), (long long)start);
     }
+  }
+  // Ranks that resumed from different steps (checkpoint.dir not shared between nodes)
+  // would run different loops and hang in a collective: all equal iff sum^2 = world * sum of squares.
+  if (comm.world() > 1) {
+    double s[2] = {double(start), double(start) * double(start)};
+    comm.all_reduce_sum(s, 2);
+    if (s[0] * s[0] != comm.world() * s[1])
+      fail("rank ", comm.rank(), " starts at step ", start, " but the ranks do not agree (mean ",
+           s[0] / comm.world(), "): checkpoint.dir (", out_dir,
+           ") must show every rank the same checkpoints; put it on a shared filesystem");
   }
   // Every rank holds the same weights and, without ZeRO-1, the same optimizer state, so
   // rank 0's are the run's. With ZeRO-1 every rank writes its state shard first, and rank
