@@ -4,7 +4,8 @@
 // only ever by events. Gradients are averaged with ncclAvg in their own dtype (bf16
 // gradients as ncclBfloat16), in place.
 //
-// TRAIN_GPT2_SKIP_GRAD_REDUCE=1 turns reduce_grads into a no-op: the ranks then drift
+// TRAIN_GPT2_SKIP_GRAD_REDUCE=1 turns reduce_grads (and ZeRO-1's reduce_to and
+// broadcast) into no-ops, ordering kept: the ranks then drift
 // apart, but the step time shows what communication costs that backward does not hide
 // (tools/bench_dp.sh). Nothing else reads it.
 #include <nccl.h>
@@ -91,11 +92,13 @@ class NcclComm final : public Comm {
 
   void reduce_to(const GradBuf& b, int owner) override {
     after_compute();
+    if (skip_) return;
     NCCL_CHECK(ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, owner, comm_, stream_));
   }
 
   void broadcast(const GradBuf& b, int owner) override {
     after_compute();
+    if (skip_) return;
     NCCL_CHECK(ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), owner, comm_, stream_));
   }
 

@@ -4,7 +4,8 @@
 // Rank 0 is the hub: it gathers every rank's values, sums them in rank order (so the
 // result does not depend on arrival order) and sends the result back. Slow for big
 // models (2 x world x bytes through rank 0 per reduction), which the CPU never trains.
-// TRAIN_GPT2_SKIP_GRAD_REDUCE=1 skips the gradient averaging, as in kernels/nccl_comm.cu.
+// TRAIN_GPT2_SKIP_GRAD_REDUCE=1 skips the gradient averaging and ZeRO-1's reduce and
+// broadcast, as in kernels/nccl_comm.cu.
 #include <cstdlib>
 #include <cstring>
 
@@ -35,6 +36,7 @@ class HostComm final : public Comm {
   }
 
   void reduce_to(const GradBuf& b, int owner) override {
+    if (skip_) return;
     if (b.dtype != DType::f32) fail("internal: CPU ranks average fp32 gradients only");
     float* x = static_cast<float*>(b.data);
     gather_sum(x, b.n, true);
@@ -44,6 +46,7 @@ class HostComm final : public Comm {
   }
 
   void broadcast(const GradBuf& b, int owner) override {
+    if (skip_) return;
     const size_t bytes = b.n * (b.dtype == DType::f32 ? 4 : 2);
     if (owner != 0) {
       if (rank() == owner) links_->send(0, b.data, bytes);
