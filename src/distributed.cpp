@@ -159,29 +159,39 @@ bool wait_for(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-void send_all(int fd, const std::vector<uint8_t>& bytes, const std::string& context) {
+void send_all(int fd, const void* data, size_t n, const std::string& context) {
+  const uint8_t* bytes = static_cast<const uint8_t*>(data);
   size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail(context, ": send failed: ", std::strerror(errno));
-    done += static_cast<size_t>(n);
+  while (done < n) {
+    ssize_t sent = ::send(fd, bytes + done, n - done, MSG_NOSIGNAL);
+    if (sent < 0 && errno == EINTR) continue;
+    if (sent <= 0) fail(context, ": send failed: ", std::strerror(errno));
+    done += static_cast<size_t>(sent);
   }
 }
+void send_all(int fd, const std::vector<uint8_t>& bytes, const std::string& context) {
+  send_all(fd, bytes.data(), bytes.size(), context);
+}
 
-// Reads exactly n bytes; throws naming `context` on timeout or when the other side hangs up.
-std::vector<uint8_t> recv_exact(int fd, size_t n, Clock::time_point deadline,
-                                const std::string& context) {
-  std::vector<uint8_t> out(n);
+// Reads exactly n bytes into out; throws naming `context` on timeout or when the other
+// side hangs up.
+void recv_into(int fd, void* out, size_t n, Clock::time_point deadline,
+               const std::string& context) {
+  uint8_t* bytes = static_cast<uint8_t*>(out);
   size_t done = 0;
   while (done < n) {
     if (!wait_for(fd, POLLIN, deadline)) fail(context, ": timed out");
-    ssize_t got = ::recv(fd, out.data() + done, n - done, 0);
+    ssize_t got = ::recv(fd, bytes + done, n - done, 0);
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) fail(context, ": ", std::strerror(errno));
     if (got == 0) fail(context, ": connection closed");
     done += static_cast<size_t>(got);
   }
+}
+std::vector<uint8_t> recv_exact(int fd, size_t n, Clock::time_point deadline,
+                                const std::string& context) {
+  std::vector<uint8_t> out(n);
+  recv_into(fd, out.data(), n, deadline, context);
   return out;
 }
 
@@ -401,18 +411,15 @@ int RankLinks::link(int peer) const {
 }
 
 void RankLinks::send(int peer, const void* data, size_t bytes) {
-  const uint8_t* p = static_cast<const uint8_t*>(data);
-  send_all(link(peer), std::vector<uint8_t>(p, p + bytes),
+  send_all(link(peer), data, bytes,
            cat("rank ", rank_, " sending to rank ", peer, " (did it stop? its log says why)"));
 }
 
 void RankLinks::recv(int peer, void* data, size_t bytes) {
   // Ranks do the same work between collectives, so a long wait means a stuck rank.
   const auto deadline = Clock::now() + std::chrono::minutes(10);
-  const std::vector<uint8_t> got = recv_exact(
-      link(peer), bytes, deadline,
-      cat("rank ", rank_, " waiting for rank ", peer, " (did it stop? its log says why)"));
-  std::memcpy(data, got.data(), bytes);
+  recv_into(link(peer), data, bytes, deadline,
+            cat("rank ", rank_, " waiting for rank ", peer, " (did it stop? its log says why)"));
 }
 
 std::unique_ptr<RankLinks> connect_ranks(const LaunchEnv& env, uint64_t config_hash,
