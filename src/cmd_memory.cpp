@@ -7,6 +7,7 @@
 //   train_gpt2 memory --model d12 --optimizer adalomo --gpus 8   (per GPU, data parallel)
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "commands.hpp"
 #include "error.hpp"
@@ -108,6 +109,7 @@ void print_adapprox_table(bool measure, const std::string& device) {
   const char* cols = measure ? "ours measured paper delta" : "ours paper delta";
   std::printf("%-6s %-12s | with first moment: %s | without first moment: %s\n", "model",
               "rank", cols, cols);
+  std::map<int, double> adamw_measured;  // per depth: AdamW's state is the same on every row
   for (const Row& r : rows) {
     const std::vector<std::string> base = {cat("model.depth=", r.depth),
                                            "train.device=\"" + device + "\""};
@@ -116,7 +118,8 @@ void print_adapprox_table(bool measure, const std::string& device) {
     const json adamw = load_config("", o);
     const ParamTable t(model_config(adamw));
     const double adamw_bytes = double(optimizer_state_bytes(adamw, t));
-    const double adamw_measured = measure ? double(measured_state_bytes(adamw)) : 0;
+    if (measure && !adamw_measured.count(r.depth))
+      adamw_measured[r.depth] = double(measured_state_bytes(adamw));
     std::string cells[2];
     for (int m1 = 0; m1 < 2; m1++) {
       o = base;
@@ -131,7 +134,8 @@ void print_adapprox_table(bool measure, const std::string& device) {
       int n = std::snprintf(c, sizeof c, "%6.1f%%", ours);
       if (measure)
         n += std::snprintf(c + n, sizeof c - n, " %6.1f%%",
-                           100.0 * (1.0 - double(measured_state_bytes(ada)) / adamw_measured));
+                           100.0 * (1.0 - double(measured_state_bytes(ada)) /
+                                            adamw_measured.at(r.depth)));
       if (std::isnan(paper)) std::snprintf(c + n, sizeof c - n, " %6s %7s", "-", "-");
       else std::snprintf(c + n, sizeof c - n, " %5.1f%% %+5.1fpp", paper, ours - paper);
       cells[m1] = c;

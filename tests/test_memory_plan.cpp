@@ -114,7 +114,7 @@ TEST_CASE("bf16 GPU plan: 2-byte params and grads, fp32 master weights and state
 
 // The Adapprox paper table's measured column: every optimizer built for real on the CPU,
 // its state read from the ledger, must give the same saving as the formula column.
-// (Allocates AdamW and Adapprox state for 117M and 345M: ~15 s of zero-filling here.)
+// (Allocates AdamW and Adapprox state for 117M and 345M: ~8 s of zero-filling here.)
 TEST_CASE("memory --table adapprox --measure: allocated state matches the formula") {
   const CliRun r = run_cli("memory --table adapprox --measure --device cpu");
   REQUIRE(r.exit_code() == 0);
