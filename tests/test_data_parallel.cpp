@@ -1,18 +1,20 @@
-// Data parallel training end to end through the real binary: `--gpus 2` at batch B must
-// train the same model as one GPU at batch 2B (the ranks' windows together are the
-// single rank's window, and the gradients are averaged), in both update modes; and the
-// launcher's errors. GPU cases skip with a warning when fewer than 2 GPUs answer.
-#include <cmath>
-#include <chrono>
-#include <algorithm>
-#include <sstream>
-#include <thread>
-#include <csignal>
+// Data parallel training end to end through the real binary: 2 ranks (`--gpus 2`, or
+// CPU ranks with `--ranks 2`) at batch B must train the same model as one rank at batch
+// 2B (the ranks' windows together are the single rank's window, and the gradients are
+// averaged), in both update modes; ZeRO-1 the same as plain data parallel; and the
+// launcher's errors, Ctrl-C and rank failures. GPU cases skip with a warning when fewer
+// than 2 GPUs answer.
 #include <sys/wait.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
+#include <thread>
 
 #include "backend.hpp"
 #include "catch.hpp"
@@ -235,19 +237,8 @@ pid_t start_launch(const TempDir& dir, const std::string& args, int steps) {
     execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
     _exit(127);
   }
-  const std::string metrics = dir / "run/metrics.jsonl";
-  for (int i = 0; i < 1200; i++) {
-    std::ifstream f(metrics);
-    std::string all((std::istreambuf_iterator<char>(f)), {});
-    if (std::count(all.begin(), all.end(), '\n') >= steps) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_for_lines(dir / "run/metrics.jsonl", steps);
   return pid;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  return std::string((std::istreambuf_iterator<char>(f)), {});
 }
 
 // The launcher's children (the ranks), from /proc.

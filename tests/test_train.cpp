@@ -4,12 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <sstream>
-#include <thread>
 
 #include "catch.hpp"
 #include "checkpoint.hpp"
@@ -21,13 +18,6 @@
 using namespace gpt2;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 json tiny_run(const TempDir& dir, std::vector<std::string> extra = {}) {
   std::mt19937 rng(1);
@@ -129,14 +119,7 @@ TEST_CASE("Ctrl-C saves a checkpoint at the step reached and exits cleanly") {
     execl(exe.c_str(), exe.c_str(), "train", config.c_str(), (char*)nullptr);
     _exit(127);
   }
-  // Interrupt once a few steps are done.
-  const std::string metrics = dir / "run/metrics.jsonl";
-  for (int i = 0; i < 600; i++) {
-    std::ifstream f(metrics);
-    std::string all((std::istreambuf_iterator<char>(f)), {});
-    if (std::count(all.begin(), all.end(), '\n') >= 4) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_for_lines(dir / "run/metrics.jsonl", 4);  // interrupt once a few steps are done
   kill(pid, SIGINT);
   int status = 0;
   waitpid(pid, &status, 0);
