@@ -306,7 +306,7 @@ TEST_CASE("--ranks 2: a rank that dies stops the launch, naming the rank") {
   CHECK_THAT(err, Contains("was killed by signal 9") && Contains("the other ranks were stopped"));
 }
 
-TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu]") {
+TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu][2gpus]") {
   if (!two_gpus()) return;
   // Adafactor's eps1 = 1e-30 lets a gradient that is zero up to rounding (the attention
   // key bias) take full-size sign-like steps: on the CPU, 1 x 4 rows vs 2 micro-steps x 2
@@ -358,7 +358,7 @@ TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu]"
   }
 }
 
-TEST_CASE("without the all-reduce the ranks train another model (the test can fail)", "[gpu]") {
+TEST_CASE("without the all-reduce the ranks train another model (the test can fail)", "[gpu][2gpus]") {
   if (!two_gpus()) return;
   TempDir dir;
   write_data(dir);
@@ -373,7 +373,7 @@ TEST_CASE("without the all-reduce the ranks train another model (the test can fa
   CHECK(d > 100 * kTolerance);
 }
 
-TEST_CASE("2 ranks: one log, and a resume ends bit-identical to an uninterrupted run", "[gpu]") {
+TEST_CASE("2 ranks: one log, and a resume ends bit-identical to an uninterrupted run", "[gpu][2gpus]") {
   if (!two_gpus()) return;
   TempDir dir;
   write_data(dir);
