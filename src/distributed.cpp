@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -221,6 +222,12 @@ std::vector<uint8_t> reply(bool ok, const std::vector<uint8_t>& payload) {
 }
 
 Socket listen_on(int port) {
+  // `train --gpus N` / `--ranks N` bound and listens on the port already (launch_ranks.cpp).
+  if (const char* fd = std::getenv("TRAIN_GPT2_LISTEN_FD")) {
+    Socket inherited(std::atoi(fd));
+    ::unsetenv("TRAIN_GPT2_LISTEN_FD");
+    return inherited;
+  }
   Socket s(::socket(AF_INET, SOCK_STREAM, 0));
   if (!s.open()) fail("rank 0: cannot create a socket: ", std::strerror(errno));
   // A restarted job reuses the port while the last run's connections sit in TIME_WAIT.

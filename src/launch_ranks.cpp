@@ -29,20 +29,26 @@ void forward_signal(int sig) {
     if (p > 0) ::kill(p, sig);
 }
 
-// A port the kernel just handed out and nobody is listening on. Another program could
-// take it before rank 0 binds it; rank 0's error then says to retry.
-int free_port() {
+// A socket already listening on a port the kernel chose, handed to rank 0 (which
+// inherits it) through TRAIN_GPT2_LISTEN_FD: choosing a free port and letting rank 0 bind
+// it later lost the race to other programs (seen on the GPU machine as "Address already
+// in use").
+struct Listener {
+  int fd;
+  int port;
+};
+Listener listen_on_free_port() {
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) fail("cannot create a socket to find a free port: ", std::strerror(errno));
+  if (s < 0) fail("cannot create a socket for the ranks' rendezvous: ", std::strerror(errno));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof addr;
   const bool ok = ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                  ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  ::close(s);
-  if (!ok) fail("cannot find a free port on 127.0.0.1: ", std::strerror(errno));
-  return ntohs(addr.sin_port);
+                  ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+                  ::listen(s, 128) == 0;
+  if (!ok) fail("cannot listen on a free port on 127.0.0.1: ", std::strerror(errno));
+  return {s, ntohs(addr.sin_port)};
 }
 
 std::string describe(int status) {
@@ -72,7 +78,8 @@ void launch_ranks(int n, const std::vector<std::string>& args, bool gpus) {
   const std::string threads = std::to_string(std::max(1u, std::thread::hardware_concurrency() / unsigned(n)));
 
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string port = std::to_string(free_port());
+  const Listener listener = listen_on_free_port();
+  const std::string port = std::to_string(listener.port), listen_fd = std::to_string(listener.fd);
   std::vector<std::string> argv_s = {exe};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -98,6 +105,10 @@ void launch_ranks(int n, const std::vector<std::string>& args, bool gpus) {
       ::setenv("WORLD_SIZE", world.c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", port.c_str(), 1);
+      if (r == 0)
+        ::setenv("TRAIN_GPT2_LISTEN_FD", listen_fd.c_str(), 1);
+      else
+        ::close(listener.fd);
       ::setenv("NCCL_NVLS_ENABLE", "0", 1);
       if (!gpus) ::setenv("OMP_NUM_THREADS", threads.c_str(), 0);
       ::execv(exe.c_str(), argv.data());
@@ -106,6 +117,7 @@ void launch_ranks(int n, const std::vector<std::string>& args, bool gpus) {
     }
     g_children[r] = pid;
   }
+  ::close(listener.fd);  // rank 0 holds it now
   struct sigaction forward{}, old_int{}, old_term{};
   forward.sa_handler = forward_signal;
   sigemptyset(&forward.sa_mask);
