@@ -18,13 +18,19 @@ int group_of(const ParamSpec& p) {
   return p.kind == ParamKind::wpe ? -2 : -1;
 }
 
+// Arena elements of each group, indexed by group_of(p) + 2.
+std::vector<size_t> group_sizes(const ParamTable& table) {
+  std::vector<size_t> size(table.cfg.num_layers + 2, 0);
+  for (const ParamSpec& p : table.params)
+    if (p.kind != ParamKind::wte) size[group_of(p) + 2] += p.storage;
+  return size;
+}
+
 }  // namespace
 
 GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world) {
   if (!fused) return {table.total, 0};
-  std::vector<size_t> group_size(table.cfg.num_layers + 2, 0);
-  for (const ParamSpec& p : table.params)
-    if (p.kind != ParamKind::wte) group_size[group_of(p) + 2] += p.storage;
+  const std::vector<size_t> group_size = group_sizes(table);
   const size_t largest = *std::max_element(group_size.begin(), group_size.end());
   const size_t arena = largest * (world > 1 ? 2 : 1);
   return {table.get(ParamKind::wte).storage + arena, arena};
@@ -122,25 +128,31 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
         arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
-        half_elems_(arena_.size() / halves_) {}
+        half_elems_(arena_.size() / halves_),
+        group_size_(group_sizes(table)) {}
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
   T* grad(const ParamSpec& p) override {
     T* g;
+    // Gradients accumulate, so they start at zero: wte alone, a group with one memset
+    // when its first tensor is asked for (one per tensor cost ~150 launches a step).
     if (p.kind == ParamKind::wte) {
       g = wte_.get();
+      dev_.zero(g, p.storage * sizeof(T));
     } else {
+      T* half = arena_.get() + half_ * half_elems_;
       if (group_of(p) != group_) {
         if (pending_ != 0) fail("internal: arena reused while ", pending_, " gradients pending");
         group_ = group_of(p), used_ = 0;
         half_ = (half_ + 1) % halves_;
+        half = arena_.get() + half_ * half_elems_;
         pipe_.comm_.wait_mark(half_);  // the updates that last read this half are done
+        dev_.zero(half, group_size_[group_ + 2] * sizeof(T));
       }
-      g = arena_.get() + half_ * half_elems_ + used_;
+      g = half + used_;
       used_ += p.storage;
       pending_++;
     }
-    dev_.zero(g, p.storage * sizeof(T));
     slot_[p.id] = g;
     return g;
   }
@@ -167,6 +179,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   const int halves_;
   DeviceBuffer<T> wte_, arena_;
   const size_t half_elems_;
+  const std::vector<size_t> group_size_;
   std::map<int, T*> slot_;
   int group_ = -3, pending_ = 0, half_ = 0;
   size_t used_ = 0;
