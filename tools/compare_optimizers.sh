@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Trains the quickstart model with each of the six optimizers for the same number of
-# steps and prints a table of val loss.
+# steps and prints a table of val loss. Warmup is a tenth of the steps, whatever the
+# config says (gpt2-124m.json's 700 would not fit a short comparison).
 # Usage: tools/compare_optimizers.sh [steps] ["optimizer names"]
 # CONFIG=configs/gpt2-124m.json EXTRA="--set data.batch_size=16" for another run.
 # (run `make data` first). Each optimizer gets the learning rate that suits its update
@@ -17,6 +18,7 @@ for opt in $only; do
   log=$(mktemp)
   if ! "$bin" train "$config" --set optimizer.name="\"$opt\"" "${extra[@]}" \
       --set optimizer.lr=${lr[$opt]} --set schedule.steps=$steps --set eval.every=$steps \
+      --set schedule.warmup_steps=$((steps / 10)) \
       --set sample.every=0 --set checkpoint.dir="\"runs/compare-$opt\"" \
       --set log.progress='"off"' > "$log" 2>&1; then
     printf "| %s | | %s | | %s | |\n" "$opt" "${lr[$opt]}" "$(tail -1 "$log")"

@@ -2,7 +2,8 @@
 # Builds everything for Hopper and runs the GPU tests and benchmarks on a GPU machine,
 # writing logs to the folder given as $1 (default gpu_suite_logs/). Parts, by $SUITE:
 #   tests    ctest, every entry (the data-parallel [gpu] cases need 2 GPUs, else skip)
-#   bench    bench_ops (per-op time), bench_attention, bench_optimizers, and bench_train:
+#   bench    bench_ops (per-op time), bench_attention, bench_optimizers, bench_matmul
+#            (cuBLASLt's first heuristic choice against its other candidates), and bench_train:
 #            d12/d24 x B 16/32/64 AdamW (issue 6's table), then d12 B16 fused AdaLomo
 #            without master weights, recompute 1 (issue 7's memory goal) beside AdamW
 #   memory   tools/memory_table.sh 16 and `memory --table adapprox --measure`
@@ -27,7 +28,7 @@ fi
 if [[ $suite == *bench* ]]; then
   timeout 120 $bin/bench_ops --model d12 --batch 16 --seq 1024 --steps 5 > "$out/bench_ops.log" 2>&1
   tail -14 "$out/bench_ops.log"
-  for b in bench_attention bench_optimizers; do
+  for b in bench_attention bench_optimizers bench_matmul; do
     timeout 120 $bin/$b > "$out/$b.log" 2>&1; tail -12 "$out/$b.log"
   done
   timeout 300 $bin/bench_train > "$out/bench_train.log" 2>&1; tail -8 "$out/bench_train.log"
@@ -36,7 +37,7 @@ if [[ $suite == *bench* ]]; then
   timeout 120 $bin/bench_train --models 12 --batches 16 --steps 13 \
     --set optimizer.name=adalomo --set optimizer.update=fused --set optimizer.lr=0.1 \
     --set train.master_weights=false --set train.recompute=1 > "$out/bench_adalomo_lowmem.log" 2>&1
-  tail -3 "$out/bench_adamw_d12.log" "$out/bench_adalomo_lowmem.log"
+  tail -n 3 "$out/bench_adamw_d12.log" "$out/bench_adalomo_lowmem.log"
 fi
 if [[ $suite == *memory* ]]; then
   BIN=$bin/train_gpt2 timeout 400 tools/memory_table.sh 16 > "$out/memory_table.md" 2>&1
