@@ -18,9 +18,10 @@
 // backward is deterministic. All math is fp32 (bf16 only as storage); exp is the
 // accurate expf so fp32 results match the reference to rounding.
 // These FMA kernels are the exact path (fp32, and bf16 with head sizes other than 64);
-// bf16 with HS = 64 runs on tensor cores (attention_mma.cu). Measured on an H200 at B 8,
-// T 1024, 12 heads of 64 (tools/bench_attention.cpp): forward 1.21 ms, backward 4.43 ms in
-// bf16 (11 and 7 TFLOP/s) against 0.088 and 0.284 ms on tensor cores.
+// bf16 with HS = 64 runs on tensor cores (attention_mma.cu, whose dq kernel computes delta
+// itself). Measured on an H200 at B 8, T 1024, 12 heads of 64 (tools/bench_attention.cpp):
+// forward 1.19 ms, backward 4.43 ms in bf16 (11 and 7 TFLOP/s) against 0.075 and 0.222 ms
+// on tensor cores.
 #include <type_traits>
 
 #include "cuda_check.cuh"
@@ -312,10 +313,8 @@ void attention_backward(D* dqkv, const D* dout, const D* qkv, const D* out, cons
   if (!mma_head_size<D>(C, NH))
     return attention_backward_fma(dqkv, dout, qkv, out, lse, B, T, C, NH, scratch);
   if (B == 0 || T == 0) return;
-  float* delta = static_cast<float*>(scratch);
-  delta_forward(delta, dout, out, B, T, C, NH);
   if constexpr (std::is_same_v<D, __nv_bfloat16>)
-    attention_backward_mma(dqkv, dout, qkv, lse, delta, B, T, C, NH);
+    attention_backward_mma(dqkv, static_cast<float*>(scratch), dout, qkv, out, lse, B, T, C, NH);
 }
 
 #define INSTANTIATE(D)                                                                      \

@@ -2,9 +2,9 @@
 // contract as attention.cu, which dispatches here for bf16 with HS = 64 and keeps the
 // exact FMA kernels for fp32 and other head sizes.
 //
-// Launch shape: grid (ceil(T/64), NH, B), 128 threads = 4 warps. A block owns a 64-row
+// Launch shape: grid (NH * B, ceil(T/64)), 128 threads = 4 warps. A block owns a 64-row
 // tile (queries in forward and dq, keys in dkdv); each warp owns 16 of those rows and keeps
-// them and their accumulators in registers for the whole kernel. The other operands stream
+// their accumulators in registers for the whole kernel. The other operands stream
 // through shared memory in 64-row tiles, double-buffered with cp.async so the next tile's
 // load overlaps this tile's math. Every product is mma.sync m16n8k16 (bf16 in, fp32
 // accumulate) fed by ldmatrix (.trans where the operand is needed transposed); shared rows
@@ -14,21 +14,31 @@
 // product into the PV product without leaving registers (likewise dS into dS K, and P^T,
 // dS^T in dkdv). The softmax works in base 2: scores are scaled by log2(e)/sqrt(HS) so each
 // exp is one ex2. Tiles above the causal diagonal are never loaded; only the diagonal tile
-// is masked. Blocks with the most tiles are launched first so the grid's tail is short.
-// Backward (deterministic, no atomics), P recomputed from lse, delta_i = dO_i . O_i given:
-//   dkdv kernel, per key tile over query tiles i >= j: dV += P^T dO, dK += dS^T Q;
-//   dq kernel, per query tile over key tiles j <= i: dQ += dS K;  dS = P (dO V^T - delta).
+// is masked. The grid's first row holds every head's longest tile, so the blocks launched
+// first are the longest and the tail is made of the shortest (launching one head's tiles
+// longest to shortest before the next head's was 10-17% slower in the forward, 4-13% in
+// the backward).
+// Backward (deterministic, no atomics), P recomputed from lse:
+//   dq kernel, per query tile over key tiles j <= i: dQ += dS K;  dS = P (dO V^T - delta),
+//     delta_i = dO_i . O_i computed from its dO tile and one O tile, and stored for dkdv
+//     (a separate delta kernel cost 55 us of 0.51 ms at B 16);
+//   dkdv kernel, then, per key tile over query tiles i >= j: dV += P^T dO, dK += dS^T Q.
+// Both reload their own rows' A fragments (Q, dO in dq; K, V in dkdv) from shared memory
+// per tile instead of holding them: dkdv fits 168 registers (3 blocks per SM) instead of
+// 236 (2), 5-7% off the backward.
 // Numerics: P and dS are rounded to bf16 as mma inputs (at most 2^-8 relative per term);
 // tests/test_attention.cpp bounds the resulting error.
-// Measured (tools/bench_attention.cpp, H200, T 1024, 12 heads of 64): B 8 forward 0.088 ms
-// (146 TFLOP/s), backward 0.284 ms (113, at 2.5x the forward's flops); B 16: 0.153 and
-// 0.517 ms; 14-16x the FMA kernels. Where the time goes: per 64 x 64 tile a warp issues
-// as many ex2 (MUFU, 1/8 the rate) as its mmas take, so the softmax rivals the matmuls;
-// dkdv holds 236 registers (2 blocks per SM); the dq kernel recomputes S and dP (2 of its 3
-// products), the price of a deterministic backward without atomics. Tried and dropped: a
-// forward with 32 query rows per warp (128-row blocks, each K/V fragment from ldmatrix
-// feeding two mmas): 241 registers halve the resident warps, and it ran no faster (H200,
-// B 16 NH 12: 0.155 ms against 0.152; B 8: 0.092 against 0.089).
+// Measured (tools/bench_attention.cpp, H200, T 1024, 12 heads of 64): B 8 forward 0.075 ms
+// (173 TFLOP/s), backward 0.222 ms (145, at 2.5x the forward's flops); B 16: 0.138 ms
+// (187) and 0.434 ms (148); 16-20x the FMA kernels. Where the time goes: per 64 x 64 tile a
+// warp issues as many ex2 (MUFU, 1/8 the rate) as its mmas take, so the softmax rivals the
+// matmuls; the dq kernel recomputes S and dP (2 of its 3 products), the price of a
+// deterministic backward without atomics. Tried and dropped (H200, B 16 NH 12):
+// - dQ inside dkdv by fp32 atomics (FA2's way, 5 products instead of 7): 0.464 ms against
+//   0.473 for this backward (both then with the separate delta kernel), not worth a
+//   nondeterministic dQ and a 4 B T C-byte fp32 accumulator (50 MB at d12 B 16);
+// - a forward with 8 warps (128 queries per block sharing each K/V tile): 0.156 ms
+//   against 0.138; with 32 query rows per warp instead: 241 registers, no faster.
 #include "cuda_check.cuh"
 #include "kernels.cuh"
 
@@ -165,13 +175,24 @@ __device__ __forceinline__ void store_rows(bf* out, size_t stride, int row0, int
   }
 }
 
+// (tile, head, batch) of this block. The grid is (NH * B, tiles), so the first blocks to
+// launch hold every head's longest tile, and the grid's tail is made of the shortest.
+struct Block {
+  int tile, h, b;
+};
+__device__ __forceinline__ Block block_of(int NH) {
+  return {int(blockIdx.y), int(blockIdx.x % NH), int(blockIdx.x / NH)};
+}
+dim3 grid_of(int B, int T, int NH) { return dim3(NH * B, ceil_div(T, kRows)); }
+
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(bf* out, float* lse, const bf* qkv, int T, int C, int NH, float scale_log2) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf* qs = reinterpret_cast<bf*>(smem);
   bf* ks = qs + kTile;      // 2 buffers
   bf* vs = ks + 2 * kTile;  // 2 buffers
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const Block blk = block_of(NH);
+  const int qt = (T - 1) / kRows - blk.tile, h = blk.h, b = blk.b;
   const int warp = threadIdx.x / 32, q0 = qt * kRows;
   const size_t row = 3 * size_t(C);
   const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
@@ -240,20 +261,26 @@ __global__ void __launch_bounds__(kThreads)
   store_rows(out + size_t(b) * T * C + size_t(h) * kHS, C, row0, T, o, inv_l);
 }
 
-__global__ void __launch_bounds__(kThreads)
-    dq_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse, const float* delta,
-              int T, int C, int NH, float scale, float scale_log2) {
+// Runs before dkdv_kernel: it also computes delta_i = dO_i . O_i for its queries (the
+// dO tile is loaded anyway) and stores it for dkdv.
+__global__ void __launch_bounds__(kThreads, 3)
+    dq_kernel(bf* dqkv, float* delta, const bf* dout, const bf* qkv, const bf* out,
+              const float* lse, int T, int C, int NH, float scale, float scale_log2) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf* qs = reinterpret_cast<bf*>(smem);
   bf* dos = qs + kTile;
   bf* ks = dos + kTile;     // 2 buffers
   bf* vs = ks + 2 * kTile;  // 2 buffers
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  bf* os = vs + 2 * kTile;
+  float* dls = reinterpret_cast<float*>(os + kTile);  // [kRows]
+  const Block blk = block_of(NH);
+  const int qt = (T - 1) / kRows - blk.tile, h = blk.h, b = blk.b;
   const int warp = threadIdx.x / 32, q0 = qt * kRows, row0 = q0 + warp * 16;
-  const size_t row = 3 * size_t(C);
+  const size_t row = 3 * size_t(C), head = size_t(b) * T * C + size_t(h) * kHS;
   const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
   load_tile(qs, q_g, row, q0, T);
-  load_tile(dos, dout + size_t(b) * T * C + size_t(h) * kHS, C, q0, T);
+  load_tile(dos, dout + head, C, q0, T);
+  load_tile(os, out + head, C, q0, T);
   load_tile(ks, q_g + C, row, 0, T);
   load_tile(vs, q_g + 2 * C, row, 0, T);
   commit();
@@ -262,11 +289,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int i = row0 + acc_row(2 * r);
-    const size_t at = (size_t(b) * NH + h) * T + i;
-    lse2[r] = i < T ? lse[at] * kLog2e : 0.f;
-    dl[r] = i < T ? delta[at] : 0.f;
+    lse2[r] = i < T ? lse[(size_t(b) * NH + h) * T + i] * kLog2e : 0.f;
   }
-  AFrag qa, da;
   Acc dq = {}, s, dp;
   for (int t = 0; t <= qt; t++) {
     if (t < qt) {
@@ -276,12 +300,35 @@ __global__ void __launch_bounds__(kThreads)
     commit();
     wait_all_but_newest();
     if (t == 0) {
-      load_a(qa, qs + warp * 16 * kStride);
-      load_a(da, dos + warp * 16 * kStride);
+      // Two threads per query, 32 channels each; rows past T are zero-filled: delta 0.
+      const int r = threadIdx.x / 2, c0 = threadIdx.x % 2 * (kHS / 2);
+      float sum = 0.f;
+#pragma unroll
+      for (int c = c0; c < c0 + kHS / 2; c += 2) {
+        const float2 x = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(dos + r * kStride + c));
+        const float2 y = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(os + r * kStride + c));
+        sum += x.x * y.x + x.y * y.y;
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      if (threadIdx.x % 2 == 0) {
+        dls[r] = sum;
+        if (q0 + r < T) delta[(size_t(b) * NH + h) * T + q0 + r] = sum;
+      }
+      __syncthreads();
+      dl[0] = dls[warp * 16 + acc_row(0)];
+      dl[1] = dls[warp * 16 + acc_row(2)];
     }
     const bf* kt = ks + t % 2 * kTile;
-    mma_abt(s, qa, kt);
-    mma_abt(dp, da, vs + t % 2 * kTile);
+    {
+      // Q and dO fragments are reloaded per tile (8 ldmatrix) rather than held: 32 registers.
+      AFrag a;
+      load_a(a, qs + warp * 16 * kStride);
+      mma_abt(s, a, kt);
+      load_a(a, dos + warp * 16 * kStride);
+      mma_abt(dp, a, vs + t % 2 * kTile);
+    }
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -299,7 +346,7 @@ __global__ void __launch_bounds__(kThreads)
   store_rows(dqkv + size_t(b) * T * row + size_t(h) * kHS, row, row0, T, dq, sc);
 }
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 3)
     dkdv_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse, const float* delta,
                 int T, int C, int NH, float scale, float scale_log2) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -309,7 +356,8 @@ __global__ void __launch_bounds__(kThreads)
   bf* dos = qs + 2 * kTile;  // 2 buffers
   float* lse2s = reinterpret_cast<float*>(dos + 2 * kTile);  // [2][kRows]
   float* dls = lse2s + 2 * kRows;                            // [2][kRows]
-  const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, nq = gridDim.x;
+  const Block blk = block_of(NH);
+  const int kt = blk.tile, h = blk.h, b = blk.b, nq = (T + kRows - 1) / kRows;
   const int warp = threadIdx.x / 32, k0 = kt * kRows, row0 = k0 + warp * 16;
   const size_t row = 3 * size_t(C);
   const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
@@ -331,7 +379,6 @@ __global__ void __launch_bounds__(kThreads)
   load_stats(kt);
   commit();
 
-  AFrag ka, va;
   Acc dk = {}, dv = {}, s, dp;
   for (int t = kt; t < nq; t++) {
     if (t + 1 < nq) {
@@ -341,16 +388,18 @@ __global__ void __launch_bounds__(kThreads)
     }
     commit();
     wait_all_but_newest();
-    if (t == kt) {
-      load_a(ka, ks + warp * 16 * kStride);
-      load_a(va, vs + warp * 16 * kStride);
-    }
     const bf* qtile = qs + t % 2 * kTile;
     const bf* dotile = dos + t % 2 * kTile;
     const float* l2 = lse2s + t % 2 * kRows;
     const float* d = dls + t % 2 * kRows;
-    mma_abt(s, ka, qtile);    // S^T: rows are this warp's keys, columns the tile's queries
-    mma_abt(dp, va, dotile);  // dP^T
+    {
+      // K and V fragments are reloaded per tile (8 ldmatrix) rather than held: 32 registers.
+      AFrag ka;
+      load_a(ka, ks + warp * 16 * kStride);
+      mma_abt(s, ka, qtile);  // S^T: rows are this warp's keys, columns the tile's queries
+      load_a(ka, vs + warp * 16 * kStride);
+      mma_abt(dp, ka, dotile);  // dP^T
+    }
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -366,7 +415,7 @@ __global__ void __launch_bounds__(kThreads)
     mma_ab(dv, pa, dotile);
     to_a(pa, dp);
     mma_ab(dk, pa, qtile);
-    __syncthreads();
+    __syncthreads();  // the next iteration's prefetch overwrites these buffers
   }
   bf* g = dqkv + size_t(b) * T * row + size_t(h) * kHS;
   const float sk[2] = {scale, scale}, one[2] = {1.f, 1.f};
@@ -380,26 +429,28 @@ bool attention_mma_supports(int HS) { return HS == kHS; }
 
 void attention_forward_mma(bf* out, float* lse, const bf* qkv, int B, int T, int C, int NH) {
   const size_t smem = 5 * kTile * sizeof(bf);  // 45 KiB (Q, two K and two V buffers) < 48
-  forward_kernel<<<dim3(ceil_div(T, kRows), NH, B), kThreads, smem>>>(
-      out, lse, qkv, T, C, NH, kLog2e * rsqrtf(float(kHS)));
+  forward_kernel<<<grid_of(B, T, NH), kThreads, smem>>>(out, lse, qkv, T, C, NH,
+                                                        kLog2e * rsqrtf(float(kHS)));
   CUDA_CHECK_LAUNCH();
 }
 
-void attention_backward_mma(bf* dqkv, const bf* dout, const bf* qkv, const float* lse,
-                            const float* delta, int B, int T, int C, int NH) {
+void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qkv,
+                            const bf* out, const float* lse, int B, int T, int C, int NH) {
   const float scale = rsqrtf(float(kHS));
-  const dim3 grid(ceil_div(T, kRows), NH, B);
-  // Both above the 48 KiB default: 6 tiles (dkdv adds its per-query statistics).
-  const size_t dq_smem = 6 * kTile * sizeof(bf), dkdv_smem = dq_smem + 4 * kRows * sizeof(float);
-  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(dkdv_smem)));
+  const dim3 grid = grid_of(B, T, NH);
+  // Both above the 48 KiB default: 7 tiles (Q, dO, O, two K, two V) and delta in dq;
+  // 6 tiles (K, V, two Q, two dO) and the per-query statistics in dkdv.
+  const size_t dq_smem = 7 * kTile * sizeof(bf) + kRows * sizeof(float);
+  const size_t dkdv_smem = 6 * kTile * sizeof(bf) + 4 * kRows * sizeof(float);
   CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(dq_smem)));
-  dkdv_kernel<<<grid, kThreads, dkdv_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
-                                        scale * kLog2e);
-  CUDA_CHECK_LAUNCH();
-  dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
+  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(dkdv_smem)));
+  dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
                                       scale * kLog2e);
+  CUDA_CHECK_LAUNCH();
+  dkdv_kernel<<<grid, kThreads, dkdv_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
+                                          scale * kLog2e);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -71,12 +71,13 @@ template <class D>
 void attention_backward_fma(D* dqkv, const D* dout, const D* qkv, const D* out,
                             const float* lse, int B, int T, int C, int NH, void* scratch);
 
-// attention_mma.cu (B, T > 0; delta[B,NH,T] = rowsum(dout * out), see attention.cu)
+// attention_mma.cu (B, T > 0). The backward also writes delta[B,NH,T] = rowsum(dout * out)
+// (see attention.cu) into `delta`, its scratch.
 bool attention_mma_supports(int HS);
 void attention_forward_mma(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B,
                            int T, int C, int NH);
-void attention_backward_mma(__nv_bfloat16* dqkv, const __nv_bfloat16* dout,
-                            const __nv_bfloat16* qkv, const float* lse, const float* delta,
+void attention_backward_mma(__nv_bfloat16* dqkv, float* delta, const __nv_bfloat16* dout,
+                            const __nv_bfloat16* qkv, const __nv_bfloat16* out, const float* lse,
                             int B, int T, int C, int NH);
 
 // gelu.cu
