@@ -8,9 +8,10 @@
 //   ||V_t||_F^2                            device reduction beside the eigenvalues, so it
 //                                         reaches the host with the first S-RSI's copy
 //   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2,
-//                                         SGEMM), Gram U^T U (SGEMM), syevd in double
-//                                         ((k+p) x (k+p), cuSOLVER), eigenvalues to the
-//                                         host (1 sync), Q W and U W (SGEMM) into state
+//                                         SGEMM), Gram U^T U (SGEMM), eigendecomposition
+//                                         in double ((k+p) x (k+p), cuSOLVER's
+//                                         XsyevBatched), eigenvalues to the host (1 sync),
+//                                         Q W and U W (SGEMM) into state
 //   D = g / (sqrt(max(V, 0)) + eps)        one kernel, in place over the V_t scratch
 //   clip, first moment, guidance, decay    reductions + kernels, no sync
 // The rank loop (grow by delta_k while xi > xi_thr, shrink with hysteresis) runs on the
@@ -18,6 +19,17 @@
 // copy, the only host sync. The rank k and smoothed error xi_bar live on the host;
 // state() copies them into the "rank_err" blobs and marks them to be read back once
 // (a checkpoint may have written them), so a step does not read them from the device.
+// Deferred S-RSI: once a matrix sits at k = k_max with shrinking barred (xi_bar >=
+// xi_thr / 2; with the default xi_thr every d12 matrix from the first steps on), no
+// branch depends on this step's eigenvalues: they only feed xi_bar, and Q_t, U_t are
+// first read by the next step's V_t (the "refactored" denominator reads them at once,
+// so it never defers). Such an S-RSI stops at its Gram matrix, parks Y and Om in the
+// factors' own state (first k_max columns) plus side_ (the p columns past them), and
+// finish_deferred() -- at the next begin_step() or state() -- solves every parked Gram
+// matrix of the same s in one XsyevBatched call, then does xi_bar and Q W, U W per
+// matrix: same arithmetic, same decisions, only later. The one sync left per matrix
+// brings the failure flag and ||V_t||^2: a failed Cholesky (or a non-finite Gram) is
+// redone at once with Householder QR, as before.
 // GEMMs are fp32 with cuBLAS's default math (no TF32); the sketch comes from
 // sketch_rng.hpp's counter-based generator run as a device function: the same Gaussian
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
@@ -28,12 +40,25 @@
 // Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
 // eigenvalues send that S-RSI back to Householder QR, decided with the eigenvalues'
 // copy, so no extra sync.
-// Where a d12 step goes (every rank at k_max = 192, H200): with geqrf + orgqr 214 ms,
-// of which QR ~0.9-1.2 ms per call (5.1 ms for wte), syevd(197) 1.4 ms per matrix, the
-// GEMMs ~0.25 ms per matrix (2 ms for wte); with CholeskyQR2 156 ms. What is left is
-// latency-bound cuSOLVER (syevd ~70 ms, potrf 0.18 ms per call), not FLOPs.
+// Where the time goes (tools/bench_adapprox_parts, H200, s = 197, ms): eigensolver
+// Dsyevd 1.62, Xsyevd 1.62, syevj 2.5-2.9, XsyevBatched 1.64 alone but 0.63 per matrix
+// in a batch of 12 and 0.16 in a batch of 50 (d12's 50 matrices; same eigenvalues to
+// 1e-15); widen + Dpotrf + narrow 0.19 (x4 per matrix); Strsm 0.06 (768 rows) - 0.37
+// (wte); Gram SGEMM 0.02 - 0.21; V Om and V^T Y 0.025 - 0.045 (0.42 for wte); host sync
+// 0.01. bench_optimizers (d12, every rank at 192, H200), one step: 152.5 ms with Dsyevd
+// per matrix; 142.6 ms measured with the deferral but also the two lost kernels below
+// in CholeskyQR2 (together +0.28 ms per call, 4 calls per matrix: ~57 ms); this file,
+// with Dpotrf + Strsm back, adds up from the parts to ~85 ms (not timed end to end
+// yet). What is left: CholeskyQR2's latency-bound Dpotrf + Strsm (~1 ms per matrix,
+// ~50 ms a step), the GEMMs (~15 ms), the batched eigensolver (~8 ms).
+// Lost, deleted: a one-block Cholesky in shared memory (fp64 packed triangle) took 0.29
+// ms column by column and 0.36 ms with 8-column panels (one warp per panel) against
+// Dpotrf's 0.19; a one-lane-per-row triangular solve with R in shared memory (2 warps
+// per SM) took 0.17 ms at 768 rows against Strsm's 0.06 -- both too little parallelism
+// for one SM; a batched Cholesky needs the S-RSIs of several matrices interleaved.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
-// s = min(k_max + p, min(m, n))) take "adapprox thin" workspace.
+// s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
+// S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB).
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
@@ -79,6 +104,14 @@ __global__ void widen(double* out, const float* in, size_t n) {
 __global__ void narrow(float* out, const double* in, size_t n) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = float(in[i]);
+}
+// A deferred S-RSI's Gram matrix into its batch slot; a non-finite entry counts as a
+// failure (the immediate path checks the eigenvalues instead, which come too late here).
+__global__ void widen_checked(double* out, const float* in, size_t n, double* failed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    out[i] = in[i];
+    if (!isfinite(in[i])) *failed = 1.0;
+  }
 }
 __global__ void note_failure(const int* info, double* failed) {
   if (*info != 0) *failed = 1.0;
@@ -148,12 +181,13 @@ class Adapprox final : public Optimizer<T> {
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
       : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev), red_(dev),
         scal_(dev, kSlots, MemCategory::workspace, "adapprox scalars") {
-    size_t largest = 0, y = 1, om = 1, vec = 1;
+    size_t largest = 0, y = 1, om = 1, vec = 1, side = 1;
     int s_max = 1;
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       Tensor t;
       if (p.is_matrix()) {
         t.k_max = s_.rule(p).k_max;
+        t.rows = int(p.rows), t.cols = int(p.cols);
         t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
         t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
         t.rank_err = store_.add(p, "adapprox.rank_err", 2);
@@ -163,6 +197,12 @@ class Adapprox final : public Optimizer<T> {
         largest = std::max(largest, p.numel);
         const int s = thin_cols(p, t.k_max);
         s_max = std::max(s_max, s);
+        t.side = side;
+        side += size_t(p.rows + p.cols) * (s - t.k_max);
+        auto g = std::find_if(groups_.begin(), groups_.end(), [&](const Group& x) { return x.s == s; });
+        if (g == groups_.end()) g = groups_.insert(groups_.end(), Group{s});
+        t.group = int(g - groups_.begin());
+        g->capacity++;
         y = std::max(y, size_t(p.rows) * s), om = std::max(om, size_t(p.cols) * s);
       } else {
         t.v = store_.add(p, "adapprox.v", p.numel);
@@ -181,30 +221,57 @@ class Adapprox final : public Optimizer<T> {
     eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 2, MemCategory::workspace,
                                 "adapprox thin eigenvalues, failure flag, ||V||^2");
     info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
+    size_t grams = 1, eigs = 1;
+    int matrices = 0;
+    for (Group& g : groups_) {
+      g.gram = grams - 1, g.eig = eigs - 1, g.info = matrices;
+      grams += size_t(g.capacity) * g.s * g.s, eigs += size_t(g.capacity) * g.s, matrices += g.capacity;
+    }
+    side_ = thin(side, "deferred S-RSI, iterate columns past k_max");
+    batch_grams_ = DeviceBuffer<double>(dev, grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
+    batch_eig_ = DeviceBuffer<double>(dev, eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
+    batch_info_ = DeviceBuffer<int>(dev, size_t(matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
+    CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
     int lwork = 1, dlwork = 1;
+    size_t eig_bytes = 1, eig_host_bytes = 1;
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
       const int m = int(p.rows), s = thin_cols(p, tensors_[p.id].k_max);
-      int a = 0, b = 0, c = 0, d = 0;
+      int a = 0, b = 0, d = 0;
+      size_t c = 0, ch = 0;
       CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
       CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(solver_, m, s, s, Y_.get(), m, tau_.get(), &b));
-      CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR,
-                                                 CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s,
-                                                 eig_.get(), &c));
+      CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
+          solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
+          Gd_.get(), s, CUDA_R_64F, eig_.get(), CUDA_R_64F, &c, &ch, 1));
       CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, &d));
-      lwork = std::max({lwork, a, b}), dlwork = std::max({dlwork, c, d});
+      lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, d);
+      eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
+    }
+    for (const Group& g : groups_) {
+      size_t c = 0, ch = 0;
+      CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
+          solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
+          batch_grams_.get(), g.s, CUDA_R_64F, batch_eig_.get(), CUDA_R_64F, &c, &ch, g.capacity));
+      eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
     }
     work_ = thin(size_t(lwork), "cuSOLVER work");
     dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
+    eig_work_ = DeviceBuffer<char>(dev, eig_bytes, MemCategory::workspace, "adapprox thin syevBatched work");
+    eig_host_work_.resize(eig_host_bytes);
   }
   ~Adapprox() override {
+    cusolverDnDestroyParams(params_);
     cusolverDnDestroy(solver_);
     cublasDestroy(blas_);
   }
 
-  void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
+  void begin_step(int64_t t, float lr) override {
+    finish_deferred();
+    t_ = t, lr_ = lr;
+  }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     const Tensor& t = tensors_[p.id];
@@ -239,6 +306,7 @@ class Adapprox final : public Optimizer<T> {
   }
 
   std::vector<StateBlob> state() override {
+    finish_deferred();
     for (Tensor& t : tensors_)
       if (t.rank_err && !t.stale) {
         const float host[2] = {float(t.rank), t.xi_bar};
@@ -256,6 +324,18 @@ class Adapprox final : public Optimizer<T> {
     int rank = 0;       // the truth between state() calls
     float xi_bar = 0;
     bool stale = false;  // rank_err on the device may be newer than rank, xi_bar
+    int group = 0;       // groups_ entry of its s
+    size_t side = 0;     // its iterate columns past k_max in side_ (Y's, then Om's)
+    int slot = -1;       // position in its group's batch while its S-RSI is deferred
+    int rows = 0, cols = 0;
+    double norm_sq = 0;  // ||V_t||^2 of the deferred S-RSI
+  };
+  // The matrices of one thin width s: their deferred Gram matrices sit side by side (at
+  // most capacity of them) for one batched eigensolver call.
+  struct Group {
+    int s = 0, capacity = 0, count = 0;
+    size_t gram = 0, eig = 0;  // offsets into batch_grams_, batch_eig_
+    int info = 0;              // offset into batch_info_
   };
   int thin_cols(const ParamSpec& p, int k_max) const {
     return int(std::min<int64_t>(k_max + s_.p, std::min(p.rows, p.cols)));
@@ -267,6 +347,7 @@ class Adapprox final : public Optimizer<T> {
     Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
+    if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
     if (t.stale) {
       float rank_err[2];
       copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
@@ -292,7 +373,19 @@ class Adapprox final : public Optimizer<T> {
       for (int i = 0; i < j; i++) s += x[i];
       return s;
     };
-    std::vector<double> lambda = srsi(p, k, rule, seed, &norm_sq);
+    std::vector<double> lambda;
+    if (!s_.refactored && k == rule.k_max && !(t.xi_bar < s_.xi_thr / 2)) {
+      // Neither growth nor shrinking can follow: the eigenvalues only feed xi_bar, so
+      // the eigensolver waits for finish_deferred(), batched with the other matrices.
+      if (srsi_deferred(p, k, rule, seed, &norm_sq)) {
+        matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel, float(s_.eps));
+        CUDA_CHECK_LAUNCH();
+        return;
+      }
+      lambda = srsi(p, k, rule, seed, nullptr, true);
+    } else {
+      lambda = srsi(p, k, rule, seed, &norm_sq);
+    }
     int rank = int(lambda.size());
     double xi = rel_error(head(lambda, rank));
     while (xi > rule.xi_thr && rank < rule.k_max) {
@@ -327,22 +420,15 @@ class Adapprox final : public Optimizer<T> {
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
-    float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
-    double* failed = eig_.get() + (eig_.size() - 2);
-    CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(double), update_stream()));
-    sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
-    CUDA_CHECK_LAUNCH();
-    for (int it = 0; it < rule.l; it++) {
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
-      orthonormalize(Y, m, s, householder, failed);
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
-    }
-    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
+    float *Y = Y_.get(), *Om = Om_.get();
+    iterate(p, s, rule, seed, householder);
     widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), size_t(s) * s);
     CUDA_CHECK_LAUNCH();
-    CUSOLVER_CHECK(cusolverDnDsyevd(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
-                                    Gd_.get(), s, eig_.get(), dwork_.get(), int(dwork_.size()),
-                                    info_.get()));
+    CUSOLVER_CHECK(cusolverDnXsyevBatched(solver_, params_, CUSOLVER_EIG_MODE_VECTOR,
+                                          CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F, Gd_.get(), s,
+                                          CUDA_R_64F, eig_.get(), CUDA_R_64F, eig_work_.get(),
+                                          eig_work_.size(), eig_host_work_.data(),
+                                          eig_host_work_.size(), info_.get(), 1));
     std::vector<double> eig(eig_.size());
     copy_to_host_on_update_stream(eig.data(), eig_.get(), eig.size() * sizeof(double));
     if (norm_sq) *norm_sq = eig.back();
@@ -355,6 +441,100 @@ class Adapprox final : public Optimizer<T> {
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));
     return lambda;
+  }
+
+  // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
+  // then G_ = Om^T Om (fp32); a failed Cholesky is flagged in eig_'s failure slot.
+  void iterate(const ParamSpec& p, int s, const optim::RankRule& rule, uint64_t seed, bool householder) {
+    const int m = int(p.rows), n = int(p.cols);
+    const float one = 1.f, zero = 0.f;
+    float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
+    double* failed = eig_.get() + (eig_.size() - 2);
+    CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(double), update_stream()));
+    sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
+    CUDA_CHECK_LAUNCH();
+    for (int it = 0; it < rule.l; it++) {
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
+      orthonormalize(Y, m, s, householder, failed);
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
+    }
+    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
+  }
+
+  // S-RSI at k = k_max up to the Gram matrix, which goes into its group's batch; Y and Om
+  // wait in the factors' own state (first k columns) and side_ (the rest) until
+  // finish_deferred(). One small copy brings the failure flag and ||V_t||^2: on a failed
+  // Cholesky (or a non-finite Gram) returns false with nothing deferred.
+  bool srsi_deferred(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed, double* norm_sq) {
+    Tensor& t = tensors_[p.id];
+    Group& g = groups_[t.group];
+    const int m = int(p.rows), n = int(p.cols), s = g.s;
+    iterate(p, s, rule, seed, false);
+    const size_t ss = size_t(s) * s;
+    double* flag_norm = eig_.get() + (eig_.size() - 2);  // failure flag, then ||V_t||^2
+    widen_checked<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(
+        batch_grams_.get() + g.gram + size_t(g.count) * ss, G_.get(), ss, flag_norm);
+    CUDA_CHECK_LAUNCH();
+    double host[2];
+    copy_to_host_on_update_stream(host, flag_norm, sizeof(host));
+    *norm_sq = t.norm_sq = host[1];
+    if (host[0] != 0) return false;
+    t.slot = g.count++;
+    pending_.push_back(p.id);
+    const size_t extra = size_t(s - k);
+    auto stash = [&](float* to, float* side, const float* from, size_t rows) {
+      CUDA_CHECK(cudaMemcpyAsync(to, from, rows * k * sizeof(float), cudaMemcpyDeviceToDevice, update_stream()));
+      CUDA_CHECK(cudaMemcpyAsync(side, from + rows * k, rows * extra * sizeof(float), cudaMemcpyDeviceToDevice,
+                                 update_stream()));
+    };
+    stash(t.Q, side_.get() + t.side, Y_.get(), size_t(m));
+    stash(t.U, side_.get() + t.side + size_t(m) * extra, Om_.get(), size_t(n));
+    return true;
+  }
+
+  // The deferred S-RSIs' second half: one batched eigensolver call per group, one copy of
+  // all eigenvalues, then per matrix xi_bar (its rank stays k_max) and Q = Y W, U = Om W.
+  void finish_deferred() {
+    if (pending_.empty()) return;
+    CUBLAS_CHECK(cublasSetStream(blas_, update_stream()));
+    CUSOLVER_CHECK(cusolverDnSetStream(solver_, update_stream()));
+    for (const Group& g : groups_)
+      if (g.count)
+        CUSOLVER_CHECK(cusolverDnXsyevBatched(
+            solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
+            batch_grams_.get() + g.gram, g.s, CUDA_R_64F, batch_eig_.get() + g.eig, CUDA_R_64F,
+            eig_work_.get(), eig_work_.size(), eig_host_work_.data(), eig_host_work_.size(),
+            batch_info_.get() + g.info, g.count));
+    std::vector<double> eig(batch_eig_.size());
+    copy_to_host_on_update_stream(eig.data(), batch_eig_.get(), eig.size() * sizeof(double));
+    const float one = 1.f, zero = 0.f;
+    for (int id : pending_) {
+      Tensor& t = tensors_[id];
+      const Group& g = groups_[t.group];
+      const int m = t.rows, n = t.cols, s = g.s, k = t.rank;
+      const double* vals = eig.data() + g.eig + size_t(t.slot) * s;
+      double kept = 0;  // the k largest, largest first, as srsi() sums them
+      for (int j = 0; j < k; j++) kept += std::max(0.0, vals[s - 1 - j]);
+      const double norm_sq = t.norm_sq;
+      const double xi = norm_sq > 0 ? std::sqrt(std::max(0.0, norm_sq - kept) / norm_sq) : 0.0;
+      t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
+      top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(
+          W_.get(), batch_grams_.get() + g.gram + size_t(t.slot) * s * s, s, k);
+      CUDA_CHECK_LAUNCH();
+      const size_t extra = size_t(s - k);
+      auto unstash = [&](float* to, const float* from, const float* side, size_t rows) {
+        CUDA_CHECK(cudaMemcpyAsync(to, from, rows * k * sizeof(float), cudaMemcpyDeviceToDevice, update_stream()));
+        CUDA_CHECK(cudaMemcpyAsync(to + rows * k, side, rows * extra * sizeof(float), cudaMemcpyDeviceToDevice,
+                                   update_stream()));
+      };
+      unstash(Y_.get(), t.Q, side_.get() + t.side, size_t(m));
+      unstash(Om_.get(), t.U, side_.get() + t.side + size_t(m) * extra, size_t(n));
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y_.get(), m, W_.get(), s, &zero, t.Q, m));
+      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om_.get(), n, W_.get(), s, &zero, t.U, n));
+      t.slot = -1;
+    }
+    for (Group& g : groups_) g.count = 0;
+    pending_.clear();
   }
 
   // orth(Y) in place, Y m x s: CholeskyQR2 (twice: G = Y^T Y, R = chol(G) in double,
@@ -392,8 +572,16 @@ class Adapprox final : public Optimizer<T> {
   DeviceBuffer<float> V_, Y_, Om_, G_, W_, tau_, dvec_, work_;
   DeviceBuffer<double> Gd_, eig_, dwork_;
   DeviceBuffer<int> info_;
+  DeviceBuffer<char> eig_work_;
+  std::vector<Group> groups_;
+  std::vector<int> pending_;  // ids of the matrices whose S-RSI waits in finish_deferred()
+  DeviceBuffer<float> side_;
+  DeviceBuffer<double> batch_grams_, batch_eig_;
+  DeviceBuffer<int> batch_info_;
+  std::vector<char> eig_host_work_;
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
+  cusolverDnParams_t params_ = nullptr;
   int64_t t_ = 0;
   float lr_ = 0;
 };
