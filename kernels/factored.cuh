@@ -377,21 +377,29 @@ struct DirectionSquares {
   }
 };
 
-// Each matrix's partials, factors and tickets for its sweeps (MemCategory::workspace);
+// Each matrix's partials, factors and tickets for its sweeps (MemCategory::workspace; 8
+// MiB for d12, where one shared set was 1 MiB: the price of many matrices per launch);
 // launches batches of sweeps and elementwise passes on update_stream().
 class Factored {
  public:
   Factored(Device& dev, const ParamTable& table) : at_(table.params.size()) {
     CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, 0));
+    // Every slice starts on a 32-byte boundary: cf is read in 16-byte runs.
+    const auto slice = [](size_t& end, size_t k) {
+      const size_t at = end;
+      end += (k + kRun - 1) / kRun * kRun;
+      return at;
+    };
     Offsets end{};
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix() || !p.local) continue;
       const SweepShape s = shape(p.rows, p.cols);
-      at_[p.id] = end;
-      end.row += size_t(s.tiles) * size_t(p.rows), end.col += size_t(s.chunks) * size_t(p.cols);
-      end.rf += size_t(p.rows), end.cf += size_t(p.cols);
-      end.scal += size_t(s.tiles) * s.chunks, end.chunk_r += s.chunks;
-      end.ticket += size_t(s.chunks) + s.tiles + 1;
+      const size_t m = size_t(p.rows), n = size_t(p.cols);
+      Offsets& o = at_[p.id];
+      o.row = slice(end.row, s.tiles * m), o.col = slice(end.col, s.chunks * n);
+      o.rf = slice(end.rf, m), o.cf = slice(end.cf, n);
+      o.scal = slice(end.scal, size_t(s.tiles) * s.chunks), o.chunk_r = slice(end.chunk_r, s.chunks);
+      o.ticket = slice(end.ticket, size_t(s.chunks) + s.tiles + 1);
     }
     const auto floats = [&](size_t k, const char* what) {
       return DeviceBuffer<float>(dev, std::max<size_t>(1, k), MemCategory::workspace,
