@@ -1,12 +1,13 @@
 // Adafactor with HF semantics (spec optimizers.md section 4; twin of src/reference/optim/
 // adafactor.cpp), and through AdafactorRule also AdaLomo (adalomo.cu). All on the device.
-// A matrix is three launches (factored.cuh): a sweep for the r/c EMAs and factors (and
+// A matrix is three passes (factored.cuh): a sweep for the r/c EMAs and factors (and
 // sum(W^2) if scale_parameter, read in the same pass), a sweep for sum(U^2), and one
 // elementwise pass that applies clipping, the step size, the optional first moment of
 // the lr-scaled update and decoupled decay scaled by alpha: 2 reads of g, bf16 16-byte
-// runs. A vector is one single-block launch (the ~100 biases and layernorm tensors of
-// GPT-2 are dominated by launch count, not bytes): it keeps the whole update, both
-// reductions included, in one block.
+// runs. A vector is one block (the ~100 biases and layernorm tensors of GPT-2 are
+// dominated by launch count, not bytes) that keeps its whole update, both reductions
+// included. update_many puts every vector of the batch in one launch and each pass of
+// every matrix in one launch: a d12 after_backward step is 10 launches, not 248.
 #include <algorithm>
 #include <cmath>
 
@@ -65,13 +66,26 @@ struct AdafactorApply {
   }
 };
 
-// Vectors: v, U, both sums, and the weights in one block; GPT-2's vectors (at most 4C)
-// stay in registers between the reductions and the update.
+// Vectors: v, U, both sums, and the weights in one block per vector; GPT-2's vectors
+// (at most 4C) stay in registers between the reductions and the update.
+template <class D>
+struct AdafactorVector {
+  Weights<D> w;
+  const D* g;
+  float *v, *m1;
+  size_t n;
+  StepArgs a;
+};
 template <class D>
 __global__ void __launch_bounds__(kVectorThreads)
-    adafactor_vector(Weights<D> w, const D* g, float* v, float* m1, size_t n, double beta2,
-                     double eps1, StepArgs a) {
+    adafactor_vectors(const __grid_constant__ Jobs<AdafactorVector<D>> b, double beta2, double eps1) {
   __shared__ double red[32];
+  const AdafactorVector<D>& job = b.job[blockIdx.x];
+  const Weights<D>& w = job.w;
+  const D* g = job.g;
+  float *v = job.v, *m1 = job.m1;
+  const size_t n = job.n;
+  const StepArgs& a = job.a;
   double w2 = 0, u2 = 0;
   const auto first = [&](size_t i, float& x, float& vi, float& y) {
     const double xd = to_f(g[i]);
@@ -112,7 +126,7 @@ class Adafactor final : public Optimizer<T> {
   Adafactor(const json& cfg, const AdafactorRule& rule, const ParamTable& table, Device& dev,
             uint64_t seed)
       : common_(cfg), rule_(rule), seed_(seed), store_(dev), fac_(dev, table),
-        scal_(dev, kSlots, MemCategory::workspace, rule.prefix + " scalars") {
+        scal_(dev, kSlots * table.params.size(), MemCategory::workspace, rule.prefix + " scalars") {
     for (const ParamSpec& p : table.params) {
       moments_.push_back(optim::add_second_moment(store_, rule.prefix, p));
       m1_.push_back(rule.momentum ? store_.add(p, rule.prefix + ".m1", p.numel) : nullptr);
@@ -129,27 +143,46 @@ class Adafactor final : public Optimizer<T> {
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
+    update_many({{&p, param, master, grad}});
+  }
+
+  void update_many(const std::vector<TensorUpdate<T>>& us) override {
     using D = device_t<T>;
-    const Weights<D> w = weights(param, master, seed_, t_, p.id);
-    const D* g = dev_ptr<T>(grad);
-    const optim::SecondMoment& s = moments_[p.id];
-    float* m1 = m1_[p.id];
-    const StepArgs a{rho_, rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
-                     float(rule_.beta1)};
-    if (!p.is_matrix()) {
-      adafactor_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m1, p.numel, beta2_, rule_.eps1, a);
-      CUDA_CHECK_LAUNCH();
-      return;
+    std::vector<AdafactorVector<D>> vectors;
+    std::vector<SweepJob<GradStats<D>>> stats[2];  // [vectorizable]
+    std::vector<SweepJob<DirectionSquares<D>>> squares[2];
+    std::vector<RunsJob<AdafactorApply<D>>> applies[2];
+    for (const TensorUpdate<T>& u : us) {
+      const ParamSpec& p = *u.p;
+      const Weights<D> w = weights(u.param, u.master, seed_, t_, p.id);
+      const D* g = dev_ptr<T>(u.grad);
+      const optim::SecondMoment& s = moments_[p.id];
+      float* m1 = m1_[p.id];
+      const StepArgs a{rho_, rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
+                       float(rule_.beta1)};
+      if (!p.is_matrix()) {
+        vectors.push_back({w, g, s.v, m1, p.numel, a});
+        continue;
+      }
+      double* sc = scal_.get() + kSlots * p.id;
+      const int vec = vectorizable(p.cols, {u.grad, u.master, u.param, m1});
+      const Factored::Matrix x = fac_.matrix(p);
+      stats[vec].push_back({GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)},
+                            x.s, x.parts, Ema{beta2_, s.r, s.c, x.rf, x.cf},
+                            rule_.scale_parameter ? sc + kSumW2 : nullptr});
+      squares[vec].push_back({DirectionSquares<D>{g, x.rf, x.cf, p.cols}, x.s, x.parts, Ema{}, sc + kSumU2});
+      applies[vec].push_back(Factored::runs_job(
+          AdafactorApply<D>{w, g, x.rf, x.cf, p.cols, p.numel, sc, a, m1}, p.rows, p.cols));
     }
-    double* sc = scal_.get();
-    const bool vec = vectorizable(p.cols, {grad, master, param, m1});
-    const Ema ema{beta2_, s.r, s.c, fac_.rf(), fac_.cf()};
-    fac_.sweep(GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)}, p.rows,
-               p.cols, vec, &ema, rule_.scale_parameter ? sc + kSumW2 : nullptr);
-    fac_.sweep(DirectionSquares<D>{g, fac_.rf(), fac_.cf(), p.cols}, p.rows, p.cols, vec, nullptr,
-               sc + kSumU2);
-    fac_.elementwise(AdafactorApply<D>{w, g, fac_.rf(), fac_.cf(), p.cols, p.numel, sc, a, m1},
-                     p.rows, p.cols, vec);
+    launch_jobs(vectors, [](const AdafactorVector<D>&) { return 1u; },
+                [&](const Jobs<AdafactorVector<D>>& b, unsigned grid) {
+                  adafactor_vectors<<<grid, kVectorThreads, 0, update_stream()>>>(b, beta2_, rule_.eps1);
+                });
+    for (int vec = 0; vec < 2; vec++) {
+      fac_.sweep(stats[vec], vec, true);
+      fac_.sweep(squares[vec], vec, false);
+      fac_.elementwise(applies[vec], vec);
+    }
   }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }

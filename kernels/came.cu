@@ -1,10 +1,11 @@
 // CAME (spec optimizers.md section 5; twin of src/reference/optim/came.cpp): Adafactor's
 // factored direction U, a first moment m of the clipped U, and for matrices the factored
 // instability (U - m_new)^2 + eps2 whose inverse square root scales m. A matrix is four
-// launches (factored.cuh): a sweep for the r/c EMAs and factors, a sweep for sum(U^2),
-// a sweep that updates m and feeds the instability's row/column EMAs and factors (U
+// passes (factored.cuh): a sweep for the r/c EMAs and factors, a sweep for sum(U^2), a
+// sweep that updates m and feeds the instability's row/column EMAs and factors (U
 // recomputed from g, not stored), and one elementwise pass for the weights. A vector
-// (no instability state) is one single-block launch.
+// (no instability state) is one block. update_many runs each pass of every matrix of
+// the batch, and every vector, as one launch.
 #include "factored.cuh"
 #include "reference/optim/optim_common.hpp"
 
@@ -67,12 +68,30 @@ struct CameApply {
 };
 
 // Vectors: v, U, sum(U^2), m and the weights (D = m, no confidence factor) in one
-// block, kept in registers between the reduction and the update.
+// block per vector, kept in registers between the reduction and the update.
+template <class D>
+struct CameVector {
+  Weights<D> w;
+  const D* g;
+  float *v, *m;
+  size_t n;
+  float keep;
+};
+struct CameVectorArgs {
+  double beta2, eps1, d;
+  float beta1, lr;
+};
 template <class D>
 __global__ void __launch_bounds__(kVectorThreads)
-    came_vector(Weights<D> w, const D* g, float* v, float* m, size_t n, double beta2, double eps1,
-                double d, float beta1, float lr, float keep) {
+    came_vectors(const __grid_constant__ Jobs<CameVector<D>> b, CameVectorArgs c) {
   __shared__ double red[32];
+  const CameVector<D>& job = b.job[blockIdx.x];
+  const Weights<D>& w = job.w;
+  const D* g = job.g;
+  float *v = job.v, *m = job.m;
+  const size_t n = job.n;
+  const double beta2 = c.beta2, eps1 = c.eps1, d = c.d;
+  const float beta1 = c.beta1, lr = c.lr, keep = job.keep;
   double u2 = 0;
   const auto first = [&](size_t i, float& x, float& vi, float& mi, float& y) {
     const double xd = to_f(g[i]);
@@ -118,7 +137,7 @@ class Came final : public Optimizer<T> {
         eps2_(optim::number(cfg, "came", "eps2", 0.0, 1.0)),
         clip_(optim::number(cfg, "came", "clip_threshold", 1e-12, 1e12)),
         seed_(seed), store_(dev), fac_(dev, table),
-        scal_(dev, kSlots, MemCategory::workspace, "came scalars") {
+        scal_(dev, kSlots * table.params.size(), MemCategory::workspace, "came scalars") {
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       moments_.push_back(optim::add_second_moment(store_, "came", p));
       m_.push_back(store_.add(p, "came.m", p.numel));
@@ -134,29 +153,51 @@ class Came final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
+    update_many({{&p, param, master, grad}});
+  }
+
+  void update_many(const std::vector<TensorUpdate<T>>& us) override {
     using D = device_t<T>;
-    const Weights<D> w = weights(param, master, seed_, t_, p.id);
-    const D* g = dev_ptr<T>(grad);
-    const optim::SecondMoment& s = moments_[p.id];
-    float* m = m_[p.id];
-    const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
-    if (!p.is_matrix()) {
-      came_vector<<<1, kVectorThreads, 0, update_stream()>>>(w, g, s.v, m, p.numel, beta2_, eps1_, clip_,
-                                                   float(beta1_), lr_, keep);
-      CUDA_CHECK_LAUNCH();
-      return;
+    std::vector<CameVector<D>> vectors;
+    std::vector<SweepJob<GradStats<D>>> stats[2];  // [vectorizable]
+    std::vector<SweepJob<DirectionSquares<D>>> squares[2];
+    std::vector<SweepJob<CameMoment<D>>> moments[2];
+    std::vector<RunsJob<CameApply<D>>> applies[2];
+    for (const TensorUpdate<T>& u : us) {
+      const ParamSpec& p = *u.p;
+      const Weights<D> w = weights(u.param, u.master, seed_, t_, p.id);
+      const D* g = dev_ptr<T>(u.grad);
+      const optim::SecondMoment& s = moments_[p.id];
+      float* m = m_[p.id];
+      const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
+      if (!p.is_matrix()) {
+        vectors.push_back({w, g, s.v, m, p.numel, keep});
+        continue;
+      }
+      double* sum_u2 = scal_.get() + kSlots * p.id + kSumU2;
+      const int vec = vectorizable(p.cols, {u.grad, u.master, u.param, m});
+      const Factored::Matrix x = fac_.matrix(p);
+      const optim::SecondMoment& in = instability_[p.id];
+      stats[vec].push_back({GradStats<D>{g, p.cols, w, false, float(eps1_)}, x.s, x.parts,
+                            Ema{beta2_, s.r, s.c, x.rf, x.cf}, nullptr});
+      squares[vec].push_back({DirectionSquares<D>{g, x.rf, x.cf, p.cols}, x.s, x.parts, Ema{}, sum_u2});
+      moments[vec].push_back(
+          {CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_), x.rf, x.cf},
+           x.s, x.parts, Ema{beta3_, in.r, in.c, x.rf, x.cf}, nullptr});
+      applies[vec].push_back(
+          Factored::runs_job(CameApply<D>{w, m, x.rf, x.cf, p.cols, lr_, keep}, p.rows, p.cols));
     }
-    double* sum_u2 = scal_.get() + kSumU2;
-    const bool vec = vectorizable(p.cols, {grad, master, param, m});
-    float *rf = fac_.rf(), *cf = fac_.cf();
-    const Ema moment{beta2_, s.r, s.c, rf, cf};
-    fac_.sweep(GradStats<D>{g, p.cols, w, false, float(eps1_)}, p.rows, p.cols, vec, &moment, nullptr);
-    fac_.sweep(DirectionSquares<D>{g, rf, cf, p.cols}, p.rows, p.cols, vec, nullptr, sum_u2);
-    const optim::SecondMoment& in = instability_[p.id];
-    const Ema instability{beta3_, in.r, in.c, rf, cf};
-    fac_.sweep(CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_), rf, cf},
-               p.rows, p.cols, vec, &instability, nullptr);
-    fac_.elementwise(CameApply<D>{w, m, rf, cf, p.cols, lr_, keep}, p.rows, p.cols, vec);
+    const CameVectorArgs c{beta2_, eps1_, clip_, float(beta1_), lr_};
+    launch_jobs(vectors, [](const CameVector<D>&) { return 1u; },
+                [&](const Jobs<CameVector<D>>& b, unsigned grid) {
+                  came_vectors<<<grid, kVectorThreads, 0, update_stream()>>>(b, c);
+                });
+    for (int vec = 0; vec < 2; vec++) {
+      fac_.sweep(stats[vec], vec, true);
+      fac_.sweep(squares[vec], vec, false);
+      fac_.sweep(moments[vec], vec, true);
+      fac_.elementwise(applies[vec], vec);
+    }
   }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }

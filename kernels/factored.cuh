@@ -3,24 +3,29 @@
 // mean EMAs of an m x n statistic X, and the factors rf_i = rsqrt(r_i / mean(r)),
 // cf_j = rsqrt(c_j) with X_hat^-1/2 = rf_i cf_j.
 //
-// The idea that makes it fast: every pass over a matrix is ONE launch. A sweep reads the
-// matrix once in tiles (256 threads; a tile is 256 columns x rows_per_block rows; each
-// lane owns a run of 8 columns moved with 16-byte loads, each warp every 8th row, 8
-// rows in flight) and writes per tile fp32 row sums (warp sums) and column sums (shared
-// memory across the warps) of X, plus a double per-block sum of a scalar (W^2, U^2).
-// The reduction finishes inside the same launch, in three ticketed stages (atomic
-// counters, no float atomics): the last block of a row chunk adds its rows' partials
-// and updates r, the last block of a column tile does c and cf, and the last block of
-// the grid takes mean(r), writes rf and the scalar. Every sum has a fixed order, so
-// runs are bit-reproducible, and nothing waits for the host. A matrix costs one sweep
-// per statistic plus one elementwise launch. Lost variants: a block per row with
-// double column partials and separate EMA/factor/reduction kernels (about 9 launches
-// and 4 reads of g per matrix); one last block finishing everything (its serial loop
-// over ~10^5 partials cost ~30 us per matrix). d12 step on an H200: AdaLomo 4.8 -> 2.5
-// ms, Adafactor 3.6 -> 2.3, CAME 7.0 -> 3.5 (AdamW 1.3): what is left is launch latency
-// (248 launches for Adafactor, 298 for CAME) more than bytes.
+// The idea that makes it fast: every pass over a matrix is ONE launch, and one launch
+// serves many matrices. A sweep reads the matrix once in tiles (256 threads; a tile is
+// 256 columns x rows_per_block rows; each lane owns a run of 8 columns moved with 16-byte
+// loads, each warp every 8th row, 8 rows in flight) and writes per tile fp32 row sums
+// (warp sums) and column sums (shared memory across the warps) of X, plus a double
+// per-block sum of a scalar (W^2, U^2). The reduction finishes inside the same launch,
+// in three ticketed stages (atomic counters, no float atomics): the last block of a row
+// chunk adds its rows' partials and updates r, the last block of a column tile does c
+// and cf, and the last block of the matrix takes mean(r), writes rf and the scalar.
+// Every sum has a fixed order, so runs are bit-reproducible, and nothing waits for the
+// host. Each matrix owns its partials, factors and tickets, so the optimizers hand the
+// sweeps of up to kMaxJobs matrices (the tensors of a backward group, or of a whole
+// after_backward step) to one launch as a table of jobs passed by value: the grid is the
+// jobs' blocks end to end, and one matrix's serial finishing stages overlap the others'
+// sweeps. Same per-matrix grid either way, so batched and one-at-a-time updates agree
+// bit for bit. Lost variants: a block per row with double column partials and separate
+// EMA/factor/reduction kernels (about 9 launches and 4 reads of g per matrix); one last
+// block finishing everything (its serial loop over ~10^5 partials cost ~30 us per
+// matrix); one launch per matrix and pass (d12 step on an H200: AdaLomo 2.5 ms, Adafactor
+// 2.3, CAME 3.5, AdamW 1.3: 248-298 launches, latency more than bytes).
 #pragma once
 #include <type_traits>
+#include <vector>
 
 #include "optim_common.cuh"
 #include "reference/optim/factored.hpp"
@@ -81,8 +86,14 @@ __device__ __forceinline__ void store_weights(const Weights<D>& w, size_t at, in
     store_run<kVec>(w.param + at, left, x);
   } else if constexpr (std::is_same_v<D, float>) {
     store_run<kVec>(w.param + at, left, x);
+  } else if constexpr (kVec) {  // stochastic rounding as Weights::store, one 16-byte store
+    uint4 t;
+    __nv_bfloat16* h = reinterpret_cast<__nv_bfloat16*>(&t);
+#pragma unroll
+    for (int k = 0; k < kRun; k++) h[k] = bf16_stochastic(x[k], uint32_t(splitmix64(w.stream ^ (at + k))));
+    *reinterpret_cast<uint4*>(w.param + at) = t;
   } else {
-    for (int k = 0; k < kRun && k < left; k++) w.store(at + k, x[k]);  // stochastic rounding
+    for (int k = 0; k < kRun && k < left; k++) w.store(at + k, x[k]);
   }
 }
 
@@ -97,6 +108,7 @@ inline bool vectorizable(int64_t n, std::initializer_list<const void*> ptrs) {
 struct SweepShape {
   int64_t m, n;
   int rows_per_block;
+  unsigned tiles, chunks;  // of 256 columns, of rows_per_block rows
 };
 struct SweepParts {
   float* row;        // [tile][m]: row sums over the tile's 256 columns
@@ -104,7 +116,7 @@ struct SweepParts {
   double* scal;      // [block]: the scalar's per-block sums
   double* chunk_r;   // [chunk]: sum of the chunk's new r
   unsigned* ticket;  // [chunk] blocks done per row chunk, [tile] per column tile, then
-                     // one for the grid; whoever finishes a stage resets its ticket
+                     // one for the matrix; whoever finishes a stage resets its ticket
 };
 // Where a statistic sweep leaves its EMAs: r <- beta r + (1 - beta) rowmean(X), c
 // likewise, and the factors rf_i = rsqrt(r_i / mean(r)), cf_j = rsqrt(c_j) (double,
@@ -117,40 +129,40 @@ struct Ema {
 // Stage "row chunk done" (its last tile): the chunk's rows, summed over the tiles in
 // order, into r; the chunk's sum of the new r into chunk_r.
 __device__ __forceinline__ void finish_rows(const SweepShape& s, const SweepParts& p,
-                                            const Ema& e, unsigned tiles, double* red) {
-  const int64_t i0 = int64_t(blockIdx.y) * s.rows_per_block;
+                                            const Ema& e, unsigned chunk, double* red) {
+  const int64_t i0 = int64_t(chunk) * s.rows_per_block;
   const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
   double sum_r = 0;
   for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
     double t = 0;
-    for (unsigned b = 0; b < tiles; b++) t += __ldcg(p.row + b * s.m + i);
+    for (unsigned b = 0; b < s.tiles; b++) t += __ldcg(p.row + b * s.m + i);
     const float ri = float(e.beta * e.r[i] + (1 - e.beta) * (t / double(s.n)));
     e.r[i] = ri;
     sum_r += ri;
   }
   sum_r = block_sum_d(sum_r, red);
-  if (threadIdx.x == 0) p.chunk_r[blockIdx.y] = sum_r;
+  if (threadIdx.x == 0) p.chunk_r[chunk] = sum_r;
 }
 
 // Stage "column tile done" (its last chunk): the tile's columns, summed over the chunks
 // in order, into c and cf. One column per thread, 8 chunks' loads in flight.
 __device__ __forceinline__ void finish_cols(const SweepShape& s, const SweepParts& p,
-                                            const Ema& e, unsigned chunks) {
-  const int64_t j = int64_t(blockIdx.x) * kTileCols + threadIdx.x;
+                                            const Ema& e, unsigned tile) {
+  const int64_t j = int64_t(tile) * kTileCols + threadIdx.x;
   if (j >= s.n) return;
   double t = 0;
 #pragma unroll 8
-  for (unsigned b = 0; b < chunks; b++) t += __ldcg(p.col + b * s.n + j);
+  for (unsigned b = 0; b < s.chunks; b++) t += __ldcg(p.col + b * s.n + j);
   const float cj = float(e.beta * e.c[j] + (1 - e.beta) * (t / double(s.m)));
   e.c[j] = cj;
   e.cf[j] = float(1.0 / sqrt(double(cj)));
 }
 
-// Stage "grid done": mean(r) from the chunk sums, then rf.
+// Stage "matrix done": mean(r) from the chunk sums, then rf.
 __device__ __forceinline__ void finish_factors(const SweepShape& s, const SweepParts& p,
-                                               const Ema& e, unsigned chunks, double* red) {
+                                               const Ema& e, double* red) {
   double t = 0;
-  for (unsigned b = threadIdx.x; b < chunks; b += blockDim.x) t += __ldcg(p.chunk_r + b);
+  for (unsigned b = threadIdx.x; b < s.chunks; b += blockDim.x) t += __ldcg(p.chunk_r + b);
   const double mean_r = block_sum_d(t, red) / double(s.m);
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < s.m; i += blockDim.x)
@@ -171,19 +183,48 @@ __device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* f
   return *flag;
 }
 
-// Sweep over an m x n matrix: f.visit<kVec>(i, j, left, x, scal) fills x with X over
-// columns j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol
-// the sums of X go into `ema`; the scalar's total goes to *scal_out (if given).
+// Up to kMaxJobs tensors' work in one launch, passed by value (__grid_constant__, read
+// in place): job k owns blocks [first[k], first[k + 1]) of a 1-D grid.
+constexpr int kMaxJobs = 32;
+template <class J>
+struct Jobs {
+  int count;
+  unsigned first[kMaxJobs + 1];
+  J job[kMaxJobs];
+};
+template <class J>
+__device__ __forceinline__ int job_of(const Jobs<J>& b) {
+  int k = 0;
+  while (k + 1 < b.count && blockIdx.x >= b.first[k + 1]) k++;
+  return k;
+}
+
+// One matrix's sweep: f.visit<kVec>(i, j, left, x, scal) fills x with X over columns
+// j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol the sums
+// of X go into `ema`; the scalar's total goes to *scal_out (if given).
+template <class F>
+struct SweepJob {
+  F f;
+  SweepShape s;
+  SweepParts parts;
+  Ema ema;
+  double* scal_out;
+};
+
 template <class F, bool kVec, bool kRowCol>
-__global__ void __launch_bounds__(kSweepThreads)
-    sweep(F f, SweepShape s, SweepParts parts, Ema ema, double* scal_out) {
+__global__ void __launch_bounds__(kSweepThreads) sweep(const __grid_constant__ Jobs<SweepJob<F>> b) {
   __shared__ float cols[kSweepWarps][kTileCols];
   __shared__ double red[32];
   __shared__ bool flag;
+  const int q = job_of(b);
+  const SweepJob<F>& job = b.job[q];
+  const SweepShape& s = job.s;
+  const SweepParts& parts = job.parts;
+  const unsigned block = blockIdx.x - b.first[q], tile = block % s.tiles, chunk = block / s.tiles;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t j = int64_t(blockIdx.x) * kTileCols + lane * kRun;
+  const int64_t j = int64_t(tile) * kTileCols + lane * kRun;
   const int left = int(s.n - j < kRun ? s.n - j : kRun);  // <= 0: past the row's end
-  const int64_t i0 = int64_t(blockIdx.y) * s.rows_per_block;
+  const int64_t i0 = int64_t(chunk) * s.rows_per_block;
   const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
   float col[kRun] = {};
   double scal = 0;
@@ -193,7 +234,7 @@ __global__ void __launch_bounds__(kSweepThreads)
     for (int u = 0; u < kRowsInFlight; u++) {
       const int64_t r = i + u * kSweepWarps;
       if (r < i1 && left > 0) {
-        f.template visit<kVec>(r, j, left, x[u], scal);
+        job.f.template visit<kVec>(r, j, left, x[u], scal);
       } else {
 #pragma unroll
         for (int k = 0; k < kRun; k++) x[u][k] = 0.f;
@@ -207,52 +248,80 @@ __global__ void __launch_bounds__(kSweepThreads)
         for (int k = 0; k < kRun; k++) rs += x[u][k], col[k] += x[u][k];
         rs = warp_sum(rs);
         const int64_t r = i + u * kSweepWarps;
-        if (lane == 0 && r < i1) parts.row[blockIdx.x * s.m + r] = rs;
+        if (lane == 0 && r < i1) parts.row[tile * s.m + r] = rs;
       }
     }
   }
-  const unsigned tiles = gridDim.x, chunks = gridDim.y;
   if constexpr (kRowCol) {
 #pragma unroll
     for (int k = 0; k < kRun; k++) cols[warp][lane * kRun + k] = col[k];
     __syncthreads();
-    const int64_t jc = int64_t(blockIdx.x) * kTileCols + threadIdx.x;
+    const int64_t jc = int64_t(tile) * kTileCols + threadIdx.x;
     if (jc < s.n) {
       float t = 0;
       for (int w = 0; w < kSweepWarps; w++) t += cols[w][threadIdx.x];
-      parts.col[blockIdx.y * s.n + jc] = t;
+      parts.col[chunk * s.n + jc] = t;
     }
-    if (arrive(parts.ticket + blockIdx.y, tiles, &flag)) finish_rows(s, parts, ema, tiles, red);
-    if (arrive(parts.ticket + chunks + blockIdx.x, chunks, &flag)) finish_cols(s, parts, ema, chunks);
+    if (arrive(parts.ticket + chunk, s.tiles, &flag)) finish_rows(s, parts, job.ema, chunk, red);
+    if (arrive(parts.ticket + s.chunks + tile, s.chunks, &flag)) finish_cols(s, parts, job.ema, tile);
   }
-  if (scal_out) {
+  if (job.scal_out) {
     scal = block_sum_d(scal, red);
-    if (threadIdx.x == 0) parts.scal[blockIdx.y * tiles + blockIdx.x] = scal;
+    if (threadIdx.x == 0) parts.scal[block] = scal;
   }
-  if (!arrive(parts.ticket + chunks + tiles, tiles * chunks, &flag)) return;
-  if constexpr (kRowCol) finish_factors(s, parts, ema, chunks, red);
-  if (scal_out) {
+  if (!arrive(parts.ticket + s.chunks + s.tiles, s.tiles * s.chunks, &flag)) return;
+  if constexpr (kRowCol) finish_factors(s, parts, job.ema, red);
+  if (job.scal_out) {
     double t = 0;
-    for (unsigned b = threadIdx.x; b < tiles * chunks; b += blockDim.x) t += __ldcg(parts.scal + b);
+    for (unsigned k = threadIdx.x; k < s.tiles * s.chunks; k += blockDim.x) t += __ldcg(parts.scal + k);
     t = block_sum_d(t, red);
-    if (threadIdx.x == 0) *scal_out = t;
+    if (threadIdx.x == 0) *job.scal_out = t;
   }
 }
 
-// Elementwise pass over the runs of an m x n matrix: f.apply<kVec>(k, i, j, left), k =
-// f.constants() computed once per thread.
+// One matrix's elementwise pass over its runs of 8: f.apply<kVec>(k, i, j, left), k =
+// f.constants() computed once per thread; grid-stride over the job's own blocks.
+template <class F>
+struct RunsJob {
+  F f;
+  int64_t m, n;
+  unsigned blocks;
+};
+
 template <class F, bool kVec>
-__global__ void runs(F f, int64_t m, int64_t n) {
-  const auto k = f.constants();
-  const int64_t per_row = (n + kRun - 1) / kRun;
-  for (int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; q < m * per_row;
-       q += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = q / per_row, j = (q - i * per_row) * kRun;
-    f.template apply<kVec>(k, i, j, int(n - j < kRun ? n - j : kRun));
+__global__ void runs(const __grid_constant__ Jobs<RunsJob<F>> b) {
+  const int q = job_of(b);
+  const RunsJob<F>& job = b.job[q];
+  const auto k = job.f.constants();
+  const int64_t per_row = (job.n + kRun - 1) / kRun, total = job.m * per_row;
+  for (int64_t r = int64_t(blockIdx.x - b.first[q]) * blockDim.x + threadIdx.x; r < total;
+       r += int64_t(job.blocks) * blockDim.x) {
+    const int64_t i = r / per_row, j = (r - i * per_row) * kRun;
+    job.f.template apply<kVec>(k, i, j, int(job.n - j < kRun ? job.n - j : kRun));
   }
 }
 
-// Vectors (biases, layernorm) run as one block each: their cost is launches, not bytes.
+// Launches jobs in groups of at most kMaxJobs on update_stream():
+// launch(const Jobs<J>&, unsigned grid) with job k given blocks(job k) blocks.
+template <class J, class Blocks, class Launch>
+void launch_jobs(const std::vector<J>& jobs, const Blocks& blocks, const Launch& launch) {
+  static_assert(sizeof(Jobs<J>) <= 32764, "a kernel's parameters are at most 32764 bytes");
+  for (size_t a = 0; a < jobs.size(); a += kMaxJobs) {
+    Jobs<J> b{};
+    b.count = int(std::min<size_t>(kMaxJobs, jobs.size() - a));
+    unsigned grid = 0;
+    for (int k = 0; k < b.count; k++) {
+      b.first[k] = grid, b.job[k] = jobs[a + k];
+      grid += blocks(jobs[a + k]);
+    }
+    b.first[b.count] = grid;
+    launch(b, grid);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+// Vectors (biases, layernorm) run as one block each, many per launch: their cost is
+// launches, not bytes.
 constexpr int kVectorThreads = 1024, kVectorCached = 4;
 
 // U's clip divisor max(1, RMS(U) / d) from the sum of U^2.
@@ -308,30 +377,43 @@ struct DirectionSquares {
   }
 };
 
-// Partials, factors and the ticket for the sweeps over the table's matrices
-// (MemCategory::workspace); launches them on update_stream().
+// Each matrix's partials, factors and tickets for its sweeps (MemCategory::workspace; 8
+// MiB for d12, where one shared set was 1 MiB: the price of many matrices per launch);
+// launches batches of sweeps and elementwise passes on update_stream().
 class Factored {
  public:
-  Factored(Device& dev, const ParamTable& table) {
+  Factored(Device& dev, const ParamTable& table) : at_(table.params.size()) {
     CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, 0));
-    size_t rows = 1, cols = 1, blocks = 1, chunks = 1, tiles = 1;
-    int64_t m = 1, n = 1;
+    // Every slice starts on a 32-byte boundary: cf is read in 16-byte runs.
+    const auto slice = [](size_t& end, size_t k) {
+      const size_t at = end;
+      end += (k + kRun - 1) / kRun * kRun;
+      return at;
+    };
+    Offsets end{};
     for (const ParamSpec& p : table.params) {
-      if (!p.is_matrix()) continue;
+      if (!p.is_matrix() || !p.local) continue;
       const SweepShape s = shape(p.rows, p.cols);
-      const size_t t = ceil_div(p.cols, kTileCols), c = ceil_div(p.rows, s.rows_per_block);
-      rows = std::max(rows, t * p.rows), cols = std::max(cols, c * p.cols);
-      blocks = std::max(blocks, t * c), chunks = std::max(chunks, c), tiles = std::max(tiles, t);
-      m = std::max(m, p.rows), n = std::max(n, p.cols);
+      const size_t m = size_t(p.rows), n = size_t(p.cols);
+      Offsets& o = at_[p.id];
+      o.row = slice(end.row, s.tiles * m), o.col = slice(end.col, s.chunks * n);
+      o.rf = slice(end.rf, m), o.cf = slice(end.cf, n);
+      o.scal = slice(end.scal, size_t(s.tiles) * s.chunks), o.chunk_r = slice(end.chunk_r, s.chunks);
+      o.ticket = slice(end.ticket, size_t(s.chunks) + s.tiles + 1);
     }
     const auto floats = [&](size_t k, const char* what) {
-      return DeviceBuffer<float>(dev, k, MemCategory::workspace, std::string("factored ") + what);
+      return DeviceBuffer<float>(dev, std::max<size_t>(1, k), MemCategory::workspace,
+                                 std::string("factored ") + what);
     };
-    row_ = floats(rows, "row partials"), col_ = floats(cols, "column partials");
-    rf_ = floats(size_t(m), "row factors"), cf_ = floats(size_t(n), "column factors");
-    scal_ = DeviceBuffer<double>(dev, blocks, MemCategory::workspace, "factored scalar partials");
-    chunk_r_ = DeviceBuffer<double>(dev, chunks, MemCategory::workspace, "factored chunk sums of r");
-    ticket_ = DeviceBuffer<unsigned>(dev, chunks + tiles + 1, MemCategory::workspace, "factored tickets");
+    const auto doubles = [&](size_t k, const char* what) {
+      return DeviceBuffer<double>(dev, std::max<size_t>(1, k), MemCategory::workspace,
+                                  std::string("factored ") + what);
+    };
+    row_ = floats(end.row, "row partials"), col_ = floats(end.col, "column partials");
+    rf_ = floats(end.rf, "row factors"), cf_ = floats(end.cf, "column factors");
+    scal_ = doubles(end.scal, "scalar partials"), chunk_r_ = doubles(end.chunk_r, "chunk sums of r");
+    ticket_ = DeviceBuffer<unsigned>(dev, std::max<size_t>(1, end.ticket), MemCategory::workspace,
+                                     "factored tickets");
     dev.zero(ticket_.get(), ticket_.bytes());
   }
 
@@ -341,37 +423,56 @@ class Factored {
     const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms_ / tiles);
     const int64_t step = kSweepWarps * kRowsInFlight;
     const int64_t rows = int64_t(ceil_div(ceil_div(m, want), step)) * step;
-    return {m, n, int(rows)};
+    return {m, n, int(rows), unsigned(tiles), ceil_div(m, rows)};
   }
 
-  // ema: where the row/column sums of X go (null: X unused); scal_out: the scalar's sum.
+  // Matrix p's sweep shape and workspace, and its factors rf (rows) and cf (columns).
+  struct Matrix {
+    SweepShape s;
+    SweepParts parts;
+    float *rf, *cf;
+  };
+  Matrix matrix(const ParamSpec& p) const {
+    const Offsets& o = at_[p.id];
+    return {shape(p.rows, p.cols),
+            {row_.get() + o.row, col_.get() + o.col, scal_.get() + o.scal, chunk_r_.get() + o.chunk_r,
+             ticket_.get() + o.ticket},
+            rf_.get() + o.rf, cf_.get() + o.cf};
+  }
+
+  // kRowCol: the jobs' sums of X go into their ema.
   template <class F>
-  void sweep(const F& f, int64_t m, int64_t n, bool vec, const Ema* ema, double* scal_out) {
-    const SweepShape s = shape(m, n);
-    const dim3 grid(ceil_div(n, kTileCols), ceil_div(m, s.rows_per_block));
-    const SweepParts p{row_.get(), col_.get(), scal_.get(), chunk_r_.get(), ticket_.get()};
-    const Ema e = ema ? *ema : Ema{};
+  void sweep(const std::vector<SweepJob<F>>& jobs, bool vec, bool row_col) {
     cudaStream_t st = update_stream();
-    if (vec && ema) gpt2::cuda::sweep<F, true, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
-    else if (vec) gpt2::cuda::sweep<F, true, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
-    else if (ema) gpt2::cuda::sweep<F, false, true><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
-    else gpt2::cuda::sweep<F, false, false><<<grid, kSweepThreads, 0, st>>>(f, s, p, e, scal_out);
-    CUDA_CHECK_LAUNCH();
+    launch_jobs(jobs, [](const SweepJob<F>& j) { return j.s.tiles * j.s.chunks; },
+                [&](const Jobs<SweepJob<F>>& b, unsigned grid) {
+                  if (vec && row_col) gpt2::cuda::sweep<F, true, true><<<grid, kSweepThreads, 0, st>>>(b);
+                  else if (vec) gpt2::cuda::sweep<F, true, false><<<grid, kSweepThreads, 0, st>>>(b);
+                  else if (row_col) gpt2::cuda::sweep<F, false, true><<<grid, kSweepThreads, 0, st>>>(b);
+                  else gpt2::cuda::sweep<F, false, false><<<grid, kSweepThreads, 0, st>>>(b);
+                });
   }
 
   template <class F>
-  void elementwise(const F& f, int64_t m, int64_t n, bool vec) {
-    const unsigned blocks = elementwise_blocks(size_t(m) * size_t(ceil_div(n, kRun)));
-    if (vec) runs<F, true><<<blocks, kThreads, 0, update_stream()>>>(f, m, n);
-    else runs<F, false><<<blocks, kThreads, 0, update_stream()>>>(f, m, n);
-    CUDA_CHECK_LAUNCH();
+  static RunsJob<F> runs_job(const F& f, int64_t m, int64_t n) {
+    return {f, m, n, elementwise_blocks(size_t(m) * size_t(ceil_div(n, kRun)))};
   }
-
-  float* rf() const { return rf_.get(); }
-  float* cf() const { return cf_.get(); }
+  template <class F>
+  void elementwise(const std::vector<RunsJob<F>>& jobs, bool vec) {
+    cudaStream_t st = update_stream();
+    launch_jobs(jobs, [](const RunsJob<F>& j) { return j.blocks; },
+                [&](const Jobs<RunsJob<F>>& b, unsigned grid) {
+                  if (vec) runs<F, true><<<grid, kThreads, 0, st>>>(b);
+                  else runs<F, false><<<grid, kThreads, 0, st>>>(b);
+                });
+  }
 
  private:
+  struct Offsets {
+    size_t row, col, rf, cf, scal, chunk_r, ticket;
+  };
   int sms_ = 132;
+  std::vector<Offsets> at_;  // by tensor id
   DeviceBuffer<float> row_, col_, rf_, cf_;
   DeviceBuffer<double> scal_, chunk_r_;
   DeviceBuffer<unsigned> ticket_;

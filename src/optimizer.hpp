@@ -23,6 +23,15 @@ struct StateBlob {
   size_t bytes;
 };
 
+// One tensor's update() arguments, for update_many.
+template <class T>
+struct TensorUpdate {
+  const ParamSpec* p;
+  T* param;
+  float* master;
+  T* grad;
+};
+
 template <class T>
 class Optimizer {
  public:
@@ -34,6 +43,12 @@ class Optimizer {
   // of bf16 weights (updated, then rounded into param) or null: fp32 weights, or bf16
   // weights updated with stochastic rounding. The CPU references take fp32 only.
   virtual void update(const ParamSpec& p, T* param, float* master, T* grad) = 0;
+  // The updates of tensors whose gradients are final together (after_backward: all of
+  // them; fused: one backward group), with the same result as update() on each in turn.
+  // The factored CUDA optimizers override it to update many tensors per kernel launch.
+  virtual void update_many(const std::vector<TensorUpdate<T>>& us) {
+    for (const TensorUpdate<T>& u : us) update(*u.p, u.param, u.master, u.grad);
+  }
   virtual std::vector<StateBlob> state() = 0;
 };
 

@@ -129,7 +129,11 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
         half_elems_(arena_.size() / halves_),
-        group_size_(group_sizes(table)) {}
+        group_size_(table.cfg.num_layers + 2, 0),
+        group_storage_(group_sizes(table)) {
+    for (const ParamSpec& p : table.params)
+      if (p.kind != ParamKind::wte) group_size_[group_of(p) + 2]++;
+  }
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
   T* grad(const ParamSpec& p) override {
@@ -142,12 +146,14 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     } else {
       T* half = arena_.get() + half_ * half_elems_;
       if (group_of(p) != group_) {
-        if (pending_ != 0) fail("internal: arena reused while ", pending_, " gradients pending");
-        group_ = group_of(p), used_ = 0;
+        if (pending_ != 0 || !updates_.empty())
+          fail("internal: arena reused while ", pending_, " gradients and ", updates_.size(),
+               " updates pending");
+        group_ = group_of(p), used_ = 0, done_ = 0;
         half_ = (half_ + 1) % halves_;
         half = arena_.get() + half_ * half_elems_;
         pipe_.comm_.wait_mark(half_);  // the updates that last read this half are done
-        dev_.zero(half, group_size_[group_ + 2] * sizeof(T));
+        dev_.zero(half, group_storage_[group_ + 2] * sizeof(T));
       }
       g = half + used_;
       used_ += p.storage;
@@ -157,13 +163,19 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     return g;
   }
 
+  // A group's updates go to the optimizer together once its last gradient is final
+  // (wte's alone), before the arena is reused: the factored optimizers update many
+  // tensors per kernel launch.
   void ready(const ParamSpec& p) override {
     T* g = slot_.at(p.id);
     Comm& comm = pipe_.comm_;
     comm.reduce_grads({{g, p.storage, dtype_of<T>()}});
+    const bool group_done = p.kind == ParamKind::wte || ++done_ == group_size_[group_of(p) + 2];
     comm.on_comm_stream([&] {
       pipe_.gops_.sum_squares(g, p.numel, p.id);
-      if (!measuring) pipe_.apply(p, g);
+      if (measuring) return;
+      updates_.push_back(pipe_.prepare(p, g));
+      if (group_done) pipe_.opt_.update_many(updates_), updates_.clear();
     });
     if (p.kind != ParamKind::wte) {
       comm.mark(half_);
@@ -171,7 +183,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     }
   }
 
-  void reset() { group_ = -3, used_ = 0, pending_ = 0; }
+  void reset() { group_ = -3, used_ = 0, pending_ = 0, done_ = 0, updates_.clear(); }
 
  private:
   UpdatePipeline& pipe_;
@@ -179,9 +191,11 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   const int halves_;
   DeviceBuffer<T> wte_, arena_;
   const size_t half_elems_;
-  const std::vector<size_t> group_size_;
   std::map<int, T*> slot_;
-  int group_ = -3, pending_ = 0, half_ = 0;
+  std::vector<int> group_size_;  // tensors per group (group_of + 2), wte not counted
+  std::vector<size_t> group_storage_;  // their elements
+  std::vector<TensorUpdate<T>> updates_;  // the current group's, until its last is ready
+  int group_ = -3, pending_ = 0, half_ = 0, done_ = 0;
   size_t used_ = 0;
 };
 
@@ -245,9 +259,9 @@ double UpdatePipeline<T>::total_norm() {
 }
 
 template <class T>
-void UpdatePipeline<T>::apply(const ParamSpec& p, T* g) {
+TensorUpdate<T> UpdatePipeline<T>::prepare(const ParamSpec& p, T* g) {
   if (clip_value_ > 0 || clip_coef_ != 1.0f) gops_.clip_scale(g, p.numel, clip_value_, clip_coef_);
-  opt_.update(p, model_.params() + p.offset, master_.get() ? master_.get() + p.offset : nullptr, g);
+  return {&p, model_.params() + p.offset, master_.get() ? master_.get() + p.offset : nullptr, g};
 }
 
 template <class T>
@@ -285,8 +299,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       if (mine(p)) gops_.sum_squares(full_->grad(p), p.numel, p.id);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
+    std::vector<TensorUpdate<T>> updates;
     for (const ParamSpec& p : model_.table.params)
-      if (mine(p)) apply(p, full_->grad(p));
+      if (mine(p)) updates.push_back(prepare(p, full_->grad(p)));
+    opt_.update_many(updates);
     if (zero1_) {  // every rank takes each tensor's new weights from its owner
       for (const ParamSpec& p : model_.table.params) {
         comm_.broadcast({model_.params() + p.offset, p.storage, dtype_of<T>()}, owners_[p.id]);

@@ -104,7 +104,7 @@ class UpdatePipeline {
  private:
   class FullSink;
   class FusedSink;
-  void apply(const ParamSpec& p, T* grad);  // clip, scale, update one tensor
+  TensorUpdate<T> prepare(const ParamSpec& p, T* grad);  // clip, scale: ready to update
   double total_norm();  // sqrt of the recorded per-tensor squares, summed in id order
 
   GPT2<T>& model_;

@@ -4,7 +4,7 @@
 #include "catch.hpp"
 #include "factored_oracle.hpp"
 #include "optim_fixture.hpp"
-#include "optim_gpu_check.hpp"
+#include "optim_batch_check.hpp"
 
 using namespace gpt2;
 using namespace gpt2::test;
@@ -166,4 +166,15 @@ TEST_CASE("Adafactor on the GPU matches the CPU reference", "[gpu]") {
   // steps of ~1e-6 are below the fp32 resolution of the weights this test compares.
   cfg["optimizer"]["adafactor"]["relative_step"] = true;
   check_gpu_against_reference(cfg);
+}
+
+TEST_CASE("Adafactor's batched GPU update equals its update() per tensor, bit for bit", "[gpu]") {
+  json cfg = optimizer_cfg("adafactor");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(batched_matches_single<float>(cfg, false));
+  cfg["optimizer"]["adafactor"]["beta1"] = 0.9;
+  cfg["optimizer"]["adafactor"]["scale_parameter"] = true;
+  CHECK(batched_matches_single<float>(cfg, false));
+  CHECK(batched_matches_single<bf16>(cfg, true));
+  CHECK(batched_matches_single<bf16>(cfg, false));  // stochastic rounding, 16-byte stores
 }

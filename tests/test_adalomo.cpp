@@ -3,7 +3,7 @@
 #include "catch.hpp"
 #include "factored_oracle.hpp"
 #include "optim_fixture.hpp"
-#include "optim_gpu_check.hpp"
+#include "optim_batch_check.hpp"
 
 using namespace gpt2;
 using namespace gpt2::test;
@@ -90,4 +90,12 @@ TEST_CASE("AdaLomo on the GPU matches the CPU reference", "[gpu]") {
   cfg["optimizer"]["weight_decay"] = 0.1;
   check_gpu_against_reference(cfg);
   CHECK_FALSE(gpu_state_round_trips(cfg, 2, 2, false));
+}
+
+TEST_CASE("AdaLomo's batched GPU update equals its update() per tensor, bit for bit", "[gpu]") {
+  json cfg = optimizer_cfg("adalomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(batched_matches_single<float>(cfg, false));
+  CHECK(batched_matches_single<bf16>(cfg, true));
+  CHECK(batched_matches_single<bf16>(cfg, false));  // stochastic rounding, 16-byte stores
 }

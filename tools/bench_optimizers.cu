@@ -1,6 +1,7 @@
-// Times one full optimizer step (every tensor's update, as the after_backward pipeline
-// runs it) on the GPT-2 d12 parameter table, bf16 weights + fp32 master, random weights
-// and gradients on the GPU; median of 20 steps with cudaEvents on the default stream.
+// Times one full optimizer step (every tensor's update in one update_many, as the
+// after_backward pipeline runs it) on the GPT-2 d12 parameter table, bf16 weights + fp32
+// master, random weights and gradients on the GPU; median of 20 steps with cudaEvents
+// on the default stream.
 // Prints ms per step and the ratio to AdamW, and AdamW's bytes moved / bandwidth.
 //   build/bench_optimizers            table
 //   build/bench_optimizers --json     one JSON object on stdout
@@ -42,8 +43,10 @@ Result bench(const std::string& name, const ParamTable& table, Device& dev, bf16
     dev.to_device(grads, grad_host.data(), grad_host.size() * sizeof(bf16));
     cudaEventRecord(a);
     opt->begin_step(s, 1e-4f);
+    std::vector<TensorUpdate<bf16>> updates;
     for (const ParamSpec& p : table.params)
-      opt->update(p, params + p.offset, master + p.offset, grads + p.offset);
+      updates.push_back({&p, params + p.offset, master + p.offset, grads + p.offset});
+    opt->update_many(updates);
     cudaEventRecord(b);
     cudaEventSynchronize(b);
     float t = 0;
