@@ -44,7 +44,7 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
                                           p.elem_size, cuda);
   b[int(MemCategory::activations)] =
       activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size).total();
-  b[int(MemCategory::workspace)] = optimizer_workspace_bytes(cfg, table);
+  b[int(MemCategory::workspace)] = optimizer_workspace_bytes(cfg, table, cuda);
   return p;
 }
 

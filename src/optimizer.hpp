@@ -59,9 +59,10 @@ std::unique_ptr<Optimizer<float>> make_optimizer(const json& cfg, const ParamTab
 
 // Bytes make_optimizer allocates under MemCategory::optimizer_state for `table`
 // (Adapprox: Q and U at k_max columns), and under MemCategory::workspace (Adapprox's
-// dense V_t scratch for the largest matrix; 0 for the others). The memory table uses
-// these; tests hold them equal to a CpuDevice's ledger.
+// dense V_t scratch for the largest matrix, with `cuda` also the CUDA optimizer's thin
+// S-RSI buffers; 0 for the others). The memory table uses these; tests hold the CPU
+// figures equal to a CpuDevice's ledger.
 size_t optimizer_state_bytes(const json& cfg, const ParamTable& table);
-size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table);
+size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table, bool cuda);
 
 }  // namespace gpt2
