@@ -69,6 +69,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fp64_copy.cuh"
 #include "kernels.cuh"
 #include "optim_common.cuh"
 #include "reference/optim/adapprox_settings.hpp"
@@ -101,14 +102,6 @@ __global__ void sketch(float* om, size_t n, uint64_t seed) {
     om[i] = float(optim::gaussian(seed, i));  // entry (j, c) is number c * rows + j
 }
 
-__global__ void widen(double* out, const float* in, size_t n) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = in[i];
-}
-__global__ void narrow(float* out, const double* in, size_t n) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = float(in[i]);
-}
 // A deferred S-RSI's Gram matrix into its batch slot; a non-finite entry counts as a
 // failure (the immediate path checks the eigenvalues instead, which come too late here).
 __global__ void widen_checked(double* out, const float* in, size_t n, double* failed) {

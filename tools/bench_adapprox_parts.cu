@@ -18,6 +18,8 @@
 #include <random>
 #include <vector>
 
+#include "fp64_copy.cuh"
+
 
 #define CHECK(x)                                                        \
   do {                                                                  \
@@ -26,6 +28,9 @@
       std::exit(1);                                                     \
     }                                                                   \
   } while (0)
+
+using gpt2::cuda::narrow;
+using gpt2::cuda::widen;
 
 namespace {
 
@@ -55,14 +60,6 @@ T* device(size_t n) {
   return p;
 }
 
-__global__ void widen(double* out, const float* in, size_t n) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = in[i];
-}
-__global__ void narrow(float* out, const double* in, size_t n) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = float(in[i]);
-}
 
 }  // namespace
 
