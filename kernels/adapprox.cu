@@ -192,7 +192,7 @@ class Adapprox final : public Optimizer<T> {
         const float k0 = float(t.rank);
         if (t.rank_err) dev.to_device(t.rank_err, &k0, sizeof(float));
         largest = std::max(largest, p.numel);
-        const int s = thin_cols(p, t.k_max);
+        const int s = s_.thin_cols(p);
         s_max = std::max(s_max, s);
         t.side = side;
         side += size_t(p.rows + p.cols) * (s - t.k_max);
@@ -235,7 +235,7 @@ class Adapprox final : public Optimizer<T> {
     size_t eig_bytes = 1, eig_host_bytes = 1;
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
-      const int m = int(p.rows), s = thin_cols(p, tensors_[p.id].k_max);
+      const int m = int(p.rows), s = s_.thin_cols(p);
       int a = 0, b = 0, d = 0;
       size_t c = 0, ch = 0;
       CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
@@ -334,10 +334,6 @@ class Adapprox final : public Optimizer<T> {
     size_t gram = 0, eig = 0;  // offsets into batch_grams_, batch_eig_
     int info = 0;              // offset into batch_info_
   };
-  int thin_cols(const ParamSpec& p, int k_max) const {
-    return int(std::min<int64_t>(k_max + s_.p, std::min(p.rows, p.cols)));
-  }
-
   // Spec 6.5 steps 1-4: V_t, AS-RSI into (Q, U), then D over the V_t scratch.
   template <class D>
   void matrix_step(const ParamSpec& p, const D* g) {

@@ -144,18 +144,16 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
       g = wte_.get();
       dev_.zero(g, p.storage * sizeof(T));
     } else {
-      T* half = arena_.get() + half_ * half_elems_;
       if (group_of(p) != group_) {
         if (pending_ != 0 || !updates_.empty())
           fail("internal: arena reused while ", pending_, " gradients and ", updates_.size(),
                " updates pending");
         group_ = group_of(p), used_ = 0, done_ = 0;
         half_ = (half_ + 1) % halves_;
-        half = arena_.get() + half_ * half_elems_;
         pipe_.comm_.wait_mark(half_);  // the updates that last read this half are done
-        dev_.zero(half, group_storage_[group_ + 2] * sizeof(T));
+        dev_.zero(arena_.get() + half_ * half_elems_, group_storage_[group_ + 2] * sizeof(T));
       }
-      g = half + used_;
+      g = arena_.get() + half_ * half_elems_ + used_;
       used_ += p.storage;
       pending_++;
     }

@@ -171,7 +171,7 @@ size_t adapprox_workspace_bytes(const json& cfg, const ParamTable& table, bool c
     // Gram matrix per matrix plus the iterate columns past k_max. cuSOLVER's own work
     // (a size only cuSOLVER knows) and the s x s buffers are left out: a few MB.
     const int k_max = s.rule(p).k_max;
-    const size_t th = size_t(std::min<int64_t>(k_max + s.p, std::min(p.rows, p.cols)));
+    const size_t th = size_t(s.thin_cols(p));
     y = std::max(y, size_t(p.rows) * th), om = std::max(om, size_t(p.cols) * th);
     grams += th * th * sizeof(double);
     side += size_t(p.rows + p.cols) * (th - size_t(k_max)) * sizeof(float);

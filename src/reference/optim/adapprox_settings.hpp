@@ -66,6 +66,11 @@ struct Settings {
     r.xi_thr = xi_thr;
     return r;
   }
+  // Columns of the S-RSI iterates at k_max with oversampling: what the CUDA optimizer
+  // allocates its thin buffers for, and what the memory plan counts.
+  int thin_cols(const ParamSpec& p) const {
+    return int(std::min<int64_t>(rule(p).k_max + this->p, std::min(p.rows, p.cols)));
+  }
   int initial_rank(const ParamSpec& p) const {
     const RankRule r = rule(p);
     return std::clamp(k0, r.k_min, r.k_max);
