@@ -60,9 +60,8 @@
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
 // S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB). The
 // memory plan counts all of these but cuSOLVER's work (adapprox_workspace_bytes), whose
-// size only cuSOLVER knows: for d12 the batched eigensolver's alone is ~125 MB, which
-// leaves the measured peak 2.7% above the plan (the V_t scratch is free when it runs,
-// at begin_step() or state(), and could host it; not yet run on a GPU).
+// size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
+// peak when it had its own buffer) borrows the V_t scratch, idle when it runs.
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
@@ -232,7 +231,7 @@ class Adapprox final : public Optimizer<T> {
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
     CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
     int lwork = 1, dlwork = 1;
-    size_t eig_bytes = 1, eig_host_bytes = 1;
+    size_t eig_bytes = 1, eig_host_bytes = 1, batch_bytes = 1;
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix()) continue;
       const int m = int(p.rows), s = s_.thin_cols(p);
@@ -252,8 +251,13 @@ class Adapprox final : public Optimizer<T> {
       CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
           solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
           batch_grams_.get(), g.s, CUDA_R_64F, batch_eig_.get(), CUDA_R_64F, &c, &ch, g.capacity));
-      eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
+      batch_bytes = std::max(batch_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
     }
+    // The batched solve runs at begin_step() or state(), on the update stream after every
+    // update that uses the V_t scratch, so its work (~125 MB for d12) lives there if it fits.
+    batch_work_bytes_ = batch_bytes;
+    if (batch_bytes > V_.bytes())
+      batch_work_ = DeviceBuffer<char>(dev, batch_bytes, MemCategory::workspace, "adapprox deferred syevBatched work");
     work_ = thin(size_t(lwork), "cuSOLVER work");
     dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
     eig_work_ = DeviceBuffer<char>(dev, eig_bytes, MemCategory::workspace, "adapprox thin syevBatched work");
@@ -496,7 +500,7 @@ class Adapprox final : public Optimizer<T> {
         CUSOLVER_CHECK(cusolverDnXsyevBatched(
             solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
             batch_grams_.get() + g.gram, g.s, CUDA_R_64F, batch_eig_.get() + g.eig, CUDA_R_64F,
-            eig_work_.get(), eig_work_.size(), eig_host_work_.data(), eig_host_work_.size(),
+            batch_work(), batch_work_bytes_, eig_host_work_.data(), eig_host_work_.size(),
             batch_info_.get() + g.info, g.count));
     std::vector<double> eig(batch_eig_.size());
     copy_to_host_on_update_stream(eig.data(), batch_eig_.get(), eig.size() * sizeof(double));
@@ -565,7 +569,9 @@ class Adapprox final : public Optimizer<T> {
   DeviceBuffer<float> V_, Y_, Om_, G_, W_, tau_, dvec_, work_;
   DeviceBuffer<double> Gd_, eig_, dwork_;
   DeviceBuffer<int> info_;
-  DeviceBuffer<char> eig_work_;
+  DeviceBuffer<char> eig_work_, batch_work_;
+  size_t batch_work_bytes_ = 0;
+  void* batch_work() { return batch_work_.get() ? static_cast<void*>(batch_work_.get()) : static_cast<void*>(V_.get()); }
   std::vector<Group> groups_;
   std::vector<int> pending_;  // ids of the matrices whose S-RSI waits in finish_deferred()
   DeviceBuffer<float> side_;
