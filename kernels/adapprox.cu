@@ -162,10 +162,6 @@ __global__ void adapprox_apply(Weights<D> w, const float* S, const double* scal,
   }
 }
 
-struct FloatSquares {
-  const float* x;
-  __device__ double operator()(size_t i) const { return double(x[i]) * x[i]; }
-};
 struct Dot {
   const float *a, *b;
   __device__ double operator()(size_t i) const { return double(a[i]) * b[i]; }
@@ -290,15 +286,15 @@ class Adapprox final : public Optimizer<T> {
     }
     // Spec 6.5 steps 5-8 (and 6.7): clip D, momentum, guidance, decoupled decay.
     double* s = scal_.get();
-    red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
+    red_.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
     clip_and_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(Dir, t.m1, s + kSumD2, p.numel,
                                                                 s_.clip, float(s_.beta1));
     CUDA_CHECK_LAUNCH();
     const bool guided = t.m1 && s_.cos_guidance;
     if (guided) {
       red_.sum(Dot{Dir, t.m1}, p.numel, s + kDot);
-      red_.sum(FloatSquares{Dir}, p.numel, s + kSumD2);
-      red_.sum(FloatSquares{t.m1}, p.numel, s + kSumM2);
+      red_.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
+      red_.sum(Squares<float>{t.m1}, p.numel, s + kSumM2);
     }
     adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
         weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
@@ -356,7 +352,7 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
-    red_.sum(FloatSquares{V}, p.numel, eig_.get() + (eig_.size() - 1));
+    red_.sum(Squares<float>{V}, p.numel, eig_.get() + (eig_.size() - 1));
     double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
 
     // as_rsi (srsi.cpp), step for step.

@@ -69,6 +69,10 @@ __device__ __forceinline__ double block_sum_d(double v, double* shared) {
 }
 
 constexpr int kReduceThreads = 256, kReduceBlocks = 1024;
+// The first stage's grid for n elements: it depends on n alone (reproducible sums).
+inline int reduce_blocks(size_t n) {
+  return int(std::min<size_t>(kReduceBlocks, std::max<size_t>(1, ceil_div(n, kReduceThreads))));
+}
 
 template <class F>
 __global__ void __launch_bounds__(kReduceThreads) reduce_partials(F f, size_t n, double* partials) {
@@ -91,7 +95,7 @@ class Reducer {
   // *out = sum over i < n of f(i) (f a device functor returning double).
   template <class F>
   void sum(const F& f, size_t n, double* out) {
-    const int blocks = int(std::min<size_t>(kReduceBlocks, std::max<size_t>(1, ceil_div(n, kReduceThreads))));
+    const int blocks = reduce_blocks(n);
     reduce_partials<<<blocks, kReduceThreads, 0, update_stream()>>>(f, n, partials_.get());
     CUDA_CHECK_LAUNCH();
     reduce_final<<<1, kReduceThreads, 0, update_stream()>>>(partials_.get(), blocks, out);

@@ -24,12 +24,6 @@ std::unique_ptr<Device> make_cuda_device(int gpu);
 template <class T>
 std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev);
 
-// Adds the sum of squares of the device buffer x[0, n) to the device float *acc
-// (fp32 accumulation, deterministic): the global gradient norm is the sqrt of the
-// running total. Runs on the default stream.
-template <class T>
-void cuda_sum_squares(float* acc, const T* x, size_t n);
-
 template <class T> class GradOps;
 
 // The CUDA optimizers (kernels/<name>.cu): the same algorithms as the CPU references,

@@ -29,13 +29,6 @@ template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&);
 template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&);
 
 template <class T>
-void cuda_sum_squares(float*, const T*, size_t) {
-  fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
-}
-template void cuda_sum_squares<float>(float*, const float*, size_t);
-template void cuda_sum_squares<bf16>(float*, const bf16*, size_t);
-
-template <class T>
 std::unique_ptr<Optimizer<T>> make_cuda_optimizer(const json&, const ParamTable&, Device&,
                                                   uint64_t) {
   fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");

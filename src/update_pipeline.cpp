@@ -59,10 +59,12 @@ ParamTable zero1_shard(const ParamTable& table, int world, int rank) {
   return shard;
 }
 
-void CpuGradOps::sum_squares(const float* g, size_t n, int slot) {
-  double s = 0;
-  for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
-  sq_[slot] = s;
+void CpuGradOps::sum_squares(const std::vector<GradSlice<float>>& slices) {
+  for (const GradSlice<float>& x : slices) {
+    double s = 0;
+    for (size_t i = 0; i < x.n; i++) s += double(x.g[i]) * x.g[i];
+    sq_.at(x.slot) = s;
+  }
 }
 
 std::vector<double> CpuGradOps::take_squares() {
@@ -145,8 +147,8 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
       dev_.zero(g, p.storage * sizeof(T));
     } else {
       if (group_of(p) != group_) {
-        if (pending_ != 0 || !updates_.empty())
-          fail("internal: arena reused while ", pending_, " gradients and ", updates_.size(),
+        if (pending_ != 0 || !final_.empty())
+          fail("internal: arena reused while ", pending_, " gradients and ", final_.size(),
                " updates pending");
         group_ = group_of(p), used_ = 0, done_ = 0;
         half_ = (half_ + 1) % halves_;
@@ -169,19 +171,26 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     Comm& comm = pipe_.comm_;
     comm.reduce_grads({{g, p.storage, dtype_of<T>()}});
     const bool group_done = p.kind == ParamKind::wte || ++done_ == group_size_[group_of(p) + 2];
-    comm.on_comm_stream([&] {
-      pipe_.gops_.sum_squares(g, p.numel, p.id);
-      if (measuring) return;
-      updates_.push_back(pipe_.prepare(p, g));
-      if (group_done) pipe_.opt_.update_many(updates_), updates_.clear();
-    });
+    final_.push_back({&p, g});
+    if (group_done)
+      comm.on_comm_stream([&] {
+        std::vector<GradSlice<T>> slices;
+        for (auto [q, qg] : final_) slices.push_back({qg, q->numel, q->id});
+        pipe_.gops_.sum_squares(slices);
+        if (!measuring) {
+          std::vector<TensorUpdate<T>> updates;
+          for (auto [q, qg] : final_) updates.push_back(pipe_.prepare(*q, qg));
+          pipe_.opt_.update_many(updates);
+        }
+        final_.clear();
+      });
     if (p.kind != ParamKind::wte) {
       comm.mark(half_);
       pending_--;
     }
   }
 
-  void reset() { group_ = -3, used_ = 0, pending_ = 0, done_ = 0, updates_.clear(); }
+  void reset() { group_ = -3, used_ = 0, pending_ = 0, done_ = 0, final_.clear(); }
 
  private:
   UpdatePipeline& pipe_;
@@ -192,7 +201,9 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   std::map<int, T*> slot_;
   std::vector<int> group_size_;  // tensors per group (group_of + 2), wte not counted
   std::vector<size_t> group_storage_;  // their elements
-  std::vector<TensorUpdate<T>> updates_;  // the current group's, until its last is ready
+  // The current group's final gradients: their norms and updates go out together once
+  // the last is final.
+  std::vector<std::pair<const ParamSpec*, T*>> final_;
   int group_ = -3, pending_ = 0, half_ = 0, done_ = 0;
   size_t used_ = 0;
 };
@@ -293,8 +304,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     full_->flush();
     comm_.join();
     auto mine = [&](const ParamSpec& p) { return !zero1_ || owners_[p.id] == comm_.rank(); };
+    std::vector<GradSlice<T>> slices;
     for (const ParamSpec& p : model_.table.params)
-      if (mine(p)) gops_.sum_squares(full_->grad(p), p.numel, p.id);
+      if (mine(p)) slices.push_back({full_->grad(p), p.numel, p.id});
+    gops_.sum_squares(slices);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
     std::vector<TensorUpdate<T>> updates;

@@ -49,14 +49,23 @@ std::vector<int> zero1_owners(const ParamTable& table, int world);
 // from it allocates only those tensors' state.
 ParamTable zero1_shard(const ParamTable& table, int world, int rank);
 
+// One tensor's gradient whose squared norm goes to `slot`.
+template <class T>
+struct GradSlice {
+  const T* g;
+  size_t n;
+  int slot;
+};
+
 // The gradient arithmetic the pipeline needs from a backend (CPU loops here, CUDA
 // kernels in kernels/grad_ops.cu).
 template <class T>
 class GradOps {
  public:
   virtual ~GradOps() = default;
-  // Records sum(g^2) over n elements as tensor `slot`'s squared norm.
-  virtual void sum_squares(const T* g, size_t n, int slot) = 0;
+  // Records sum(g^2) of each slice as its slot's squared norm. Many slices per call: on
+  // the GPU a call is two launches per 32 tensors, not two per tensor.
+  virtual void sum_squares(const std::vector<GradSlice<T>>& slices) = 0;
   // The squared norms recorded since the last call, indexed by slot (waits for them).
   virtual std::vector<double> take_squares() = 0;
   // g = clamp(g, -clip_value, clip_value) (if clip_value > 0), then g *= scale.
@@ -66,7 +75,7 @@ class GradOps {
 class CpuGradOps final : public GradOps<float> {
  public:
   explicit CpuGradOps(size_t slots) : sq_(slots, 0.0) {}
-  void sum_squares(const float* g, size_t n, int slot) override;
+  void sum_squares(const std::vector<GradSlice<float>>& slices) override;
   std::vector<double> take_squares() override;
   void clip_scale(float* g, size_t n, float clip_value, float scale) override;
 

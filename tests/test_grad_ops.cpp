@@ -1,5 +1,7 @@
 // [gpu] CudaGradOps (kernels/grad_ops.cu) against CpuGradOps and double sums: per-slot
-// squared norms (deterministic, zeroed by take_squares) and clip_scale.
+// squared norms (deterministic, zeroed by take_squares, the same batched as one by one)
+// and clip_scale.
+#include <algorithm>
 #include <random>
 
 #include "catch.hpp"
@@ -34,14 +36,14 @@ void check_grad_ops() {
     d.emplace_back(*dev, sizes[s], MemCategory::grads, "g");
     dev->to_device(d[s].get(), h[s].data(), sizes[s] * sizeof(T));
   }
-  for (int s = 0; s < 3; s++) ops->sum_squares(d[s].get(), sizes[s], s);
+  ops->sum_squares({{d[0].get(), sizes[0], 0}, {d[1].get(), sizes[1], 1}, {d[2].get(), sizes[2], 2}});
   const std::vector<double> got = ops->take_squares();
   REQUIRE(got.size() == 3);
   // Double accumulation of exact squares: only summation order differs (~1e-15).
   for (int s = 0; s < 3; s++) CHECK(got[s] == Approx(want[s]).epsilon(1e-12));
   for (double x : ops->take_squares()) CHECK(x == 0.0);  // taken means zeroed
-  for (int s = 0; s < 3; s++) ops->sum_squares(d[s].get(), sizes[s], s);
-  CHECK(ops->take_squares() == got);  // bit-identical: fixed reduction order
+  for (int s = 2; s >= 0; s--) ops->sum_squares({{d[s].get(), sizes[s], s}});
+  CHECK(ops->take_squares() == got);  // bit-identical: each tensor's order is its own
 
   // clip_scale: the same fp32 arithmetic as CpuGradOps, rounded once to T.
   CpuGradOps cpu(1);
@@ -56,7 +58,44 @@ void check_grad_ops() {
   CHECK(wrong == 0);
 }
 
+// More tensors than one launch takes (32), of every size from 1 element to several
+// blocks' worth, in the slot order a layer group uses and shuffled: one call equals one
+// call per tensor bit for bit, and each slot equals its double sum.
+template <class T>
+void check_many_squares() {
+  auto dev = make_cuda_device(0);
+  const int count = 75;
+  auto ops = make_cuda_grad_ops<T>(count, *dev);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-3.f, 3.f);
+  std::vector<DeviceBuffer<T>> d;
+  std::vector<double> want(count, 0.0);
+  std::vector<GradSlice<T>> slices;
+  for (int s = 0; s < count; s++) {
+    const size_t n = s % 5 == 0 ? 1 + s : s % 5 == 1 ? 768 : size_t(257) * (s + 3) * (s % 3 + 1);
+    std::vector<T> h(n);
+    for (T& x : h) {
+      x = store_as<T>(u(rng));
+      want[s] += double(value_of(x)) * value_of(x);
+    }
+    d.emplace_back(*dev, n, MemCategory::grads, "g");
+    dev->to_device(d.back().get(), h.data(), n * sizeof(T));
+    slices.push_back({d.back().get(), n, s});
+  }
+  std::shuffle(slices.begin(), slices.end(), rng);
+  ops->sum_squares(slices);
+  const std::vector<double> many = ops->take_squares();
+  for (const GradSlice<T>& x : slices) ops->sum_squares({x});
+  CHECK(ops->take_squares() == many);
+  for (int s = 0; s < count; s++) CHECK(many[s] == Approx(want[s]).epsilon(1e-12));
+}
+
 }  // namespace
+
+TEST_CASE("CUDA gradient ops: 75 squared norms in one call equal one call each", "[gpu]") {
+  check_many_squares<float>();
+  check_many_squares<bf16>();
+}
 
 TEST_CASE("CUDA gradient ops: per-slot squared norms and clip_scale (fp32)", "[gpu]") {
   check_grad_ops<float>();
