@@ -90,16 +90,24 @@ class NcclComm final : public Comm {
     NCCL_CHECK(ncclGroupEnd());
   }
 
-  void reduce_to(const GradBuf& b, int owner) override {
+  void reduce_to(const std::vector<GradBuf>& bufs) override {
+    if (bufs.empty()) return;
     after_compute();
     if (skip_) return;
-    NCCL_CHECK(ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, owner, comm_, stream_));
+    NCCL_CHECK(ncclGroupStart());
+    for (const GradBuf& b : bufs)
+      NCCL_CHECK(ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, b.owner, comm_, stream_));
+    NCCL_CHECK(ncclGroupEnd());
   }
 
-  void broadcast(const GradBuf& b, int owner) override {
+  void broadcast(const std::vector<GradBuf>& bufs) override {
+    if (bufs.empty()) return;
     after_compute();
     if (skip_) return;
-    NCCL_CHECK(ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), owner, comm_, stream_));
+    NCCL_CHECK(ncclGroupStart());
+    for (const GradBuf& b : bufs)
+      NCCL_CHECK(ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), b.owner, comm_, stream_));
+    NCCL_CHECK(ncclGroupEnd());
   }
 
   void on_comm_stream(const std::function<void()>& fn) override {

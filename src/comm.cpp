@@ -10,8 +10,8 @@ class LocalComm final : public Comm {
   int world() const override { return 1; }
   void all_reduce_sum(double*, size_t) override {}
   void reduce_grads(const std::vector<GradBuf>&) override {}
-  void reduce_to(const GradBuf&, int) override {}
-  void broadcast(const GradBuf&, int) override {}
+  void reduce_to(const std::vector<GradBuf>&) override {}
+  void broadcast(const std::vector<GradBuf>&) override {}
   void on_comm_stream(const std::function<void()>& fn) override { fn(); }
   void mark(int) override {}
   void wait_mark(int) override {}

@@ -29,6 +29,7 @@ struct GradBuf {
   void* data;
   size_t n;
   DType dtype;
+  int owner = 0;  // ZeRO-1's reduce_to/broadcast: the rank that keeps this tensor
 };
 
 class Comm {
@@ -41,11 +42,11 @@ class Comm {
   // Replaces each buffer by its average over ranks, as one group on the communication
   // stream, after the compute stream's queued work (which produced the buffers).
   virtual void reduce_grads(const std::vector<GradBuf>& bufs) = 0;
-  // ZeRO-1, both on the communication stream like reduce_grads: reduce_to leaves b's
-  // average over ranks in `owner`'s b (the others' b is undefined afterwards);
-  // broadcast makes every rank's b a copy of `owner`'s.
-  virtual void reduce_to(const GradBuf& b, int owner) = 0;
-  virtual void broadcast(const GradBuf& b, int owner) = 0;
+  // ZeRO-1, both on the communication stream like reduce_grads, each call one group:
+  // reduce_to leaves each b's average over ranks in its owner's b (the others' b is
+  // undefined afterwards); broadcast makes every rank's b a copy of its owner's.
+  virtual void reduce_to(const std::vector<GradBuf>& bufs) = 0;
+  virtual void broadcast(const std::vector<GradBuf>& bufs) = 0;
   // Runs fn with update_stream() = the communication stream, so the kernels fn launches
   // run after the reductions queued before them.
   virtual void on_comm_stream(const std::function<void()>& fn) = 0;

@@ -35,24 +35,28 @@ class HostComm final : public Comm {
     }
   }
 
-  void reduce_to(const GradBuf& b, int owner) override {
+  void reduce_to(const std::vector<GradBuf>& bufs) override {
     if (skip_) return;
-    if (b.dtype != DType::f32) fail("internal: CPU ranks average fp32 gradients only");
-    float* x = static_cast<float*>(b.data);
-    gather_sum(x, b.n, true);
-    if (owner == 0) return;
-    if (rank() == 0) links_->send(owner, x, b.n * sizeof(float));
-    if (rank() == owner) links_->recv(0, x, b.n * sizeof(float));
+    for (const GradBuf& b : bufs) {
+      if (b.dtype != DType::f32) fail("internal: CPU ranks average fp32 gradients only");
+      float* x = static_cast<float*>(b.data);
+      gather_sum(x, b.n, true);
+      if (b.owner == 0) continue;
+      if (rank() == 0) links_->send(b.owner, x, b.n * sizeof(float));
+      if (rank() == b.owner) links_->recv(0, x, b.n * sizeof(float));
+    }
   }
 
-  void broadcast(const GradBuf& b, int owner) override {
+  void broadcast(const std::vector<GradBuf>& bufs) override {
     if (skip_) return;
-    const size_t bytes = b.n * (b.dtype == DType::f32 ? 4 : 2);
-    if (owner != 0) {
-      if (rank() == owner) links_->send(0, b.data, bytes);
-      if (rank() == 0) links_->recv(owner, b.data, bytes);
+    for (const GradBuf& b : bufs) {
+      const size_t bytes = b.n * (b.dtype == DType::f32 ? 4 : 2);
+      if (b.owner != 0) {
+        if (rank() == b.owner) links_->send(0, b.data, bytes);
+        if (rank() == 0) links_->recv(b.owner, b.data, bytes);
+      }
+      spread(b.data, bytes);
     }
-    spread(b.data, bytes);
   }
 
   void on_comm_stream(const std::function<void()>& fn) override { fn(); }

@@ -163,6 +163,7 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   // 0 writes the model file (what resume looks for) only once all shards are on disk.
   auto save_checkpoint = [&](int64_t step) {
     TrainState st{step, resume_hash(cfg, shards), train_loader.state(), {sample_rng}};
+    pipeline.share_master();
     if (shards > 1) {
       if (!lead)
         save_train_state(shard_path(state_checkpoint_path(out_dir, step), comm.rank()), st,

@@ -90,32 +90,43 @@ class UpdatePipeline<T>::FullSink final : public GradSink<T> {
   FullSink(const ParamTable& table, Device& dev, Comm& comm)
       : dev_(dev),
         comm_(comm),
-        grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)") {}
+        grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)"),
+        bucket_of_(table.params.size()),
+        bucket_size_(table.cfg.num_layers + 3, 0) {
+    for (const ParamSpec& p : table.params) {
+      bucket_of_[p.id] = p.kind == ParamKind::wte ? table.cfg.num_layers + 2 : group_of(p) + 2;
+      bucket_size_[bucket_of_[p.id]]++;
+    }
+  }
   bool reducing = false;  // the last micro-step of a multi-rank step: gradients are final
   const std::vector<int>* owners = nullptr;  // ZeRO-1: each gradient goes to its owner only
 
   T* grad(const ParamSpec& p) override { return grads_.get() + p.offset; }
+  // A bucket goes out the moment its group's last gradient is final (not when the next
+  // group's first is), or once it holds kBucketBytes.
   void ready(const ParamSpec& p) override {
     if (!reducing) return;
-    if (owners) return comm_.reduce_to({grad(p), p.storage, dtype_of<T>()}, (*owners)[p.id]);
-    if (!queue_.empty() && group_of(p) != queued_group_) flush();
-    queue_.push_back({grad(p), p.storage, dtype_of<T>()});
-    queued_group_ = group_of(p);
+    queue_.push_back({grad(p), p.storage, dtype_of<T>(), owners ? (*owners)[p.id] : 0});
     queued_bytes_ += p.storage * sizeof(T);
-    if (queued_bytes_ >= kBucketBytes) flush();
+    if (--left_[bucket_of_[p.id]] == 0 || queued_bytes_ >= kBucketBytes) flush();
   }
   void flush() {
-    comm_.reduce_grads(queue_);
+    if (owners) comm_.reduce_to(queue_);
+    else comm_.reduce_grads(queue_);
     queue_.clear(), queued_bytes_ = 0;
   }
-  void zero() { dev_.zero(grads_.get(), grads_.bytes()); }
+  void zero() {
+    dev_.zero(grads_.get(), grads_.bytes());
+    left_ = bucket_size_;
+  }
 
  private:
   Device& dev_;
   Comm& comm_;
   DeviceBuffer<T> grads_;
+  std::vector<int> bucket_of_;  // by parameter id: its group (group_of + 2), wte its own
+  std::vector<int> bucket_size_, left_;  // tensors per bucket; not yet final this step
   std::vector<GradBuf> queue_;
-  int queued_group_ = -3;
   size_t queued_bytes_ = 0;
 };
 
@@ -257,6 +268,16 @@ std::vector<float> UpdatePipeline<T>::weights() const {
 }
 
 template <class T>
+void UpdatePipeline<T>::share_master() {
+  if (!zero1_ || !master_.get()) return;
+  std::vector<GradBuf> bufs;
+  for (const ParamSpec& p : model_.table.params)
+    bufs.push_back({master_.get() + p.offset, p.storage, DType::f32, owners_[p.id]});
+  comm_.broadcast(bufs);
+  comm_.join();
+}
+
+template <class T>
 double UpdatePipeline<T>::total_norm() {
   std::vector<double> sq = gops_.take_squares();
   // ZeRO-1: each rank measured only its own tensors (the others' slots are 0), so the
@@ -315,11 +336,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       if (mine(p)) updates.push_back(prepare(p, full_->grad(p)));
     opt_.update_many(updates);
     if (zero1_) {  // every rank takes each tensor's new weights from its owner
-      for (const ParamSpec& p : model_.table.params) {
-        comm_.broadcast({model_.params() + p.offset, p.storage, dtype_of<T>()}, owners_[p.id]);
-        if (master_.get())
-          comm_.broadcast({master_.get() + p.offset, p.storage, DType::f32}, owners_[p.id]);
-      }
+      std::vector<GradBuf> bufs;
+      for (const ParamSpec& p : model_.table.params)
+        bufs.push_back({model_.params() + p.offset, p.storage, dtype_of<T>(), owners_[p.id]});
+      comm_.broadcast(bufs);
       comm_.join();
     }
     return {float(loss_sum / accum_), norm, false};

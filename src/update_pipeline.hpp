@@ -96,8 +96,11 @@ class UpdatePipeline {
 
   // Loads weights into the model (and the master copy, if any) from fp32 values.
   void set_weights(const std::vector<float>& host);
-  // The weights as fp32: the master copy if there is one, else the model's.
+  // The weights as fp32: the master copy if there is one, else the model's. With ZeRO-1
+  // a rank's master copy is current only for the tensors it owns (a step broadcasts the
+  // bf16 weights alone, 1/3 of the bytes) until share_master(), which every rank calls.
   std::vector<float> weights() const;
+  void share_master();
 
   // One optimizer step t (1-based): forward + backward over grad_accum_steps
   // micro-batches (after_backward) or one batch (fused), every tensor updated exactly
