@@ -18,6 +18,19 @@ int group_of(const ParamSpec& p) {
   return p.kind == ParamKind::wpe ? -2 : -1;
 }
 
+// Per-group tables are indexed by group_of(p) + 2; wte, which neither sink puts in a
+// group's arena or bucket, comes last.
+int group_index(const ParamSpec& p, const ParamTable& table) {
+  return p.kind == ParamKind::wte ? table.cfg.num_layers + 2 : group_of(p) + 2;
+}
+
+// Tensors in each group, by group_index.
+std::vector<int> group_counts(const ParamTable& table) {
+  std::vector<int> count(table.cfg.num_layers + 3, 0);
+  for (const ParamSpec& p : table.params) count[group_index(p, table)]++;
+  return count;
+}
+
 // Arena elements of each group, indexed by group_of(p) + 2.
 std::vector<size_t> group_sizes(const ParamTable& table) {
   std::vector<size_t> size(table.cfg.num_layers + 2, 0);
@@ -90,14 +103,9 @@ class UpdatePipeline<T>::FullSink final : public GradSink<T> {
   FullSink(const ParamTable& table, Device& dev, Comm& comm)
       : dev_(dev),
         comm_(comm),
+        table_(table),
         grads_(dev, table.total, MemCategory::grads, "gradients (full buffer)"),
-        bucket_of_(table.params.size()),
-        bucket_size_(table.cfg.num_layers + 3, 0) {
-    for (const ParamSpec& p : table.params) {
-      bucket_of_[p.id] = p.kind == ParamKind::wte ? table.cfg.num_layers + 2 : group_of(p) + 2;
-      bucket_size_[bucket_of_[p.id]]++;
-    }
-  }
+        group_count_(group_counts(table)) {}
   bool reducing = false;  // the last micro-step of a multi-rank step: gradients are final
   const std::vector<int>* owners = nullptr;  // ZeRO-1: each gradient goes to its owner only
 
@@ -108,7 +116,7 @@ class UpdatePipeline<T>::FullSink final : public GradSink<T> {
     if (!reducing) return;
     queue_.push_back({grad(p), p.storage, dtype_of<T>(), owners ? (*owners)[p.id] : 0});
     queued_bytes_ += p.storage * sizeof(T);
-    if (--left_[bucket_of_[p.id]] == 0 || queued_bytes_ >= kBucketBytes) flush();
+    if (--left_[group_index(p, table_)] == 0 || queued_bytes_ >= kBucketBytes) flush();
   }
   void flush() {
     if (owners) comm_.reduce_to(queue_);
@@ -117,15 +125,15 @@ class UpdatePipeline<T>::FullSink final : public GradSink<T> {
   }
   void zero() {
     dev_.zero(grads_.get(), grads_.bytes());
-    left_ = bucket_size_;
+    left_ = group_count_;
   }
 
  private:
   Device& dev_;
   Comm& comm_;
+  const ParamTable& table_;
   DeviceBuffer<T> grads_;
-  std::vector<int> bucket_of_;  // by parameter id: its group (group_of + 2), wte its own
-  std::vector<int> bucket_size_, left_;  // tensors per bucket; not yet final this step
+  std::vector<int> group_count_, left_;  // tensors per group; not yet final this step
   std::vector<GradBuf> queue_;
   size_t queued_bytes_ = 0;
 };
@@ -142,11 +150,8 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
         half_elems_(arena_.size() / halves_),
-        group_size_(table.cfg.num_layers + 2, 0),
-        group_storage_(group_sizes(table)) {
-    for (const ParamSpec& p : table.params)
-      if (p.kind != ParamKind::wte) group_size_[group_of(p) + 2]++;
-  }
+        group_count_(group_counts(table)),
+        group_storage_(group_sizes(table)) {}
   bool measuring = false;  // first pass of two-pass clipping: norms only, no update
 
   T* grad(const ParamSpec& p) override {
@@ -181,7 +186,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     T* g = slot_.at(p.id);
     Comm& comm = pipe_.comm_;
     comm.reduce_grads({{g, p.storage, dtype_of<T>()}});
-    const bool group_done = p.kind == ParamKind::wte || ++done_ == group_size_[group_of(p) + 2];
+    const bool group_done = p.kind == ParamKind::wte || ++done_ == group_count_[group_of(p) + 2];
     final_.push_back({&p, g});
     if (group_done)
       comm.on_comm_stream([&] {
@@ -210,7 +215,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   DeviceBuffer<T> wte_, arena_;
   const size_t half_elems_;
   std::map<int, T*> slot_;
-  std::vector<int> group_size_;  // tensors per group (group_of + 2), wte not counted
+  std::vector<int> group_count_;  // tensors per group (group_index)
   std::vector<size_t> group_storage_;  // their elements
   // The current group's final gradients: their norms and updates go out together once
   // the last is final.
