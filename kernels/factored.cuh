@@ -183,22 +183,6 @@ __device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* f
   return *flag;
 }
 
-// Up to kMaxJobs tensors' work in one launch, passed by value (__grid_constant__, read
-// in place): job k owns blocks [first[k], first[k + 1]) of a 1-D grid.
-constexpr int kMaxJobs = 32;
-template <class J>
-struct Jobs {
-  int count;
-  unsigned first[kMaxJobs + 1];
-  J job[kMaxJobs];
-};
-template <class J>
-__device__ __forceinline__ int job_of(const Jobs<J>& b) {
-  int k = 0;
-  while (k + 1 < b.count && blockIdx.x >= b.first[k + 1]) k++;
-  return k;
-}
-
 // One matrix's sweep: f.visit<kVec>(i, j, left, x, scal) fills x with X over columns
 // j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol the sums
 // of X go into `ema`; the scalar's total goes to *scal_out (if given).
@@ -298,25 +282,6 @@ __global__ void runs(const __grid_constant__ Jobs<RunsJob<F>> b) {
        r += int64_t(job.blocks) * blockDim.x) {
     const int64_t i = r / per_row, j = (r - i * per_row) * kRun;
     job.f.template apply<kVec>(k, i, j, int(job.n - j < kRun ? job.n - j : kRun));
-  }
-}
-
-// Launches jobs in groups of at most kMaxJobs on update_stream():
-// launch(const Jobs<J>&, unsigned grid) with job k given blocks(job k) blocks.
-template <class J, class Blocks, class Launch>
-void launch_jobs(const std::vector<J>& jobs, const Blocks& blocks, const Launch& launch) {
-  static_assert(sizeof(Jobs<J>) <= 32764, "a kernel's parameters are at most 32764 bytes");
-  for (size_t a = 0; a < jobs.size(); a += kMaxJobs) {
-    Jobs<J> b{};
-    b.count = int(std::min<size_t>(kMaxJobs, jobs.size() - a));
-    unsigned grid = 0;
-    for (int k = 0; k < b.count; k++) {
-      b.first[k] = grid, b.job[k] = jobs[a + k];
-      grid += blocks(jobs[a + k]);
-    }
-    b.first[b.count] = grid;
-    launch(b, grid);
-    CUDA_CHECK_LAUNCH();
   }
 }
 

@@ -2,9 +2,9 @@
 // the GPU. Per-tensor squared norms go to a device array of doubles through a two-stage
 // reduction (fixed order, double accumulation), so the global norm is reproducible and
 // computed without waiting for the host; take_squares is the one sync per step.
-// Up to kMaxSlices tensors share each stage's launch: one launch per tensor cost d12
-// ~300 launches a step, most of them for 768-element vectors. Each tensor keeps the
-// grid and order Reducer::sum (optim_common.cuh) gives it alone, so its sum does not
+// Up to kMaxJobs tensors share each stage's launch (launch_jobs, optim_common.cuh): one
+// launch per tensor cost d12 ~300 launches a step, most of them for 768-element vectors.
+// Each tensor keeps the grid and order Reducer::sum gives it alone, so its sum does not
 // depend on the company. clip_scale is one grid-stride kernel.
 #include "backend.hpp"
 #include "optim_common.cuh"
@@ -23,51 +23,39 @@ __global__ void clip_scale_kernel(D* g, size_t n, float clip_value, float scale)
   }
 }
 
-constexpr int kMaxSlices = 32;
-
-// A launch's tensors: tensor j owns blocks [first[j], first[j + 1]) of the first stage.
+// One tensor's squared norm: reduce_blocks(n) first-stage blocks, result to sq[slot].
 template <class D>
-struct Slices {
-  const D* g[kMaxSlices];
-  size_t n[kMaxSlices];
-  int slot[kMaxSlices];
-  int first[kMaxSlices + 1];
-  int count;
+struct SquaresJob {
+  Squares<D> f;
+  size_t n;
+  int slot;
 };
 
 template <class D>
-__device__ int slice_of(const Slices<D>& s, int block) {
-  int j = 0;
-  while (block >= s.first[j + 1]) j++;
-  return j;
-}
-
-template <class D>
-__global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_constant__ Slices<D> s,
+__global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_constant__ Jobs<SquaresJob<D>> b,
                                                                    double* partials) {
   __shared__ double shared[32];
-  const int j = slice_of(s, blockIdx.x), blocks = s.first[j + 1] - s.first[j];
-  const D* g = s.g[j];
+  const int k = job_of(b);
+  const SquaresJob<D>& job = b.job[k];
+  const unsigned blocks = b.first[k + 1] - b.first[k];
   double sum = 0;
-  for (size_t i = size_t(blockIdx.x - s.first[j]) * blockDim.x + threadIdx.x; i < s.n[j];
-       i += size_t(blocks) * blockDim.x) {
-    const double v = to_f(g[i]);
-    sum += v * v;
-  }
+  for (size_t i = size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x; i < job.n;
+       i += size_t(blocks) * blockDim.x)
+    sum += job.f(i);
   sum = block_sum_d(sum, shared);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
 // One block per tensor, reduce_final's order.
 template <class D>
-__global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_constant__ Slices<D> s,
+__global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_constant__ Jobs<SquaresJob<D>> b,
                                                                 const double* partials, double* sq) {
   __shared__ double shared[32];
-  const int j = blockIdx.x;
+  const int k = blockIdx.x;
   double sum = 0;
-  for (int b = s.first[j] + threadIdx.x; b < s.first[j + 1]; b += blockDim.x) sum += partials[b];
+  for (unsigned p = b.first[k] + threadIdx.x; p < b.first[k + 1]; p += blockDim.x) sum += partials[p];
   sum = block_sum_d(sum, shared);
-  if (threadIdx.x == 0) sq[s.slot[j]] = sum;
+  if (threadIdx.x == 0) sq[b.job[k].slot] = sum;
 }
 
 template <class T>
@@ -75,29 +63,24 @@ class CudaGradOps final : public GradOps<T> {
  public:
   CudaGradOps(size_t slots, Device& dev)
       : dev_(dev),
-        partials_(dev, size_t(kMaxSlices) * kReduceBlocks, MemCategory::workspace,
+        partials_(dev, size_t(kMaxJobs) * kReduceBlocks, MemCategory::workspace,
                   "gradient squared norm partials"),
         sq_(dev, std::max<size_t>(slots, 1), MemCategory::workspace, "gradient squared norms"),
         slots_(slots) {}
 
   void sum_squares(const std::vector<GradSlice<T>>& slices) override {
-    for (size_t at = 0; at < slices.size(); at += kMaxSlices) {
-      Slices<device_t<T>> s{};
-      s.count = int(std::min<size_t>(kMaxSlices, slices.size() - at));
-      for (int j = 0; j < s.count; j++) {
-        const GradSlice<T>& x = slices[at + j];
-        if (x.slot < 0 || size_t(x.slot) >= slots_)
-          fail("gradient norm slot ", x.slot, " is outside the ", slots_,
-               " slots the pipeline asked for");
-        s.g[j] = dev_ptr(x.g), s.n[j] = x.n, s.slot[j] = x.slot;
-        s.first[j + 1] = s.first[j] + reduce_blocks(x.n);
-      }
-      for (int j = s.count; j < kMaxSlices; j++) s.first[j + 1] = s.first[s.count];
-      squares_partials<<<s.first[s.count], kReduceThreads, 0, update_stream()>>>(s, partials_.get());
-      CUDA_CHECK_LAUNCH();
-      squares_final<<<s.count, kReduceThreads, 0, update_stream()>>>(s, partials_.get(), sq_.get());
-      CUDA_CHECK_LAUNCH();
+    std::vector<SquaresJob<device_t<T>>> jobs;
+    for (const GradSlice<T>& x : slices) {
+      if (x.slot < 0 || size_t(x.slot) >= slots_)
+        fail("gradient norm slot ", x.slot, " is outside the ", slots_, " slots the pipeline asked for");
+      jobs.push_back({{dev_ptr(x.g)}, x.n, x.slot});
     }
+    launch_jobs(jobs, [](const SquaresJob<device_t<T>>& j) { return unsigned(reduce_blocks(j.n)); },
+                [&](const Jobs<SquaresJob<device_t<T>>>& b, unsigned grid) {
+                  squares_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials_.get());
+                  CUDA_CHECK_LAUNCH();
+                  squares_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials_.get(), sq_.get());
+                });
   }
 
   std::vector<double> take_squares() override {

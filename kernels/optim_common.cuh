@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "cuda_check.cuh"
 #include "cuda_common.cuh"
@@ -115,6 +116,41 @@ struct Squares {
     return v * v;
   }
 };
+
+// Up to kMaxJobs tensors' work in one launch, passed by value (__grid_constant__, read
+// in place): job k owns blocks [first[k], first[k + 1]) of a 1-D grid.
+constexpr int kMaxJobs = 32;
+template <class J>
+struct Jobs {
+  int count;
+  unsigned first[kMaxJobs + 1];
+  J job[kMaxJobs];
+};
+template <class J>
+__device__ __forceinline__ int job_of(const Jobs<J>& b) {
+  int k = 0;
+  while (k + 1 < b.count && blockIdx.x >= b.first[k + 1]) k++;
+  return k;
+}
+
+// Launches jobs in groups of at most kMaxJobs on update_stream():
+// launch(const Jobs<J>&, unsigned grid) with job k given blocks(job k) blocks.
+template <class J, class Blocks, class Launch>
+void launch_jobs(const std::vector<J>& jobs, const Blocks& blocks, const Launch& launch) {
+  static_assert(sizeof(Jobs<J>) <= 32764, "a kernel's parameters are at most 32764 bytes");
+  for (size_t a = 0; a < jobs.size(); a += kMaxJobs) {
+    Jobs<J> b{};
+    b.count = int(std::min<size_t>(kMaxJobs, jobs.size() - a));
+    unsigned grid = 0;
+    for (int k = 0; k < b.count; k++) {
+      b.first[k] = grid, b.job[k] = jobs[a + k];
+      grid += blocks(jobs[a + k]);
+    }
+    b.first[b.count] = grid;
+    launch(b, grid);
+    CUDA_CHECK_LAUNCH();
+  }
+}
 
 // Launch shape of the elementwise kernels: grid-stride, at most 4 waves of blocks.
 constexpr int kThreads = 256;
