@@ -218,7 +218,8 @@ void GPT2<T>::forward_to_lnf(const int* inputs) {
 }
 
 template <class T>
-double GPT2<T>::forward(const int* inputs, const int* targets, float dloss, GradSink<T>* sink) {
+void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
+                             GradSink<T>* sink) {
   if (!targets) fail("internal: GPT2::forward needs targets (forward_logits samples)");
   if ((sink != nullptr) != (dloss != 0.0f))
     fail("internal: GPT2::forward trains with a sink and dloss != 0, or evaluates with neither");
@@ -241,6 +242,11 @@ double GPT2<T>::forward(const int* inputs, const int* targets, float dloss, Grad
                            nullptr, n, C, Vp);
   }
   train_sink_ = sink, dwte_ = dwte;
+}
+
+template <class T>
+double GPT2<T>::loss() {
+  const int BT = batch * seq_len;
   dev_.to_host(host_losses_.data(), losses_.get(), BT * sizeof(Stat<T>));
   double sum = 0;
   for (Stat<T> x : host_losses_) sum += x;

@@ -72,7 +72,16 @@ class GPT2 {
   // classifier's backward is done here and backward(sink) must follow with the same
   // sink. Evaluation (no sink, dloss = 0) computes the losses only.
   double forward(const int* inputs, const int* targets, float dloss,
-                 GradSink<T>* sink = nullptr);
+                 GradSink<T>* sink = nullptr) {
+    start_forward(inputs, targets, dloss, sink);
+    return loss();
+  }
+  // forward without reading the loss back: the device work is queued, the host does not
+  // wait for it, so backward can be queued behind it at once. loss() (a host sync) reads
+  // the last forward's mean loss; backward leaves it alone.
+  void start_forward(const int* inputs, const int* targets, float dloss,
+                     GradSink<T>* sink = nullptr);
+  double loss();
   void backward(GradSink<T>& sink);
   // Runs the forward over inputs and returns the logits of one row (b * seq_len + t)
   // over the real vocabulary, as floats: what sampling needs, with no B*T x Vp buffer.

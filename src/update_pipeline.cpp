@@ -317,17 +317,23 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
 
   if (!fused_) {
     full_->zero();
+    // Nothing changes a weight before the update below, so the loss is read (a host
+    // sync) only after backward is queued: the device goes from forward to backward
+    // without waiting for the host, and a non-finite loss still stops the step in time.
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
-      const double loss =
-          comm_.mean(model_.forward(inputs_.data(), targets_.data(), dloss, full_.get()));
-      if (!loss_ok(loss)) return {float(loss), 0.0, true};
-      loss_sum += loss;
+      model_.start_forward(inputs_.data(), targets_.data(), dloss, full_.get());
       full_->reducing = comm_.world() > 1 && micro == accum_ - 1;
       model_.backward(*full_);
+      if (micro == accum_ - 1) full_->flush();
+      const double loss = comm_.mean(model_.loss());
+      if (!loss_ok(loss)) {
+        comm_.join();
+        return {float(loss), 0.0, true};
+      }
+      loss_sum += loss;
     }
-    full_->flush();
     comm_.join();
     auto mine = [&](const ParamSpec& p) { return !zero1_ || owners_[p.id] == comm_.rank(); };
     std::vector<GradSlice<T>> slices;
