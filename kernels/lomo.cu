@@ -1,6 +1,8 @@
 // LOMO (spec optimizers.md section 2; twin of src/reference/optim/lomo.cpp): SGD with
-// decoupled weight decay, no state. One grid-stride elementwise kernel per tensor;
-// clipping already happened in the update pipeline.
+// decoupled weight decay, no state. One grid-stride elementwise kernel, up to kMaxJobs
+// tensors per launch (launch_jobs; most of GPT-2's tensors are short vectors, so a launch
+// per tensor would cost more than the arithmetic), each tensor with the grid a launch of
+// its own would get; clipping already happened in the update pipeline.
 #include "optim_common.cuh"
 #include "reference/optim/optim_common.hpp"
 
@@ -8,10 +10,21 @@ namespace gpt2::cuda {
 namespace {
 
 template <class D>
-__global__ void lomo_kernel(Weights<D> w, const D* grad, size_t n, float keep, float lr) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    w.store(i, w.load(i) * keep - lr * to_f(grad[i]));
+struct LomoJob {
+  Weights<D> w;
+  const D* grad;
+  size_t n;
+  float keep;  // 1 - lr * weight decay
+};
+
+template <class D>
+__global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b, float lr) {
+  const int k = job_of(b);
+  const LomoJob<D>& j = b.job[k];
+  const unsigned blocks = b.first[k + 1] - b.first[k];
+  for (size_t i = size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x; i < j.n;
+       i += size_t(blocks) * blockDim.x)
+    j.w.store(i, j.w.load(i) * j.keep - lr * to_f(j.grad[i]));
 }
 
 template <class T>
@@ -22,10 +35,19 @@ class Lomo final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
-    const float keep = float(1.0 - double(lr_) * common_.wd(p));
-    lomo_kernel<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        weights(param, master, seed_, t_, p.id), dev_ptr(grad), p.numel, keep, lr_);
-    CUDA_CHECK_LAUNCH();
+    update_many({{&p, param, master, grad}});
+  }
+
+  void update_many(const std::vector<TensorUpdate<T>>& us) override {
+    using D = device_t<T>;
+    std::vector<LomoJob<D>> jobs;
+    for (const TensorUpdate<T>& u : us)
+      jobs.push_back({weights(u.param, u.master, seed_, t_, u.p->id), dev_ptr(u.grad), u.p->numel,
+                      float(1.0 - double(lr_) * common_.wd(*u.p))});
+    launch_jobs(jobs, [](const LomoJob<D>& j) { return elementwise_blocks(j.n); },
+                [&](const Jobs<LomoJob<D>>& b, unsigned grid) {
+                  lomo_kernel<<<grid, kThreads, 0, update_stream()>>>(b, lr_);
+                });
   }
 
   std::vector<StateBlob> state() override { return {}; }

@@ -1,9 +1,9 @@
-// Shared by the [gpu] tests of the factored optimizers (AdaLomo, Adafactor, CAME), whose
-// update_many runs many tensors per kernel launch and whose matrix passes move 16-byte
-// runs when the pointers allow. The oracle is update() on one tensor at a time through
-// the element-by-element loads and stores, which optim_gpu_check.hpp holds to the CPU
-// reference (its 37 x 129 matrix takes that path). Both sides compute the same fp32
-// arithmetic in the same order, so they must agree bit for bit.
+// Shared by the [gpu] tests of AdamW, LOMO and the factored optimizers (AdaLomo,
+// Adafactor, CAME), whose update_many runs many tensors per kernel launch and whose
+// passes move 16-byte runs when the pointers allow. The oracle is update() on one tensor
+// at a time through the element-by-element loads and stores, which optim_gpu_check.hpp
+// holds to the CPU reference (its 37 x 129 matrix takes that path). Both sides compute
+// the same fp32 arithmetic in the same order, so they must agree bit for bit.
 #pragma once
 #include <random>
 

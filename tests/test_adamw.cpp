@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "catch.hpp"
+#include "optim_batch_check.hpp"
 #include "optim_fixture.hpp"
 #include "optim_gpu_check.hpp"
 
@@ -71,4 +72,12 @@ TEST_CASE("AdamW on the GPU matches the CPU reference", "[gpu]") {
   cfg["optimizer"]["weight_decay"] = 0.1;
   check_gpu_against_reference(cfg);
   CHECK_FALSE(gpu_state_round_trips(cfg, 2, 2, false));  // the round trip carries m and v
+}
+
+TEST_CASE("AdamW's batched GPU update equals its update() per tensor, bit for bit", "[gpu]") {
+  json cfg = optimizer_cfg("adamw");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(batched_matches_single<float>(cfg, false));
+  CHECK(batched_matches_single<bf16>(cfg, true));
+  CHECK(batched_matches_single<bf16>(cfg, false));  // stochastic rounding
 }

@@ -1,6 +1,7 @@
 #include <cstring>
 
 #include "catch.hpp"
+#include "optim_batch_check.hpp"
 #include "optim_fixture.hpp"
 #include "optim_gpu_check.hpp"
 
@@ -98,4 +99,12 @@ TEST_CASE("bf16 weights without a master copy are rounded stochastically and unb
   opt->update(t.params[0], dw.get(), nullptr, dg.get());
   dev->to_host(w.data(), dw.get(), n * 2);
   CHECK(std::memcmp(w.data(), first.data(), n * 2) == 0);
+}
+
+TEST_CASE("LOMO's batched GPU update equals its update() per tensor, bit for bit", "[gpu]") {
+  json cfg = optimizer_cfg("lomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(batched_matches_single<float>(cfg, false));
+  CHECK(batched_matches_single<bf16>(cfg, true));
+  CHECK(batched_matches_single<bf16>(cfg, false));  // stochastic rounding
 }
