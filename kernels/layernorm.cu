@@ -118,16 +118,20 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 // grid kRowChunks (at most), 256 threads; warp w of block k takes rows k * 8 + w, then
 // every 8 * gridDim.x. NV = C / (32 * V) vectors per lane, so the accumulators are
 // registers. partial (if non-null) gets [gridDim.x][2C]: dweight sums, then dbias sums.
+// The grid is at most one wave (layernorm_backward). Up to C = 768 bf16 (NV = 3) two
+// blocks fit per SM (at most 128 registers, no spills per ptxas); wider rows would spill
+// under that bound, so they keep one block per SM. The weight row is re-read per row
+// (from L1) rather than held: held, it took d12's kernel to 164 registers, one block per
+// SM, a grid of 256 blocks in two waves, 38% of DRAM bandwidth (ncu, H100, 71 us a call).
 template <class D, int NV>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, NV <= 3 ? 2 : 1)
     layernorm_backward_vec_kernel(D* dinp, float* partial, const D* dout, const D* inp,
                                   const D* weight, const float* mean, const float* rstd, int N,
                                   int C) {
   constexpr int V = vec_elems<D>();
   extern __shared__ float acc[];  // [2][C]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  float w[NV][V], dw[NV][V] = {}, db[NV][V] = {};
-  load_row<D>(w, weight, NV, lane);
+  float dw[NV][V] = {}, db[NV][V] = {};
   for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
     float n[NV][V], dn[NV][V];
     load_row<D>(n, inp + size_t(row) * C, NV, lane);
@@ -135,16 +139,19 @@ __global__ void __launch_bounds__(256)
     const float m = mean[row], r = rstd[row];
     float sum_dn = 0.f, sum_dn_n = 0.f;
 #pragma unroll
-    for (int i = 0; i < NV; i++)
+    for (int i = 0; i < NV; i++) {
+      const int4 raw_w = reinterpret_cast<const int4*>(weight)[i * 32 + lane];
+      const D* w = reinterpret_cast<const D*>(&raw_w);
 #pragma unroll
       for (int j = 0; j < V; j++) {
         n[i][j] = (n[i][j] - m) * r;
         db[i][j] += dn[i][j];
         dw[i][j] += dn[i][j] * n[i][j];
-        dn[i][j] *= w[i][j];
+        dn[i][j] *= to_f(w[j]);
         sum_dn += dn[i][j];
         sum_dn_n += dn[i][j] * n[i][j];
       }
+    }
     if (!dinp) continue;
     const float mean_dn = warp_sum(sum_dn) / C, mean_dn_n = warp_sum(sum_dn_n) / C;
     int4* dx = reinterpret_cast<int4*>(dinp + size_t(row) * C);
@@ -264,12 +271,14 @@ __global__ void layernorm_dparams_partial_kernel(float* partial, const D* dout, 
   }
 }
 
-// grid ceil(C/32), block 32 x 8: the 8 warps take every 8th partial row of 32 columns and
-// combine in a fixed order (one thread per column over all rows was latency-bound).
+// grid ceil(C/32), block 32 x 32: the 32 warps take every 32nd partial row of 32 columns
+// and combine in a fixed order. One thread per column over all rows was latency-bound,
+// and so were 8 warps: 19 us a call for d12's 256 x 1536 partials (ncu, H100; 24 calls
+// a step) with 24 blocks each walking 32 rows one load after another.
 template <class D>
 __global__ void layernorm_dparams_final_kernel(D* dweight, D* dbias, const float* partial,
                                                int chunks, int C) {
-  __shared__ float sw[8][32], sb[8][32];
+  __shared__ float sw[32][32], sb[32][32];
   const int c = blockIdx.x * 32 + threadIdx.x;
   float dw = 0.f, db = 0.f;
   if (c < C)
@@ -342,11 +351,17 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
   float* partial = static_cast<float*>(scratch);
   int chunks = kRowChunks;
   if (vector_path<D>(C, {dinp, dout, inp, weight})) {
-    chunks = std::min<int>(kRowChunks, ceil_div(N, 8));
     const size_t smem = 2 * size_t(C) * sizeof(float);  // <= 16 KiB (C <= 2048)
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
-      layernorm_backward_vec_kernel<D, decltype(nv)::value><<<chunks, 256, smem>>>(
-          dinp, params ? partial : nullptr, dout, inp, weight, mean, rstd, N, C);
+      const auto kernel = layernorm_backward_vec_kernel<D, decltype(nv)::value>;
+      // No more blocks than fit at once: a second, partial wave would double the time.
+      int device = 0, sms = 0, per_sm = 0;
+      CUDA_CHECK(cudaGetDevice(&device));
+      CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
+      chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)), per_sm * sms}));
+      kernel<<<chunks, 256, smem>>>(dinp, params ? partial : nullptr, dout, inp, weight, mean,
+                                    rstd, N, C);
     });
     CUDA_CHECK_LAUNCH();
   } else {
@@ -361,8 +376,8 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
     }
   }
   if (!params) return;
-  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 8)>>>(dweight, dbias, partial,
-                                                                   chunks, C);
+  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 32)>>>(dweight, dbias, partial,
+                                                                    chunks, C);
   CUDA_CHECK_LAUNCH();
 }
 
