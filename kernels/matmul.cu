@@ -188,12 +188,10 @@ __global__ void bias_partial_vec_kernel(float* partial, const D* dout, int N, in
   }
 }
 
-// grid ceil(OC/32), block 32 x 32: the warps take every 32nd chunk and combine in order
-// (8 warps, each walking 16 chunks one load after another: the shape ncu found
-// latency-bound in layernorm.cu's twin).
+// grid ceil(OC/32), block 32 x 8: the warps take every 8th chunk and combine in order.
 template <class D>
 __global__ void bias_final_kernel(D* dbias, const float* partial, int chunks, int OC) {
-  __shared__ float s[32][32];
+  __shared__ float s[8][32];
   const int c = blockIdx.x * 32 + threadIdx.x;
   float sum = 0.f;
   if (c < OC)
@@ -265,7 +263,7 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
       bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8)>>>(partial, dout,
                                                                                N, OC);
     CUDA_CHECK_LAUNCH();
-    bias_final_kernel<<<ceil_div(OC, 32), dim3(32, 32)>>>(dbias, partial, kRowChunks, OC);
+    bias_final_kernel<<<ceil_div(OC, 32), dim3(32, 8)>>>(dbias, partial, kRowChunks, OC);
     CUDA_CHECK_LAUNCH();
   }
 }
