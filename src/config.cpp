@@ -217,6 +217,7 @@ json load_config(const std::string& path, const std::vector<std::string>& overri
   ConfigOrigins origins;
   if (!path.empty()) merge(cfg, config_schema(), read_json_file(path), "", path, origins);
   for (const std::string& text : overrides) apply_override(cfg, text, origins);
+  if (!origins.count("train.zero1") && resolved_update(cfg) == "fused") cfg["train"]["zero1"] = false;
   check_config_rules(cfg, origins);
   return cfg;
 }

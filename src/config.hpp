@@ -18,7 +18,11 @@ using json = nlohmann::json;
 // lomo/adalomo and after_backward otherwise. train.classifier_chunk: rows of B*T whose
 // logits exist at once (the classifier runs chunk by chunk); 0 = auto (GPU: the largest
 // power of two within 256 MiB of logits, CPU: 256; the GPU rounds a chunk down to a
-// multiple of 8). Paths are relative to the working directory.
+// multiple of 8). train.zero1: with several ranks, after_backward updates shard the
+// optimizer state (ZeRO-1: each tensor's state on one rank, which updates it and sends
+// the new weights); fused updates happen inside backward on every rank, so zero1 left at
+// its default reads false for them, and an explicit true is an error. Paths are
+// relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
     "depth": 12, "channels": 0, "heads": 0,
@@ -48,7 +52,7 @@ inline const char* kDefaultConfig = R"json({
   "train": {
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
     "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
-    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": false
+    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": true
   },
   "eval": {"every": 100, "batches": 8},
   "sample": {"every": 0, "tokens": 64, "prompt": "", "temperature": 1.0, "top_k": 40},

@@ -187,8 +187,11 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   if (lead) {
     log = std::make_unique<RunLog>(cfg, start > 0);
     if (comm.world() > 1)
-      std::printf("ranks      %d (%s launch), batch %d per rank\n", comm.world(),
-                  env.launcher.c_str(), B);
+      std::printf("ranks      %d (%s launch), batch %d per rank, %s\n", comm.world(),
+                  env.launcher.c_str(), B,
+                  shards > 1 ? "optimizer state sharded (ZeRO-1)"
+                             : pipeline.fused() ? "gradients all-reduced inside backward"
+                                                : "gradients all-reduced (train.zero1=false)");
     log->startup(model.table, dev.ledger(), pipeline.fused());
   }
 

@@ -211,6 +211,20 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   }
 }
 
+TEST_CASE("train.zero1 left at its default shards after_backward updates only") {
+  auto zero1 = [](std::vector<std::string> set) {
+    return load_config("", set)["train"]["zero1"].get<bool>();
+  };
+  CHECK(zero1({}));
+  CHECK(zero1({"optimizer.name=came"}));
+  CHECK_FALSE(zero1({"optimizer.name=adalomo"}));  // update "auto" resolves to fused
+  CHECK_FALSE(zero1({"optimizer.name=adamw", "optimizer.update=fused"}));
+  CHECK_FALSE(zero1({"train.zero1=false"}));
+  CHECK(zero1({"optimizer.name=adalomo", "optimizer.update=after_backward"}));
+  // Asked for explicitly, it still contradicts fused updates (next test case's list).
+  CHECK_THROWS(load_config("", {"train.zero1=true", "optimizer.update=fused"}));
+}
+
 TEST_CASE("settings that depend on each other are checked together") {
   Scratch s;
   check_error(error_of("", {"data.seq_len=2048"}),

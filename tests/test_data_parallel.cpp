@@ -127,9 +127,15 @@ TEST_CASE("2 CPU ranks x batch B train the same weights as 1 rank x batch 2B") {
   const std::string af = "optimizer.adafactor.eps1=1e-10";
   struct Case { const char* name; std::vector<std::string> set; };
   const std::vector<Case> cases = {
-      {"adamw after_backward", {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\""}},
-      {"adamw after_backward, 2 micro-steps",
+      {"adamw after_backward (ZeRO-1, the default)",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\""}},
+      {"adamw after_backward, plain all-reduce",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.zero1=false"}},
+      {"adamw after_backward, 2 micro-steps (ZeRO-1)",
        {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.grad_accum_steps=2"}},
+      {"adamw after_backward, 2 micro-steps, plain all-reduce",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.grad_accum_steps=2",
+        "train.zero1=false"}},
       {"adamw fused", {"optimizer.name=\"adamw\"", "optimizer.update=\"fused\""}},
       {"lomo fused", {"optimizer.name=\"lomo\"", "optimizer.update=\"fused\"", "optimizer.lr=0.1"}},
       {"adalomo fused", {"optimizer.name=\"adalomo\"", "optimizer.update=\"fused\""}},
@@ -185,8 +191,9 @@ TEST_CASE("ZeRO-1 on 2 CPU ranks trains exactly what plain data parallel trains"
     set.push_back("optimizer.update=\"after_backward\"");
     TempDir dir;
     write_data(dir);
-    const std::vector<float> plain = train_model(dir, "plain", 2, 2, set, "cpu");
-    std::vector<std::string> z = set;
+    std::vector<std::string> p = set, z = set;
+    p.push_back("train.zero1=false");
+    const std::vector<float> plain = train_model(dir, "plain", 2, 2, p, "cpu");
     z.push_back("train.zero1=true");
     const std::vector<float> zero1 = train_model(dir, "zero1", 2, 2, z, "cpu");
     CHECK(plain == zero1);
@@ -323,10 +330,12 @@ TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu][
   constexpr double kAdapproxTolerance = 5e-4;
   struct Case { const char* name; std::vector<std::string> set; double tolerance; };
   const std::vector<Case> cases = {
-      {"adamw after_backward", {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\""},
+      {"adamw after_backward, plain all-reduce",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.zero1=false"},
        kTolerance},
-      {"adamw after_backward, 2 micro-steps",
-       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.grad_accum_steps=2"},
+      {"adamw after_backward, 2 micro-steps, plain all-reduce",
+       {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.grad_accum_steps=2",
+        "train.zero1=false"},
        kTolerance},
       {"adamw after_backward, ZeRO-1",
        {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"", "train.zero1=true"},
@@ -369,7 +378,9 @@ TEST_CASE("ZeRO-1 in bf16 with master weights saves the weights plain data paral
   std::vector<std::string> set = {"optimizer.name=\"adamw\"", "optimizer.update=\"after_backward\"",
                                   "model.channels=128", "train.precision=\"bf16\"",
                                   "train.master_weights=true"};
-  const std::vector<float> plain = train_model(dir, "plain", 2, 2, set);
+  std::vector<std::string> p = set;
+  p.push_back("train.zero1=false");
+  const std::vector<float> plain = train_model(dir, "plain", 2, 2, p);
   set.push_back("train.zero1=true");
   const std::vector<float> zero1 = train_model(dir, "zero1", 2, 2, set);
   const double d = rel_rms(zero1, plain);

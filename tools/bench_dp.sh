@@ -6,9 +6,10 @@
 # with it skipped (TRAIN_GPT2_SKIP_GRAD_REDUCE=1; the ranks then drift apart, the
 # arithmetic stays the same).
 #   tools/bench_dp.sh                                   # d12 d24, B 16 32 64, adamw, N = 2
-#   MODELS="24" BATCHES="32" GPUS="2 4 8" OPTIMIZERS="adamw adamw:zero1 adalomo" tools/bench_dp.sh
+#   MODELS="24" BATCHES="32" GPUS="2 4 8" OPTIMIZERS="adamw adamw:plain adalomo" tools/bench_dp.sh
 # An optimizer written name:zero1 runs after_backward with ZeRO-1 (its reduce and
-# broadcast are what the no-reduction run skips). LAUNCH="--ranks"
+# broadcast are what the no-reduction run skips; after_backward runs get it by default),
+# name:plain after_backward with a plain all-reduce (train.zero1=false). LAUNCH="--ranks"
 # DEVICE=cpu runs CPU ranks instead (a smoke test of this script on a machine without GPUs).
 # Needs build/train_gpt2 (or $EXE) and python3; prints one markdown table.
 set -euo pipefail
@@ -44,9 +45,10 @@ print(f"{statistics.median(ms):.2f} {peak[0] if peak else 0}")
 PY
 }
 
-run() {  # ranks depth batch optimizer[:zero1] -> "median_ms peak_bytes" (or "fail")
+run() {  # ranks depth batch optimizer[:zero1|:plain] -> "median_ms peak_bytes" (or "fail")
   local out="$dir/run_$1_$2_$3_${4/:/_}" name=${4%%:*} extra=()
   [[ $4 == *:zero1 ]] && extra=(--set train.zero1=true --set 'optimizer.update="after_backward"')
+  [[ $4 == *:plain ]] && extra=(--set train.zero1=false --set 'optimizer.update="after_backward"')
   local ranks=()
   [ "$1" -gt 1 ] || [ "$launch" = --gpus ] && ranks=("$launch" "$1")
   if "$exe" train "$dir/cfg.json" "${ranks[@]}" --set model.depth="$2" --set data.batch_size="$3" \
