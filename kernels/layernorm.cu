@@ -119,7 +119,9 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 // grid kRowChunks (at most), 256 threads; warp w of block k takes rows k * 8 + w, then
 // every 8 * gridDim.x. NV = C / (32 * V) vectors per lane, so the accumulators are
 // registers. partial (if non-null) gets [gridDim.x][2C]: dweight sums, then dbias sums.
-// The grid is at most one wave (layernorm_backward). Up to C = 768 bf16 (NV = 3) two
+// The grid is at most one wave (layernorm_backward), so the number of partial rows, and
+// with it the order of the dweight/dbias sums, depends on the GPU's SM count: runs
+// repeat bit for bit on one kind of GPU, not across kinds. Up to C = 768 bf16 (NV = 3) two
 // blocks fit per SM (at most 128 registers, no spills per ptxas); wider rows would spill
 // under that bound, so they keep one block per SM. The weight row is re-read per row
 // (from L1) rather than held: held, it took d12's kernel to 164 registers, one block per

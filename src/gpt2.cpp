@@ -220,13 +220,16 @@ void GPT2<T>::forward_to_lnf(const int* inputs) {
 template <class T>
 void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
                              GradSink<T>* sink) {
-  if (!targets) fail("internal: GPT2::forward needs targets (forward_logits samples)");
+  if (!targets) fail("internal: GPT2::start_forward needs targets (forward_logits samples)");
   if ((sink != nullptr) != (dloss != 0.0f))
-    fail("internal: GPT2::forward trains with a sink and dloss != 0, or evaluates with neither");
+    fail("internal: GPT2::start_forward trains with a sink and dloss != 0, or evaluates with "
+         "neither");
   const ModelConfig& c = table.cfg;
   const int C = c.channels, Vp = c.padded_vocab_size, BT = batch * seq_len;
-  forward_to_lnf(inputs);
+  // A copy from pageable host memory waits for the device: done here, next to the
+  // inputs' copy, it does not wait for the layers' work queued by forward_to_lnf.
   dev_.to_device(targets_.get(), targets, BT * sizeof(int));
+  forward_to_lnf(inputs);
   T* wte = param(ParamKind::wte);
   T* dwte = sink ? sink->grad(table.get(ParamKind::wte)) : nullptr;
   for (int r0 = 0; r0 < BT; r0 += classifier_chunk) {

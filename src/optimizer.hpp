@@ -45,7 +45,7 @@ class Optimizer {
   virtual void update(const ParamSpec& p, T* param, float* master, T* grad) = 0;
   // The updates of tensors whose gradients are final together (after_backward: all of
   // them; fused: one backward group), with the same result as update() on each in turn.
-  // The factored CUDA optimizers override it to update many tensors per kernel launch.
+  // The CUDA optimizers but Adapprox override it to update many tensors per kernel launch.
   virtual void update_many(const std::vector<TensorUpdate<T>>& us) {
     for (const TensorUpdate<T>& u : us) update(*u.p, u.param, u.master, u.grad);
   }

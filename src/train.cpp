@@ -133,9 +133,16 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
       try {
         st = load_train_state(state_path, opt->state(), dev);
       } catch (const Error& e) {
-        if (shards == 1) throw;
-        fail(e.what(), " (ZeRO-1 state shards resume only with the number of ranks that wrote "
-             "them)");
+        if (comm.world() == 1) throw;
+        // After a crash the likely cause is a change of mode or of ranks, not a bad file.
+        fail(e.what(), shards > 1
+                           ? " (this run shards the optimizer state, ZeRO-1: it resumes only "
+                             "from state shards written by the same number of ranks; a "
+                             "checkpoint of a run with train.zero1=false, the default before "
+                             "2026-11-26, resumes with train.zero1=false)"
+                           : " (this run keeps the whole optimizer state on every rank, "
+                             "train.zero1=false: a checkpoint written with ZeRO-1 state shards "
+                             "resumes only with train.zero1=true and the same number of ranks)");
       }
       if (st.config_hash != resume_hash(cfg, shards))
         fail(state_path, " was written with a different model/optimizer/batch config",

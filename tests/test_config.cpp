@@ -222,7 +222,8 @@ TEST_CASE("train.zero1 left at its default shards after_backward updates only") 
   CHECK_FALSE(zero1({"train.zero1=false"}));
   CHECK(zero1({"optimizer.name=adalomo", "optimizer.update=after_backward"}));
   // Asked for explicitly, it still contradicts fused updates (next test case's list).
-  CHECK_THROWS(load_config("", {"train.zero1=true", "optimizer.update=fused"}));
+  CHECK_THROWS_WITH(load_config("", {"train.zero1=true", "optimizer.update=fused"}),
+                    Catch::Contains("train.zero1") && Catch::Contains("fused"));
 }
 
 TEST_CASE("settings that depend on each other are checked together") {

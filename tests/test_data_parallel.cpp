@@ -165,7 +165,7 @@ TEST_CASE("CPU ranks without the gradient averaging train another model (the tes
   TempDir dir;
   write_data(dir);
   const std::vector<std::string> set = {"optimizer.name=\"adamw\"",
-                                        "optimizer.update=\"after_backward\""};
+                                        "optimizer.update=\"after_backward\"", "train.zero1=false"};
   const std::vector<float> one = train_model(dir, "one", 0, 4, set, "cpu");
   setenv("TRAIN_GPT2_SKIP_GRAD_REDUCE", "1", 1);
   const std::vector<float> two = train_model(dir, "two", 2, 2, set, "cpu");
@@ -229,7 +229,13 @@ TEST_CASE("ZeRO-1 on 2 CPU ranks: a resume ends bit-identical to an uninterrupte
   const CliRun other = run_cli(train_args(dir, "run", 3, 2, resume, "cpu"));
   CHECK(other.exit_code() == 1);
   CHECK_THAT(other.err, Contains("state_00000020.bin") &&
-                            Contains("resume only with the number of ranks that wrote them"));
+                            Contains("resumes only from state shards written by the same number of ranks"));
+  // Nor can a run without ZeRO-1: the error names the setting that would fit.
+  std::vector<std::string> plain = resume;
+  plain.push_back("train.zero1=false");
+  const CliRun whole = run_cli(train_args(dir, "run", 2, 2, plain, "cpu"));
+  CHECK(whole.exit_code() == 1);
+  CHECK_THAT(whole.err, Contains("state_00000020.bin") && Contains("train.zero1=true"));
 }
 
 namespace {
@@ -343,7 +349,11 @@ TEST_CASE("2 GPUs x batch B train the same weights as 1 GPU x batch 2B", "[gpu][
       {"adalomo fused", {"optimizer.name=\"adalomo\"", "optimizer.update=\"fused\""}, kTolerance},
       {"adafactor fused", {"optimizer.name=\"adafactor\"", "optimizer.update=\"fused\"", af_eps, af_lr},
        kTolerance},
-      {"adafactor after_backward",
+      {"adafactor after_backward, plain all-reduce",
+       {"optimizer.name=\"adafactor\"", "optimizer.update=\"after_backward\"", af_eps, af_lr,
+        "train.zero1=false"},
+       kTolerance},
+      {"adafactor after_backward, ZeRO-1 (the default)",
        {"optimizer.name=\"adafactor\"", "optimizer.update=\"after_backward\"", af_eps, af_lr},
        kTolerance},
       {"adafactor fused, two-pass clipping",
@@ -393,7 +403,7 @@ TEST_CASE("without the all-reduce the ranks train another model (the test can fa
   TempDir dir;
   write_data(dir);
   const std::vector<std::string> set = {"optimizer.name=\"adamw\"",
-                                        "optimizer.update=\"after_backward\""};
+                                        "optimizer.update=\"after_backward\"", "train.zero1=false"};
   const std::vector<float> one = train_model(dir, "one", 1, 4, set);
   setenv("TRAIN_GPT2_SKIP_GRAD_REDUCE", "1", 1);
   const std::vector<float> two = train_model(dir, "two", 2, 2, set);

@@ -8,7 +8,8 @@
 #   tools/bench_dp.sh                                   # d12 d24, B 16 32 64, adamw, N = 2
 #   MODELS="24" BATCHES="32" GPUS="2 4 8" OPTIMIZERS="adamw adamw:plain adalomo" tools/bench_dp.sh
 # An optimizer written name:zero1 runs after_backward with ZeRO-1 (its reduce and
-# broadcast are what the no-reduction run skips; after_backward runs get it by default),
+# broadcast are what the no-reduction run skips; after_backward runs get it by default
+# since 2026-11-26, so a plain "adamw" row before that date measured the all-reduce),
 # name:plain after_backward with a plain all-reduce (train.zero1=false). LAUNCH="--ranks"
 # DEVICE=cpu runs CPU ranks instead (a smoke test of this script on a machine without GPUs).
 # Needs build/train_gpt2 (or $EXE) and python3; prints one markdown table.
