@@ -81,33 +81,21 @@ class NcclComm final : public Comm {
   }
 
   void reduce_grads(const std::vector<GradBuf>& bufs) override {
-    if (bufs.empty()) return;
-    after_compute();  // even when skipping: the updates queued behind must see the gradients
-    if (skip_) return;
-    NCCL_CHECK(ncclGroupStart());
-    for (const GradBuf& b : bufs)
-      NCCL_CHECK(ncclAllReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, comm_, stream_));
-    NCCL_CHECK(ncclGroupEnd());
+    grouped(bufs, [&](const GradBuf& b) {
+      return ncclAllReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, comm_, stream_);
+    });
   }
 
   void reduce_to(const std::vector<GradBuf>& bufs) override {
-    if (bufs.empty()) return;
-    after_compute();
-    if (skip_) return;
-    NCCL_CHECK(ncclGroupStart());
-    for (const GradBuf& b : bufs)
-      NCCL_CHECK(ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, b.owner, comm_, stream_));
-    NCCL_CHECK(ncclGroupEnd());
+    grouped(bufs, [&](const GradBuf& b) {
+      return ncclReduce(b.data, b.data, b.n, nccl_type(b.dtype), ncclAvg, b.owner, comm_, stream_);
+    });
   }
 
   void broadcast(const std::vector<GradBuf>& bufs) override {
-    if (bufs.empty()) return;
-    after_compute();
-    if (skip_) return;
-    NCCL_CHECK(ncclGroupStart());
-    for (const GradBuf& b : bufs)
-      NCCL_CHECK(ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), b.owner, comm_, stream_));
-    NCCL_CHECK(ncclGroupEnd());
+    grouped(bufs, [&](const GradBuf& b) {
+      return ncclBroadcast(b.data, b.data, b.n, nccl_type(b.dtype), b.owner, comm_, stream_);
+    });
   }
 
   void on_comm_stream(const std::function<void()>& fn) override {
@@ -124,6 +112,18 @@ class NcclComm final : public Comm {
   }
 
  private:
+  // One NCCL group of op(b) for every buffer, on the communication stream after the
+  // compute stream's queued work (also when skipping: what is queued behind must see
+  // the buffers).
+  template <class Op>
+  void grouped(const std::vector<GradBuf>& bufs, const Op& op) {
+    if (bufs.empty()) return;
+    after_compute();
+    if (skip_) return;
+    NCCL_CHECK(ncclGroupStart());
+    for (const GradBuf& b : bufs) NCCL_CHECK(op(b));
+    NCCL_CHECK(ncclGroupEnd());
+  }
   // The communication stream goes on only after what the compute stream queued so far.
   void after_compute() {
     CUDA_CHECK(cudaEventRecord(produced_, 0));
