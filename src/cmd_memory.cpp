@@ -59,16 +59,18 @@ json resolve(const MemoryArgs& a) {
   return cfg;
 }
 
-void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const json& measured) {
+void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const json& measured,
+                int gpus) {
   const ModelConfig mc = model_config(cfg);
   const ParamTable table(mc);
+  const bool sharded = gpus > 1 && cfg["train"]["zero1"].get<bool>();
   if (as_json) {
     json j = {{"model", cat("d", mc.num_layers)}, {"parameters", table.num_parameters()},
               {"optimizer", cfg["optimizer"]["name"]}, {"update", resolved_update(cfg)},
               {"device", plan.cuda ? "cuda" : "cpu"},
               {"precision", plan.elem_size == 2 ? "bf16" : "fp32"},
               {"batch_size", cfg["data"]["batch_size"]}, {"seq_len", cfg["data"]["seq_len"]},
-              {"total", plan.total()}};
+              {"gpus", gpus}, {"zero1", sharded}, {"total", plan.total()}};
     for (int c = 0; c < kMemCategories; c++) j["bytes"][mem_category_name(MemCategory(c))] = plan.bytes[c];
     if (!measured.is_null()) j["measured"] = measured;
     std::printf("%s\n", j.dump(2).c_str());
@@ -79,6 +81,10 @@ void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const jso
               cfg["optimizer"]["name"].get<std::string>().c_str(), resolved_update(cfg).c_str(),
               plan.elem_size == 2 ? "bf16" : "fp32", plan.cuda ? "GPU" : "CPU",
               cfg["data"]["batch_size"].get<int>(), cfg["data"]["seq_len"].get<int>());
+  if (gpus > 1)
+    std::printf("per GPU of %d, %s\n", gpus,
+                sharded ? "each holding its ZeRO-1 share of the optimizer state (the largest shown)"
+                        : "each holding the whole optimizer state");
   std::printf("%s", memory_plan_table(plan).c_str());
 }
 
@@ -184,9 +190,9 @@ void add_memory_command(CLI::App& app) {
       if (a.as_json) {
         json measured = memory_json(m);
         if (driver) measured["driver_bytes_in_use"] = driver;
-        return print_plan(cfg, plan, true, measured);
+        return print_plan(cfg, plan, true, measured, a.gpus);
       }
-      print_plan(cfg, plan, false, nullptr);
+      print_plan(cfg, plan, false, nullptr, a.gpus);
       std::printf("measured (2 steps on random tokens):\n%s", memory_table(m).c_str());
       std::printf("measured peak %s vs plan %s (%+.3f%%)\n", format_bytes(m.total_peak).c_str(),
                   format_bytes(plan.total()).c_str(),
@@ -196,7 +202,7 @@ void add_memory_command(CLI::App& app) {
                     format_bytes(driver).c_str());
       return;
     }
-    print_plan(cfg, plan, a.as_json, nullptr);
+    print_plan(cfg, plan, a.as_json, nullptr, a.gpus);
   });
 }
 

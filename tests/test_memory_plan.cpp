@@ -167,3 +167,21 @@ TEST_CASE("ZeRO-1 splits the optimizer state over the ranks, whole tensors, bala
               .bytes[int(MemCategory::optimizer_state)] == most);
   }
 }
+
+TEST_CASE("memory --gpus says whether each GPU holds a ZeRO-1 share or the whole state") {
+  const CliRun sharded = run_cli("memory --model d12 --gpus 4 --json");
+  REQUIRE(sharded.exit_code() == 0);
+  const json s = json::parse(sharded.out);
+  const CliRun whole = run_cli("memory --model d12 --gpus 4 --json --set train.zero1=false");
+  REQUIRE(whole.exit_code() == 0);
+  const json w = json::parse(whole.out);
+  CHECK(s["zero1"] == true);
+  CHECK(w["zero1"] == false);
+  CHECK(s["gpus"] == 4);
+  const size_t share = s["bytes"]["optimizer_state"], all = w["bytes"]["optimizer_state"];
+  // The largest of 4 shares: at least a quarter; at d12 wte's 31% alone sets it.
+  CHECK(4 * share >= all);
+  CHECK(share < all / 2);
+  const CliRun text = run_cli("memory --model d12 --gpus 4 --optimizer adalomo");
+  CHECK_THAT(text.out, Catch::Contains("per GPU of 4, each holding the whole optimizer state"));
+}
