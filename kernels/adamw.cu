@@ -69,11 +69,10 @@ template <class D>
 __global__ void adamw_kernel(const __grid_constant__ Jobs<AdamJob<D>> b, AdamArgs a) {
   const int k = job_of(b);
   const AdamJob<D>& j = b.job[k];
-  const unsigned blocks = b.first[k + 1] - b.first[k];
   a.wd = j.wd;
   const Weights<D>& w = j.w;
-  for (size_t q = size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x; 4 * q < j.n;
-       q += size_t(blocks) * blockDim.x) {
+  const GridStride stride = job_stride(b, k);
+  for (size_t q = stride.start; 4 * q < j.n; q += stride.step) {
     const size_t i0 = 4 * q;
     if (j.vec && i0 + 4 <= j.n) {
       const F4 g = load4(j.grad + i0);

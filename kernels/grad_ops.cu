@@ -37,11 +37,9 @@ __global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_
   __shared__ double shared[32];
   const int k = job_of(b);
   const SquaresJob<D>& job = b.job[k];
-  const unsigned blocks = b.first[k + 1] - b.first[k];
+  const GridStride stride = job_stride(b, k);
   double sum = 0;
-  for (size_t i = size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x; i < job.n;
-       i += size_t(blocks) * blockDim.x)
-    sum += job.f(i);
+  for (size_t i = stride.start; i < job.n; i += stride.step) sum += job.f(i);
   sum = block_sum_d(sum, shared);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }

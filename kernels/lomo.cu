@@ -21,9 +21,8 @@ template <class D>
 __global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b, float lr) {
   const int k = job_of(b);
   const LomoJob<D>& j = b.job[k];
-  const unsigned blocks = b.first[k + 1] - b.first[k];
-  for (size_t i = size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x; i < j.n;
-       i += size_t(blocks) * blockDim.x)
+  const GridStride stride = job_stride(b, k);
+  for (size_t i = stride.start; i < j.n; i += stride.step)
     j.w.store(i, j.w.load(i) * j.keep - lr * to_f(j.grad[i]));
 }
 

@@ -132,6 +132,16 @@ __device__ __forceinline__ int job_of(const Jobs<J>& b) {
   while (k + 1 < b.count && blockIdx.x >= b.first[k + 1]) k++;
   return k;
 }
+// Job k's grid-stride loop over its own blocks, as a launch of its own would run it:
+// this thread's first index and the stride.
+struct GridStride {
+  size_t start, step;
+};
+template <class J>
+__device__ __forceinline__ GridStride job_stride(const Jobs<J>& b, int k) {
+  return {size_t(blockIdx.x - b.first[k]) * blockDim.x + threadIdx.x,
+          size_t(b.first[k + 1] - b.first[k]) * blockDim.x};
+}
 
 // Launches jobs in groups of at most kMaxJobs on update_stream():
 // launch(const Jobs<J>&, unsigned grid) with job k given blocks(job k) blocks.
