@@ -327,6 +327,23 @@ void with_vecs(int nv, F&& f) {
 }
 static_assert(kMaxVecs == 8, "with_vecs enumerates 1 .. kMaxVecs");
 
+// Blocks of the backward kernel that fit on the GPU at once (occupancy x SMs), asked once
+// per kernel and process rather than on each of a step's calls: NV fixes C and so smem,
+// and one process drives one kind of GPU (on another the grid would only be less well
+// sized).
+template <class D, int NV>
+int backward_resident_blocks(size_t smem) {
+  static const int blocks = [smem] {
+    int device = 0, sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
+    return per_sm * sms;
+  }();
+  return blocks;
+}
+
 }  // namespace
 
 template <class D>
@@ -356,15 +373,12 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
   if (vector_path<D>(C, {dinp, dout, inp, weight})) {
     const size_t smem = 2 * size_t(C) * sizeof(float);  // <= 16 KiB (C <= 2048)
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
-      const auto kernel = layernorm_backward_vec_kernel<D, decltype(nv)::value>;
+      constexpr int NV = decltype(nv)::value;
       // No more blocks than fit at once: a second, partial wave would double the time.
-      int device = 0, sms = 0, per_sm = 0;
-      CUDA_CHECK(cudaGetDevice(&device));
-      CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
-      chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)), per_sm * sms}));
-      kernel<<<chunks, 256, smem>>>(dinp, params ? partial : nullptr, dout, inp, weight, mean,
-                                    rstd, N, C);
+      chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)),
+                                          backward_resident_blocks<D, NV>(smem)}));
+      layernorm_backward_vec_kernel<D, NV><<<chunks, 256, smem>>>(
+          dinp, params ? partial : nullptr, dout, inp, weight, mean, rstd, N, C);
     });
     CUDA_CHECK_LAUNCH();
   } else {
