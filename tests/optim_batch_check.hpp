@@ -83,4 +83,12 @@ bool batched_matches_single(const json& cfg, bool master, int steps = 3) {
   return equal;
 }
 
+// batched_matches_single in the three weight setups: fp32; bf16 with an fp32 master copy;
+// bf16 alone, stochastically rounded (its 16-byte stores where the optimizer has them).
+inline void check_batched_matches_single(const json& cfg) {
+  CHECK(batched_matches_single<float>(cfg, false));
+  CHECK(batched_matches_single<bf16>(cfg, true));
+  CHECK(batched_matches_single<bf16>(cfg, false));
+}
+
 }  // namespace gpt2::test
