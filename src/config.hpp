@@ -21,8 +21,11 @@ using json = nlohmann::json;
 // multiple of 8). train.zero1: with several ranks, after_backward updates shard the
 // optimizer state (ZeRO-1: each tensor's state on one rank, which updates it and sends
 // the new weights); fused updates happen inside backward on every rank, so zero1 left at
-// its default reads false for them, and an explicit true is an error. Paths are
-// relative to the working directory.
+// its default reads false for them, and an explicit true is an error.
+// train.late_wte_grad (fused updates only): the classifier's part of wte's gradient is
+// computed at the end of backward from recomputed logits (one more logits matmul per
+// step), so wte's gradient lives in activation memory that backward is done with instead
+// of a buffer of its own. Paths are relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
     "depth": 12, "channels": 0, "heads": 0,
@@ -52,7 +55,8 @@ inline const char* kDefaultConfig = R"json({
   "train": {
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
     "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
-    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": true
+    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": true,
+    "late_wte_grad": false
   },
   "eval": {"every": 100, "batches": 8},
   "sample": {"every": 0, "tokens": 64, "prompt": "", "temperature": 1.0, "top_k": 40},

@@ -16,7 +16,7 @@ size_t ActivationPlan::total() const {
 }
 
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
-                               int classifier_chunk, size_t E) {
+                               int classifier_chunk, size_t E, bool late_wte_grad) {
   const size_t S = E == 8 ? 8 : 4;  // Stat<T>: double only for the double model
   const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads,
                Vp = cfg.padded_vocab_size, BT = size_t(B) * T, BTC = BT * C;
@@ -34,7 +34,7 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompu
       {"residual2", L * BTC * E},
       {"ln2", ln_layers * BTC * E},
       {"ln2_stats", L * 2 * BT * S},
-      {"fch", L * BTC * 4 * E},
+      {"fch", std::max(L * BTC * 4, late_wte_grad ? Vp * C : 0) * E},
       {"fch_gelu", gelu_layers * BTC * 4 * E},
       {"residual3", L * BTC * E},
       {"lnf", BTC * E},
@@ -107,18 +107,20 @@ std::vector<float> init_params(const ParamTable& table, uint64_t seed) {
 
 template <class T>
 GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, int rc,
-              int chunk)
+              int chunk, bool late)
     : table(cfg),
       batch(B),
       seq_len(T_),
       recompute(rc),
       classifier_chunk(classifier_chunk_rows(chunk, B * T_, cfg, sizeof(T), dev.is_cuda())),
+      late_wte_grad(late),
       ops_(ops),
       dev_(dev) {
   if (T_ > cfg.max_seq_len)
     fail("sequence length ", T_, " exceeds the model's max_seq_len ", cfg.max_seq_len);
   params_ = DeviceBuffer<T>(dev, table.total, MemCategory::params, "parameters");
-  const ActivationPlan plan = activation_plan(cfg, B, T_, rc, classifier_chunk, sizeof(T));
+  const ActivationPlan plan =
+      activation_plan(cfg, B, T_, rc, classifier_chunk, sizeof(T), late_wte_grad);
   auto bytes = [&](const char* name) {
     for (const auto& e : plan.entries)
       if (std::string(e.name) == name) return e.bytes;
@@ -224,27 +226,30 @@ void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
   if ((sink != nullptr) != (dloss != 0.0f))
     fail("internal: GPT2::start_forward trains with a sink and dloss != 0, or evaluates with "
          "neither");
-  const ModelConfig& c = table.cfg;
-  const int C = c.channels, Vp = c.padded_vocab_size, BT = batch * seq_len;
+  const int C = table.cfg.channels, BT = batch * seq_len;
   // A copy from pageable host memory waits for the device: done here, next to the
   // inputs' copy, it does not wait for the layers' work queued by forward_to_lnf.
   dev_.to_device(targets_.get(), targets, BT * sizeof(int));
   forward_to_lnf(inputs);
+  T* dwte = sink && !late_wte_grad ? sink->grad(table.get(ParamKind::wte)) : nullptr;
+  for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
+    classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss,
+                              sink ? dbtc_.get() + size_t(r0) * C : nullptr, dwte);
+  train_sink_ = sink, dwte_ = dwte, dloss_ = dloss;
+}
+
+template <class T>
+void GPT2<T>::classify_rows(int r0, int n, float dloss, T* dbtc, T* dwte) {
+  const ModelConfig& c = table.cfg;
+  const int C = c.channels, Vp = c.padded_vocab_size;
+  const T* lnf = lnf_.get() + size_t(r0) * C;
   T* wte = param(ParamKind::wte);
-  T* dwte = sink ? sink->grad(table.get(ParamKind::wte)) : nullptr;
-  for (int r0 = 0; r0 < BT; r0 += classifier_chunk) {
-    const int n = std::min(classifier_chunk, BT - r0);
-    const T* lnf = lnf_.get() + size_t(r0) * C;
-    ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
-    ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size, Vp,
-                    dloss);
-    // The chunk now holds dlogits: d(lnf) of its rows (into dbtc, where backward's
-    // final layernorm reads it) and its share of wte's gradient.
-    if (sink)
-      ops_.matmul_backward(dbtc_.get() + size_t(r0) * C, dwte, nullptr, logits_.get(), lnf, wte,
-                           nullptr, n, C, Vp);
-  }
-  train_sink_ = sink, dwte_ = dwte;
+  ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
+  ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size, Vp,
+                  dloss);
+  // The chunk now holds dlogits.
+  if (dbtc || dwte)
+    ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf, wte, nullptr, n, C, Vp);
 }
 
 template <class T>
@@ -286,7 +291,7 @@ void GPT2<T>::backward(GradSink<T>& sink) {
   train_sink_ = nullptr;
   T* dresidual = dresidual_.get();
   T* dbtc = dbtc_.get();  // d(lnf), left by the forward's classifier chunks
-  T* dwte = dwte_;        // holds the classifier's part already
+  T* dwte = dwte_;        // holds the classifier's part already, unless late_wte_grad
   dev_.zero(dresidual, size_t(BT) * C * sizeof(T));
   const Stat<T>* lnf_mean = lnf_stats_.get();
   ops_.layernorm_backward(dresidual, grad(K::lnfw), grad(K::lnfb), dbtc,
@@ -327,6 +332,14 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     ops_.layernorm_backward(dresidual, grad(K::ln1w, l), grad(K::ln1b, l), dbtc, residual,
                             param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C);
     ready(K::ln1w, l), ready(K::ln1b, l);
+  }
+  if (late_wte_grad) {
+    // The layers' activations are dead now; the classifier's part goes in first, as in
+    // the forward, so both orders give the same sums. Recomputing the chunks rewrites
+    // the same losses.
+    dwte = grad(K::wte);
+    for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
+      classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss_, nullptr, dwte);
   }
   ops_.encoder_backward(dwte, grad(K::wpe), dresidual, inputs_.get(), B, Tn, C);
   ready(K::wte), ready(K::wpe);

@@ -15,7 +15,8 @@ namespace gpt2 {
 // elements that backward ACCUMULATES into (zero at the first call in a backward unless
 // the sink is summing micro-steps); ready(p) says p's gradient is complete. The tied
 // wte is requested first (by the training forward, whose chunked classifier adds its
-// part) and becomes ready last (encoder).
+// part) and becomes ready last (encoder); with late_wte_grad it is requested only after
+// the last layer's backward, which then adds the classifier's part.
 template <class T>
 class GradSink {
  public:
@@ -33,8 +34,10 @@ struct ActivationPlan {
   size_t total() const;
 };
 // classifier_chunk: rows of logits that exist at once (classifier_chunk_rows()).
+// late_wte_grad: wte's gradient lives in the fch buffer (dead once the layers' backward
+// is done), which grows to wte's size if it is smaller.
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
-                               int classifier_chunk, size_t elem_size);
+                               int classifier_chunk, size_t elem_size, bool late_wte_grad);
 
 // The classifier's row chunk for train.classifier_chunk = `requested` (0 = auto) over
 // `rows` = B*T rows: never more than `rows`. Auto on the GPU: the largest power of two
@@ -54,12 +57,18 @@ class GPT2 {
  public:
   // recompute: 0 keep everything, 1 recompute GELU in backward, 2 also the layernorms.
   // classifier_chunk: train.classifier_chunk (0 = auto, see classifier_chunk_rows).
+  // late_wte_grad (train.late_wte_grad): the training forward computes only d(lnf) from
+  // its classifier chunks; backward, after the last layer, recomputes each chunk's logits
+  // and dlogits to add the classifier's part of wte's gradient. One more logits matmul
+  // per step, so that wte's gradient need not exist during backward: it can live in
+  // activation memory that is dead by then (wte_grad_home()).
   GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, int recompute,
-       int classifier_chunk = 0);
+       int classifier_chunk = 0, bool late_wte_grad = false);
 
   const ParamTable table;
   const int batch, seq_len, recompute;
   const int classifier_chunk;  // resolved rows
+  const bool late_wte_grad;
 
   T* params() { return params_.get(); }
   void set_params(const std::vector<float>& host);  // converts to T (fp32, bf16, or double)
@@ -87,6 +96,9 @@ class GPT2 {
   // over the real vocabulary, as floats: what sampling needs, with no B*T x Vp buffer.
   std::vector<float> forward_logits(const int* inputs, int row);
   Device& device() const { return dev_; }
+  // With late_wte_grad, where a sink may keep wte's gradient (wte's storage elements, free
+  // from the end of the layers' backward to the next forward); else null.
+  T* wte_grad_home() { return late_wte_grad ? fch_.get() : nullptr; }
 
  private:
   struct Layer {
@@ -95,6 +107,10 @@ class GPT2 {
   };
   Layer layer(int l);
   void forward_to_lnf(const int* inputs);  // encoder, layers, final layernorm
+  // Logits and dlogits of classifier rows r0 .. r0+n-1 into logits_, their losses into
+  // losses_; d(lnf) of those rows into dbtc_ and the chunk's share of wte's gradient into
+  // dwte, each when non-null.
+  void classify_rows(int r0, int n, float dloss, T* dbtc, T* dwte);
   T* param(ParamKind k, int l = -1) { return params_.get() + table.get(k, l).offset; }
 
   Ops<T>& ops_;
@@ -106,9 +122,11 @@ class GPT2 {
   DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_;
   DeviceBuffer<T> dresidual_, dbtc_, dfch_, dqkv_;
   std::vector<Stat<T>> host_losses_;
-  // The training forward's sink and its wte gradient, which backward finishes.
+  // The training forward's sink, its loss scale and its wte gradient, which backward
+  // finishes.
   GradSink<T>* train_sink_ = nullptr;
   T* dwte_ = nullptr;
+  float dloss_ = 0.0f;
 };
 
 }  // namespace gpt2

@@ -28,7 +28,9 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   if (p.elem_size == 2 && tr["master_weights"].get<bool>())
     b[int(MemCategory::master_weights)] = table.total * 4;
   const bool fused = resolved_update(cfg) == "fused";
-  b[int(MemCategory::grads)] = grad_memory_plan(table, fused, world).grad_elems * p.elem_size;
+  const bool late = tr["late_wte_grad"].get<bool>();
+  b[int(MemCategory::grads)] =
+      grad_memory_plan(table, fused, world, late).grad_elems * p.elem_size;
   // NCCL's scratch for host values; CPU ranks talk over sockets and allocate nothing.
   if (world > 1 && cuda) b[int(MemCategory::communication)] = kCommScratchDoubles * sizeof(double);
   // ZeRO-1: the largest rank's share of the optimizer state (the plan is per GPU).
@@ -43,7 +45,8 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,
                                           p.elem_size, cuda);
   b[int(MemCategory::activations)] =
-      activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size).total();
+      activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size, late)
+          .total();
   b[int(MemCategory::workspace)] = optimizer_workspace_bytes(cfg, table, cuda);
   return p;
 }
@@ -55,7 +58,8 @@ MemoryLedger measure_memory(const json& cfg, int steps, size_t* driver_bytes) {
     const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
     const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
     GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, cfg["train"]["recompute"].get<int>(),
-                  cfg["train"]["classifier_chunk"].get<int>());
+                  cfg["train"]["classifier_chunk"].get<int>(),
+                  cfg["train"]["late_wte_grad"].get<bool>());
     std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);
     UpdatePipeline<T> pipeline(cfg, model, *opt, *be.gops, *be.dev);
     pipeline.set_weights(init_params(model.table, seed));

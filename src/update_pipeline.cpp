@@ -41,12 +41,13 @@ std::vector<size_t> group_sizes(const ParamTable& table) {
 
 }  // namespace
 
-GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world) {
+GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world,
+                                bool late_wte_grad) {
   if (!fused) return {table.total, 0};
   const std::vector<size_t> group_size = group_sizes(table);
   const size_t largest = *std::max_element(group_size.begin(), group_size.end());
   const size_t arena = largest * (world > 1 ? 2 : 1);
-  return {table.get(ParamKind::wte).storage + arena, arena};
+  return {(late_wte_grad ? 0 : table.get(ParamKind::wte).storage) + arena, arena};
 }
 
 std::vector<int> zero1_owners(const ParamTable& table, int world) {
@@ -145,7 +146,11 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
       : pipe_(pipe),
         dev_(dev),
         halves_(pipe.comm_.world() > 1 ? 2 : 1),
-        wte_(dev, table.get(ParamKind::wte).storage, MemCategory::grads, "wte gradient"),
+        wte_(pipe.model_.wte_grad_home()
+                 ? DeviceBuffer<T>()
+                 : DeviceBuffer<T>(dev, table.get(ParamKind::wte).storage, MemCategory::grads,
+                                   "wte gradient")),
+        wte_grad_(pipe.model_.wte_grad_home() ? pipe.model_.wte_grad_home() : wte_.get()),
         arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
@@ -159,7 +164,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
     // Gradients accumulate, so they start at zero: wte alone, a group with one memset
     // when its first tensor is asked for (one per tensor cost ~150 launches a step).
     if (p.kind == ParamKind::wte) {
-      g = wte_.get();
+      g = wte_grad_;
       dev_.zero(g, p.storage * sizeof(T));
     } else {
       if (group_of(p) != group_) {
@@ -212,7 +217,9 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   UpdatePipeline& pipe_;
   Device& dev_;
   const int halves_;
-  DeviceBuffer<T> wte_, arena_;
+  DeviceBuffer<T> wte_;  // empty when the model lends wte's gradient a home (late_wte_grad)
+  T* const wte_grad_;
+  DeviceBuffer<T> arena_;
   const size_t half_elems_;
   std::map<int, T*> slot_;
   std::vector<int> group_count_;  // tensors per group (group_index)
@@ -246,6 +253,8 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   if (std::is_same_v<T, bf16> && tr["master_weights"].get<bool>())
     master_ = DeviceBuffer<float>(dev, model.table.total, MemCategory::master_weights,
                                   "fp32 master weights");
+  if (model.late_wte_grad != tr["late_wte_grad"].get<bool>())
+    fail("internal: the model's late_wte_grad differs from the config's");
   if (fused_)
     fused_sink_ = std::make_unique<FusedSink>(*this, model.table, dev);
   else

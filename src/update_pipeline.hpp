@@ -37,8 +37,11 @@ struct GradMemoryPlan {
 };
 // Gradient memory for a mode: after_backward = the whole parameter buffer; fused = wte's
 // storage + the largest group announced together (a layer, or lnf, or wpe), twice that
-// group with world > 1 (double-buffered so communication overlaps backward).
-GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world = 1);
+// group with world > 1 (double-buffered so communication overlaps backward). With
+// train.late_wte_grad, wte's gradient lives in activation memory instead
+// (GPT2::wte_grad_home()).
+GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world = 1,
+                                bool late_wte_grad = false);
 
 // ZeRO-1 (train.zero1, after_backward): which rank keeps each tensor's optimizer state
 // and updates it. Whole tensors, so the factored and low-rank optimizers keep their

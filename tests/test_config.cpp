@@ -198,6 +198,9 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   check_error(error_of("", {"train.threads=-1"}), {"train.threads", "got -1"});
   check_error(error_of("", {"train.zero1=true", "optimizer.name=adalomo"}),
               {"train.zero1", "after_backward", "fused"});
+  check_error(error_of("", {"train.late_wte_grad=true", "optimizer.name=adamw"}),
+              {"train.late_wte_grad", "after_backward", "optimizer.update=fused"});
+  CHECK_NOTHROW(load_config("", {"train.late_wte_grad=true", "optimizer.name=adalomo"}));
   check_error(error_of("", {"eval.every=-1"}), {"eval.every", ">= 0", "-1"});
   check_error(error_of("", {"optimizer.adafactor.beta1=1"}),
               {"optimizer.adafactor.beta1", "null or a number in [0, 1)", "got 1"});

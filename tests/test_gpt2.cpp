@@ -3,6 +3,7 @@
 // CpuOps against the plain-loop oracle, the order backward announces gradients in, the
 // forward/backward contract, sampling logits, the loss at initialization, and the
 // activation ledger against the plan.
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -263,6 +264,36 @@ TEST_CASE("recompute levels give the same gradients as keeping every activation"
   }
 }
 
+TEST_CASE("late_wte_grad gives the same loss and every gradient, wte asked for last") {
+  const ModelConfig c = tiny_config();
+  const int B = 2, T = 7;
+  CpuDevice dev;
+  CpuOps ops;
+  const Batch b = random_batch(B * T, c.vocab_size, 6);
+  std::vector<float> base;
+  double base_loss = 0;
+  for (bool late : {false, true}) {
+    INFO("late " << late);
+    GPT2<float> m(c, ops, dev, B, T, 0, 5, late);  // chunks of 5, 5, 4 rows
+    m.set_params(spread_params(m.table, 3));
+    RecordingSink<float> g(m.table);
+    const double loss = m.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &g);
+    m.backward(g);
+    const int wte = m.table.get(ParamKind::wte).id;
+    if (!late) {
+      base = g.grads, base_loss = loss;
+      CHECK(m.wte_grad_home() == nullptr);
+      continue;
+    }
+    CHECK(loss == base_loss);
+    CHECK(g.grads == base);  // the same sums in the same order: bit-identical
+    CHECK(g.requested.back() != wte);  // wpe's encoder gradient is asked for after it
+    CHECK(std::count(g.requested.begin(), g.requested.end(), wte) == 1);
+    CHECK(g.requested.front() != wte);
+    CHECK(m.wte_grad_home() != nullptr);
+  }
+}
+
 TEST_CASE("loss at initialization is about ln(vocab)") {
   ModelConfig c = ModelConfig::from_depth(1);
   c.channels = 32, c.num_heads = 2, c.max_seq_len = 16;
@@ -281,14 +312,33 @@ TEST_CASE("activation memory equals the plan, and the plan shrinks with recomput
   CpuOps ops;
   GPT2<float> m(c, ops, dev, 3, 8, 1);
   CHECK(dev.ledger().current[int(MemCategory::activations)] ==
-        activation_plan(c, 3, 8, 1, m.classifier_chunk, sizeof(float)).total());
+        activation_plan(c, 3, 8, 1, m.classifier_chunk, sizeof(float), false).total());
   CHECK(dev.ledger().current[int(MemCategory::params)] == m.table.total * sizeof(float));
-  const size_t full = activation_plan(c, 3, 8, 0, 24, 4).total();
-  const size_t gelu = activation_plan(c, 3, 8, 1, 24, 4).total();
-  const size_t both = activation_plan(c, 3, 8, 2, 24, 4).total();
+  const size_t full = activation_plan(c, 3, 8, 0, 24, 4, false).total();
+  const size_t gelu = activation_plan(c, 3, 8, 1, 24, 4, false).total();
+  const size_t both = activation_plan(c, 3, 8, 2, 24, 4, false).total();
   const size_t BTC = 3 * 8 * 12;
   CHECK(full - gelu == (c.num_layers - 1) * BTC * 4 * 4);   // fch_gelu kept for one layer
   CHECK(gelu - both == 2 * (c.num_layers - 1) * BTC * 4);   // ln1 and ln2 likewise
+}
+
+TEST_CASE("late_wte_grad: fch grows to wte's gradient only where it is smaller") {
+  const ModelConfig c = tiny_config();  // wte storage: 40 x 12 = 480 elements
+  auto fch = [&](int B, int T, bool late) {
+    for (const auto& e : activation_plan(c, B, T, 0, 24, 4, late).entries)
+      if (std::string(e.name) == "fch") return e.bytes;
+    FAIL("no fch entry");
+    return size_t(0);
+  };
+  CHECK(fch(3, 8, false) == 2 * 3 * 8 * 48 * 4);  // L x B*T x 4C floats: 2304 elements
+  CHECK(fch(3, 8, true) == fch(3, 8, false));
+  CHECK(fch(1, 2, false) == 2 * 2 * 48 * 4);      // 192 elements < 480
+  CHECK(fch(1, 2, true) == 480 * 4);
+  CpuDevice dev;
+  CpuOps ops;
+  GPT2<float> m(c, ops, dev, 1, 2, 0, 0, true);
+  CHECK(dev.ledger().current[int(MemCategory::activations)] ==
+        activation_plan(c, 1, 2, 0, m.classifier_chunk, sizeof(float), true).total());
 }
 
 TEST_CASE("init is seeded and follows GPT-2's recipe") {

@@ -39,6 +39,26 @@ TEST_CASE("a CPU run's measured memory equals the plan, every optimizer, both mo
   }
 }
 
+TEST_CASE("late_wte_grad: the plan's gradients lose wte and a CPU run allocates the plan") {
+  for (const char* name : {"adamw", "adalomo"}) {
+    INFO(name);
+    json cfg = tiny(name, "fused");
+    const MemoryPlan early = plan_memory(cfg, false);
+    cfg["train"]["late_wte_grad"] = true;
+    const MemoryPlan late = plan_memory(cfg, false);
+    const size_t wte = 64 * 16 * sizeof(float);  // padded vocab x C
+    CHECK(late.bytes[int(MemCategory::grads)] == early.bytes[int(MemCategory::grads)] - wte);
+    // fch (2 layers x 16 rows x 64 floats) already holds wte's 1024 elements.
+    CHECK(late.bytes[int(MemCategory::activations)] ==
+          early.bytes[int(MemCategory::activations)]);
+    const MemoryLedger m = measure_memory(cfg, 2);
+    for (int c = 0; c < kMemCategories; c++) {
+      INFO(mem_category_name(MemCategory(c)));
+      CHECK(m.peak[c] == late.bytes[c]);
+    }
+  }
+}
+
 TEST_CASE("a CPU run with classifier chunks that do not divide B*T matches the plan too") {
   for (int chunk : {5, 100}) {  // 16 rows: chunks of 5, 5, 5, 1; and all 16 at once
     INFO("chunk " << chunk);
@@ -54,7 +74,7 @@ TEST_CASE("a CPU run with classifier chunks that do not divide B*T matches the p
 TEST_CASE("the logits take one chunk of rows: auto stays within 256 MiB on the GPU") {
   const ModelConfig c = ModelConfig::from_depth(12);
   auto logits = [&](int chunk, size_t elem) {
-    for (const auto& e : activation_plan(c, 16, 1024, 0, chunk, elem).entries)
+    for (const auto& e : activation_plan(c, 16, 1024, 0, chunk, elem, false).entries)
       if (std::string(e.name) == "logits") return e.bytes;
     FAIL("no logits entry");
     return size_t(0);

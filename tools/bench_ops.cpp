@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
       using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
       ProfiledOps<T> ops(*be.ops, *be.dev);
       GPT2<T> m(model_config(cfg), ops, *be.dev, batch, seq, cfg["train"]["recompute"].get<int>(),
-                cfg["train"]["classifier_chunk"].get<int>());
+                cfg["train"]["classifier_chunk"].get<int>(),
+                cfg["train"]["late_wte_grad"].get<bool>());
       auto opt = be.optimizer(m.table);
       UpdatePipeline<T> pipe(cfg, m, *opt, *be.gops, *be.dev);
       pipe.set_weights(init_params(m.table, 1));
