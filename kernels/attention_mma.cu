@@ -30,15 +30,25 @@
 // tests/test_attention.cpp bounds the resulting error.
 // Measured (tools/bench_attention.cpp, H200, T 1024, 12 heads of 64): B 8 forward 0.075 ms
 // (173 TFLOP/s), backward 0.222 ms (145, at 2.5x the forward's flops); B 16: 0.138 ms
-// (187) and 0.434 ms (148); 16-20x the FMA kernels. Where the time goes: per 64 x 64 tile a
-// warp issues as many ex2 (MUFU, 1/8 the rate) as its mmas take, so the softmax rivals the
-// matmuls; the dq kernel recomputes S and dP (2 of its 3 products), the price of a
-// deterministic backward without atomics. Tried and dropped (H200, B 16 NH 12):
+// (187) and 0.434 ms (148); 16-20x the FMA kernels. Since then (H100, B 16 NH 12, same
+// call): ex2.approx.ftz instead of exp2f (which wraps each ex2 in a compare and two
+// multiplies for subnormals), the max taken over unscaled scores so each exp's argument is
+// one fma, and the causal mask only in the diagonal tile cut the instructions 17% (fwd),
+// 15% (dq), 13% (dkdv): forward 0.138 -> 0.131 ms, backward 0.440 -> 0.415.
+// Where the time goes (ncu, H100, B 16 NH 12, % of peak): not MUFU. The XU pipe (ex2) is at
+// 25% in the forward, 18% in dq, 12% in dkdv; the tensor pipe at 35-39%; issue slots 55%,
+// 44%, 35% busy, the warps stalled on short dependency chains with 4 (forward) or 3 warps
+// per scheduler. The dq kernel recomputes S and dP (2 of its 3 products), the price of a
+// deterministic backward without atomics. Tried and dropped (H200, B 16 NH 12, unless said):
 // - dQ inside dkdv by fp32 atomics (FA2's way, 5 products instead of 7): 0.464 ms against
 //   0.473 for this backward (both then with the separate delta kernel), not worth a
 //   nondeterministic dQ and a 4 B T C-byte fp32 accumulator (50 MB at d12 B 16);
 // - a forward with 8 warps (128 queries per block sharing each K/V tile): 0.156 ms
-//   against 0.138; with 32 query rows per warp instead: 241 registers, no faster.
+//   against 0.138; with 32 query rows per warp instead: 241 registers, no faster;
+// - a share of each tile's exps on the FMA pipe (2^frac by a degree-4 polynomial, 2^int
+//   added to the exponent bits) so MUFU and FMA split the load (H100): 1 of 8 column tiles
+//   0.138 / 0.420 ms, 2 of 8 0.141 / 0.424, against 0.134 / 0.416 all on MUFU: MUFU was
+//   not the limit, and each exp moved costs ~9 instructions instead of 1.
 #include "cuda_check.cuh"
 #include "kernels.cuh"
 
@@ -55,6 +65,14 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 2^x on the MUFU pipe without exp2f's subnormal handling (exp2f adds a compare and two
+// multiplies around each ex2); ftz: results below 2^-126 are 0, and 2^-inf = 0.
+__device__ __forceinline__ float exp2_mufu(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Rows r0 .. r0+63 of a head (64 bf16 at `src`, rows `stride` apart) into a shared tile;
@@ -213,23 +231,26 @@ __global__ void __launch_bounds__(kThreads)
     wait_all_but_newest();
     if (t == 0) load_a(qa, qs + warp * 16 * kStride);
     mma_abt(s, qa, ks + t % 2 * kTile);
+    if (t == qt)  // the diagonal tile: keys after the query
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = -INFINITY;
+    // The max of unscaled scores, scaled once (the scale is positive): m is in scaled
+    // units and each exp's argument is one fma.
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float x = s[n][e] * scale_log2;
-        if (t == qt && acc_col(n, e) > warp * 16 + acc_row(e)) x = -INFINITY;
-        s[n][e] = x;
-        mx[e / 2] = fmaxf(mx[e / 2], x);
-      }
+      for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
     // Every row sees its own key in the diagonal tile and key 0 in tile 0, so the
     // running max is finite from the first tile on (no -inf - -inf).
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m[r], mx[r]), correction = exp2f(m[r] - m_new);
+      const float m_new = fmaxf(m[r], mx[r] * scale_log2), correction = exp2_mufu(m[r] - m_new);
       m[r] = m_new;
       l[r] *= correction;
 #pragma unroll
@@ -239,7 +260,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int n = 0; n < 8; n++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        s[n][e] = exp2f(s[n][e] - m[e / 2]);
+        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -m[e / 2]));
         l[e / 2] += s[n][e];  // this lane's columns only; the quad is summed at the end
       }
     AFrag pa;
@@ -332,11 +353,18 @@ __global__ void __launch_bounds__(kThreads, 3)
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const bool masked = t == qt && acc_col(n, e) > warp * 16 + acc_row(e);
-        const float p = masked ? 0.f : exp2f(s[n][e] * scale_log2 - lse2[e / 2]);
-        s[n][e] = p * (dp[n][e] - dl[e / 2]);
-      }
+      for (int e = 0; e < 4; e++)
+        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -lse2[e / 2]));
+    if (t == qt)  // the diagonal tile: keys after the query (their exp may be inf)
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[n][e] *= dp[n][e] - dl[e / 2];
     AFrag dsa;
     to_a(dsa, s);
     mma_ab(dq, dsa, kt);
@@ -403,13 +431,18 @@ __global__ void __launch_bounds__(kThreads, 3)
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int c = acc_col(n, e);
-        const bool masked = t == kt && c < warp * 16 + acc_row(e);
-        const float p = masked ? 0.f : exp2f(s[n][e] * scale_log2 - l2[c]);
-        s[n][e] = p;
-        dp[n][e] = p * (dp[n][e] - d[c]);
-      }
+      for (int e = 0; e < 4; e++)
+        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -l2[acc_col(n, e)]));
+    if (t == kt)  // the diagonal tile: queries before the key (their exp may be inf)
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (acc_col(n, e) < warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - d[acc_col(n, e)]);
     AFrag pa;
     to_a(pa, s);
     mma_ab(dv, pa, dotile);
