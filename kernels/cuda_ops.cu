@@ -10,8 +10,6 @@
 namespace gpt2 {
 namespace {
 
-constexpr size_t kLtWorkspaceBytes = 32u << 20;  // what cuBLASLt's Hopper kernels ask for
-
 Device& require_cuda(Device& dev) {
   if (!dev.is_cuda()) fail("make_cuda_ops needs a CUDA device, but was given a CPU device");
   return dev;

@@ -23,6 +23,8 @@ std::unique_ptr<Device> make_cuda_device(int gpu);
 // also holds their cuBLASLt workspace and scratch (MemCategory::workspace).
 template <class T>
 std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev);
+// The cuBLASLt workspace make_cuda_ops allocates: what cuBLASLt's Hopper kernels ask for.
+constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 
 template <class T> class GradOps;
 
