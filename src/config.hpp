@@ -25,7 +25,8 @@ using json = nlohmann::json;
 // train.late_wte_grad (fused updates only): the classifier's part of wte's gradient is
 // computed at the end of backward from recomputed logits (one more logits matmul per
 // step), so wte's gradient lives in activation memory that backward is done with instead
-// of a buffer of its own. Paths are relative to the working directory.
+// of a buffer of its own.
+// Paths are relative to the working directory.
 inline const char* kDefaultConfig = R"json({
   "model": {
     "depth": 12, "channels": 0, "heads": 0,

@@ -217,8 +217,12 @@ void check_config_rules(const json& cfg, const ConfigOrigins& origins) {
   if (flag("train.late_wte_grad") && update != "fused")
     fail(origin(origins, {"train.late_wte_grad", "optimizer.update", "optimizer.name"}),
          ": train.late_wte_grad: true moves wte's gradient out of the fused updates' gradient "
-         "memory, but optimizer.update is \"after_backward\", whose whole gradient buffer "
-         "holds it anyway; set optimizer.update=fused or train.late_wte_grad=false");
+         "memory, but ",
+         str("optimizer.update") == "auto"
+             ? cat("optimizer.update: \"auto\" (after_backward for ", str("optimizer.name"), ")")
+             : std::string("optimizer.update: \"after_backward\""),
+         " keeps a whole gradient buffer, which holds it anyway; set optimizer.update=fused or "
+         "train.late_wte_grad=false");
   if (str("train.device") == "cpu" && str("train.precision") == "bf16")
     fail(origin(origins, {"train.precision", "train.device"}),
          ": train.precision: \"bf16\" is GPU-only but train.device is \"cpu\"; "

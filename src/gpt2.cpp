@@ -234,7 +234,7 @@ void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
   T* dwte = sink && !late_wte_grad ? sink->grad(table.get(ParamKind::wte)) : nullptr;
   for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
     classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss,
-                              sink ? dbtc_.get() + size_t(r0) * C : nullptr, dwte);
+                  sink ? dbtc_.get() + size_t(r0) * C : nullptr, dwte);
   train_sink_ = sink, dwte_ = dwte, dloss_ = dloss;
 }
 
@@ -247,7 +247,8 @@ void GPT2<T>::classify_rows(int r0, int n, float dloss, T* dbtc, T* dwte) {
   ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
   ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size, Vp,
                   dloss);
-  // The chunk now holds dlogits.
+  // The chunk now holds dlogits: d(lnf) of its rows (into dbtc, where backward's final
+  // layernorm reads it) and its share of wte's gradient.
   if (dbtc || dwte)
     ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf, wte, nullptr, n, C, Vp);
 }
@@ -334,9 +335,9 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     ready(K::ln1w, l), ready(K::ln1b, l);
   }
   if (late_wte_grad) {
-    // The layers' activations are dead now; the classifier's part goes in first, as in
-    // the forward, so both orders give the same sums. Recomputing the chunks rewrites
-    // the same losses.
+    // fch is free now (layer 0's fcproj backward was its last reader). Zeroed, then the
+    // classifier's chunks, then the encoder: the order of the path without the key, so
+    // the sums are bit-identical. Recomputing the chunks rewrites the same losses.
     dwte = grad(K::wte);
     for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
       classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss_, nullptr, dwte);

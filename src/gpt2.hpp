@@ -77,9 +77,9 @@ class GPT2 {
   // inputs/targets are host arrays of batch*seq_len token ids; returns the mean loss.
   // The B*T x Vp logits never exist whole: the classifier runs over chunks of
   // classifier_chunk rows. Training (a sink, and dloss != 0 scaling the loss gradient):
-  // each chunk's dlogits go straight into d(lnf) and into sink.grad(wte), so the
-  // classifier's backward is done here and backward(sink) must follow with the same
-  // sink. Evaluation (no sink, dloss = 0) computes the losses only.
+  // each chunk's dlogits go straight into d(lnf) and into sink.grad(wte) (with
+  // late_wte_grad, d(lnf) only: backward recomputes wte's part), and backward(sink) must
+  // follow with the same sink. Evaluation (no sink, dloss = 0) computes the losses only.
   double forward(const int* inputs, const int* targets, float dloss,
                  GradSink<T>* sink = nullptr) {
     start_forward(inputs, targets, dloss, sink);
@@ -87,7 +87,8 @@ class GPT2 {
   }
   // forward without reading the loss back: the device work is queued, the host does not
   // wait for it, so backward can be queued behind it at once. loss() (a host sync) reads
-  // the last forward's mean loss; backward leaves it alone.
+  // the last forward's mean loss; backward leaves it alone (with late_wte_grad it
+  // rewrites the same values).
   void start_forward(const int* inputs, const int* targets, float dloss,
                      GradSink<T>* sink = nullptr);
   double loss();

@@ -12,7 +12,8 @@ namespace gpt2 {
 namespace {
 
 // Tensors that backward announces together share the arena: one layer, or lnf, or
-// wpe (which ends the backward beside wte). wte has its own buffer.
+// wpe (which ends the backward beside wte). wte has its own buffer (with late_wte_grad,
+// the model's fch activations).
 int group_of(const ParamSpec& p) {
   if (p.layer >= 0) return p.layer;
   return p.kind == ParamKind::wpe ? -2 : -1;
@@ -146,11 +147,11 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
       : pipe_(pipe),
         dev_(dev),
         halves_(pipe.comm_.world() > 1 ? 2 : 1),
-        wte_(pipe.model_.wte_grad_home()
+        own_wte_grad_(pipe.model_.wte_grad_home()
                  ? DeviceBuffer<T>()
                  : DeviceBuffer<T>(dev, table.get(ParamKind::wte).storage, MemCategory::grads,
                                    "wte gradient")),
-        wte_grad_(pipe.model_.wte_grad_home() ? pipe.model_.wte_grad_home() : wte_.get()),
+        wte_grad_(pipe.model_.wte_grad_home() ? pipe.model_.wte_grad_home() : own_wte_grad_.get()),
         arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
@@ -217,7 +218,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   UpdatePipeline& pipe_;
   Device& dev_;
   const int halves_;
-  DeviceBuffer<T> wte_;  // empty when the model lends wte's gradient a home (late_wte_grad)
+  DeviceBuffer<T> own_wte_grad_;  // empty when the model lends one (late_wte_grad)
   T* const wte_grad_;
   DeviceBuffer<T> arena_;
   const size_t half_elems_;
@@ -365,9 +366,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     return {float(loss_sum / accum_), norm, false};
   }
 
-  // The forward's chunked classifier already writes wte's gradient into the sink, so
-  // each pass over the gradients is a forward + backward: two-pass clipping costs one
-  // extra forward besides the extra backward. The measuring pass changes no weight, so
+  // The forward's chunked classifier writes d(lnf) (and, without late_wte_grad, wte's
+  // gradient) for the backward that follows, which consumes it, so each pass over the
+  // gradients is a forward + backward: two-pass clipping costs one extra forward besides
+  // the extra backward. The measuring pass changes no weight, so
   // the second forward's loss equals the first.
   next_batch(inputs_.data(), targets_.data());
   auto forward = [&](bool measuring) {

@@ -199,7 +199,11 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   check_error(error_of("", {"train.zero1=true", "optimizer.name=adalomo"}),
               {"train.zero1", "after_backward", "fused"});
   check_error(error_of("", {"train.late_wte_grad=true", "optimizer.name=adamw"}),
-              {"train.late_wte_grad", "after_backward", "optimizer.update=fused"});
+              {"train.late_wte_grad", "\"auto\" (after_backward for adamw)",
+               "optimizer.update=fused"});
+  check_error(error_of("", {"train.late_wte_grad=true", "optimizer.name=adalomo",
+                            "optimizer.update=after_backward"}),
+              {"train.late_wte_grad", "optimizer.update: \"after_backward\""});
   CHECK_NOTHROW(load_config("", {"train.late_wte_grad=true", "optimizer.name=adalomo"}));
   check_error(error_of("", {"eval.every=-1"}), {"eval.every", ">= 0", "-1"});
   check_error(error_of("", {"optimizer.adafactor.beta1=1"}),

@@ -269,6 +269,7 @@ TEST_CASE("recompute levels and late_wte_grad give the same loss and every gradi
     }
     // Same ops on the same numbers, and wte's two parts added in the same order.
     CHECK(loss == base_loss);
+    CHECK(m.loss() == loss);  // late_wte_grad's backward rewrote the losses: the same ones
     CHECK(g.grads == base);
     if (late) {  // wte asked for once, after the layers, before wpe
       const int wte = m.table.get(ParamKind::wte).id;
@@ -320,9 +321,19 @@ TEST_CASE("late_wte_grad: fch grows to wte's gradient only where it is smaller")
   CHECK(fch(1, 2, true) == 480 * 4);
   CpuDevice dev;
   CpuOps ops;
-  GPT2<float> m(c, ops, dev, 1, 2, 0, 0, true);
-  CHECK(dev.ledger().current[int(MemCategory::activations)] ==
-        activation_plan(c, 1, 2, 0, m.classifier_chunk, sizeof(float), true).total());
+  GPT2<float> m(c, ops, dev, 1, 2, 0, 0, true), early(c, ops, dev, 1, 2, 0, 0, false);
+  const size_t allocated = dev.ledger().current[int(MemCategory::activations)];
+  CHECK(allocated == activation_plan(c, 1, 2, 0, m.classifier_chunk, sizeof(float), true).total() +
+                         activation_plan(c, 1, 2, 0, m.classifier_chunk, sizeof(float), false).total());
+  // and the grown fch holds wte's whole gradient: the same gradients as without the key
+  const Batch b = random_batch(2, c.vocab_size, 5);
+  RecordingSink<float> g(m.table), ge(early.table);
+  for (auto [model, sink] : {std::pair{&m, &g}, std::pair{&early, &ge}}) {
+    model->set_params(spread_params(model->table, 2));
+    model->forward(b.inputs.data(), b.targets.data(), 0.5f, sink);
+    model->backward(*sink);
+  }
+  CHECK(g.grads == ge.grads);
 }
 
 TEST_CASE("init is seeded and follows GPT-2's recipe") {
