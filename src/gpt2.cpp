@@ -226,31 +226,33 @@ void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
   if ((sink != nullptr) != (dloss != 0.0f))
     fail("internal: GPT2::start_forward trains with a sink and dloss != 0, or evaluates with "
          "neither");
-  const int C = table.cfg.channels, BT = batch * seq_len;
+  const int BT = batch * seq_len;
   // A copy from pageable host memory waits for the device: done here, next to the
   // inputs' copy, it does not wait for the layers' work queued by forward_to_lnf.
   dev_.to_device(targets_.get(), targets, BT * sizeof(int));
   forward_to_lnf(inputs);
   T* dwte = sink && !late_wte_grad ? sink->grad(table.get(ParamKind::wte)) : nullptr;
-  for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
-    classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss,
-                  sink ? dbtc_.get() + size_t(r0) * C : nullptr, dwte);
+  classify(dloss, sink != nullptr, dwte);
   train_sink_ = sink, dwte_ = dwte, dloss_ = dloss;
 }
 
 template <class T>
-void GPT2<T>::classify_rows(int r0, int n, float dloss, T* dbtc, T* dwte) {
+void GPT2<T>::classify(float dloss, bool dlnf, T* dwte) {
   const ModelConfig& c = table.cfg;
-  const int C = c.channels, Vp = c.padded_vocab_size;
-  const T* lnf = lnf_.get() + size_t(r0) * C;
+  const int C = c.channels, Vp = c.padded_vocab_size, BT = batch * seq_len;
   T* wte = param(ParamKind::wte);
-  ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
-  ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size, Vp,
-                  dloss);
-  // The chunk now holds dlogits: d(lnf) of its rows (into dbtc, where backward's final
-  // layernorm reads it) and its share of wte's gradient.
-  if (dbtc || dwte)
-    ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf, wte, nullptr, n, C, Vp);
+  for (int r0 = 0; r0 < BT; r0 += classifier_chunk) {
+    const int n = std::min(classifier_chunk, BT - r0);
+    const T* lnf = lnf_.get() + size_t(r0) * C;
+    ops_.matmul_forward(logits_.get(), nullptr, lnf, wte, nullptr, n, C, Vp);
+    ops_.classifier(logits_.get(), losses_.get() + r0, targets_.get() + r0, n, c.vocab_size,
+                    Vp, dloss);
+    // The chunk now holds dlogits: d(lnf) of its rows (into dbtc, where backward's final
+    // layernorm reads it) and its share of wte's gradient.
+    T* dbtc = dlnf ? dbtc_.get() + size_t(r0) * C : nullptr;
+    if (dbtc || dwte)
+      ops_.matmul_backward(dbtc, dwte, nullptr, logits_.get(), lnf, wte, nullptr, n, C, Vp);
+  }
 }
 
 template <class T>
@@ -339,8 +341,7 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     // classifier's chunks, then the encoder: the order of the path without the key, so
     // the sums are bit-identical. Recomputing the chunks rewrites the same losses.
     dwte = grad(K::wte);
-    for (int r0 = 0; r0 < BT; r0 += classifier_chunk)
-      classify_rows(r0, std::min(classifier_chunk, BT - r0), dloss_, nullptr, dwte);
+    classify(dloss_, false, dwte);
   }
   ops_.encoder_backward(dwte, grad(K::wpe), dresidual, inputs_.get(), B, Tn, C);
   ready(K::wte), ready(K::wpe);

@@ -108,10 +108,10 @@ class GPT2 {
   };
   Layer layer(int l);
   void forward_to_lnf(const int* inputs);  // encoder, layers, final layernorm
-  // Logits and dlogits of classifier rows r0 .. r0+n-1 into logits_, their losses into
-  // losses_; d(lnf) of those rows into dbtc_ and the chunk's share of wte's gradient into
-  // dwte, each when non-null.
-  void classify_rows(int r0, int n, float dloss, T* dbtc, T* dwte);
+  // The classifier over all B*T rows, chunk by chunk: logits and dlogits in logits_, the
+  // losses in losses_; with dlnf, d(lnf) into dbtc_, and with dwte non-null, wte's
+  // classifier gradient added there.
+  void classify(float dloss, bool dlnf, T* dwte);
   T* param(ParamKind k, int l = -1) { return params_.get() + table.get(k, l).offset; }
 
   Ops<T>& ops_;

@@ -148,10 +148,10 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
         dev_(dev),
         halves_(pipe.comm_.world() > 1 ? 2 : 1),
         own_wte_grad_(pipe.model_.wte_grad_home()
-                 ? DeviceBuffer<T>()
-                 : DeviceBuffer<T>(dev, table.get(ParamKind::wte).storage, MemCategory::grads,
-                                   "wte gradient")),
-        wte_grad_(pipe.model_.wte_grad_home() ? pipe.model_.wte_grad_home() : own_wte_grad_.get()),
+                          ? DeviceBuffer<T>()
+                          : DeviceBuffer<T>(dev, table.get(ParamKind::wte).storage,
+                                            MemCategory::grads, "wte gradient")),
+        wte_grad_(own_wte_grad_.get() ? own_wte_grad_.get() : pipe.model_.wte_grad_home()),
         arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
@@ -369,8 +369,8 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
   // The forward's chunked classifier writes d(lnf) (and, without late_wte_grad, wte's
   // gradient) for the backward that follows, which consumes it, so each pass over the
   // gradients is a forward + backward: two-pass clipping costs one extra forward besides
-  // the extra backward. The measuring pass changes no weight, so
-  // the second forward's loss equals the first.
+  // the extra backward. The measuring pass changes no weight, so the second forward's
+  // loss equals the first.
   next_batch(inputs_.data(), targets_.data());
   auto forward = [&](bool measuring) {
     fused_sink_->measuring = measuring;
