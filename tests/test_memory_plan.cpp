@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "backend.hpp"
 #include "catch.hpp"
 #include "cli.hpp"
 #include "memory_plan.hpp"
@@ -130,6 +131,9 @@ TEST_CASE("bf16 GPU plan: 2-byte params and grads, fp32 master weights and state
   CHECK(p.bytes[int(MemCategory::master_weights)] == t.total * 4);
   CHECK(p.bytes[int(MemCategory::grads)] == t.total * 2);
   CHECK(p.bytes[int(MemCategory::optimizer_state)] == t.num_parameters() * 8);
+  // cuBLASLt's workspace, which CudaOps allocates; a CPU plan has none
+  CHECK(p.bytes[int(MemCategory::workspace)] == kLtWorkspaceBytes);
+  CHECK(plan_memory(cfg, false).bytes[int(MemCategory::workspace)] == 0);
 }
 
 // The Adapprox paper table's measured column: every optimizer built for real on the CPU,
