@@ -17,6 +17,8 @@ namespace gpt2::cuda {
 namespace {
 
 enum Slot { kSumW2, kSumU2, kSlots };
+// Each tensor's kSlots double sums, filled on the device by the sweeps.
+size_t scalar_slots(const ParamTable& table) { return kSlots * table.params.size(); }
 
 struct StepArgs {
   double rho, eps2, d, wd;
@@ -126,7 +128,7 @@ class Adafactor final : public Optimizer<T> {
   Adafactor(const json& cfg, const AdafactorRule& rule, const ParamTable& table, Device& dev,
             uint64_t seed)
       : common_(cfg), rule_(rule), seed_(seed), store_(dev), fac_(dev, table),
-        scal_(dev, kSlots * table.params.size(), MemCategory::workspace, rule.prefix + " scalars") {
+        scal_(dev, scalar_slots(table), MemCategory::workspace, rule.prefix + " scalars") {
     for (const ParamSpec& p : table.params) {
       moments_.push_back(optim::add_second_moment(store_, rule.prefix, p));
       m1_.push_back(rule.momentum ? store_.add(p, rule.prefix + ".m1", p.numel) : nullptr);
@@ -244,5 +246,9 @@ std::unique_ptr<Optimizer<T>> make_cuda_adafactor(const json& cfg, const ParamTa
 INSTANTIATE(float)
 INSTANTIATE(bf16)
 #undef INSTANTIATE
+
+size_t adafactor_workspace_bytes(const ParamTable& table, int sms) {
+  return Factored::workspace_bytes(table, sms) + scalar_slots(table) * sizeof(double);
+}
 
 }  // namespace gpt2::cuda

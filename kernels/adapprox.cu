@@ -167,14 +167,51 @@ struct Dot {
   __device__ double operator()(size_t i) const { return double(a[i]) * b[i]; }
 };
 
+// The lengths of the workspace buffers the constructor allocates, from one loop shared
+// with the memory plan (cuda_optimizer_workspace_bytes); cuSOLVER's work, which only a
+// handle on a GPU can size, is not among them.
+struct Sizes {
+  size_t largest = 0;             // V_t scratch: the largest matrix (none without matrices)
+  size_t y = 1, om = 1, vec = 1;  // thin iterates Y (m x s) and Om (n x s); D of a vector
+  int s_max = 1;                  // the s x s buffers
+  size_t side = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
+  int matrices = 0;
+
+  size_t bytes() const {
+    const size_t ss = size_t(s_max) * s_max;
+    return (largest + y + om + 2 * ss + size_t(s_max) + vec + side) * sizeof(float) +  // + G, W, tau
+           (ss + size_t(s_max) + 2 + grams + eigs) * sizeof(double) +  // Gd, eig
+           (1 + size_t(matrices) + 1) * sizeof(int) +                  // info, batch_info
+           Reducer::kPartials * sizeof(double) + kSlots * sizeof(double);
+  }
+};
+
+Sizes sizes(const optim::Settings& st, const ParamTable& table) {
+  Sizes z;
+  for (const ParamSpec& p : table.params) {
+    if (!p.is_matrix()) {
+      z.vec = std::max(z.vec, p.numel);
+      continue;
+    }
+    const int s = st.thin_cols(p), k_max = st.rule(p).k_max;
+    z.largest = std::max(z.largest, p.numel);
+    z.s_max = std::max(z.s_max, s);
+    z.y = std::max(z.y, size_t(p.rows) * s), z.om = std::max(z.om, size_t(p.cols) * s);
+    z.side += size_t(p.rows + p.cols) * (s - k_max);
+    z.grams += size_t(s) * s, z.eigs += size_t(s);
+    z.matrices++;
+  }
+  return z;
+}
+
 template <class T>
 class Adapprox final : public Optimizer<T> {
  public:
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
       : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev), red_(dev),
         scal_(dev, kSlots, MemCategory::workspace, "adapprox scalars") {
-    size_t largest = 0, y = 1, om = 1, vec = 1, side = 1;
-    int s_max = 1;
+    const Sizes z = sizes(s_, table);
+    size_t side = 1;
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       Tensor t;
       if (p.is_matrix()) {
@@ -186,29 +223,26 @@ class Adapprox final : public Optimizer<T> {
         t.rank = s_.initial_rank(p);
         const float k0 = float(t.rank);
         if (t.rank_err) dev.to_device(t.rank_err, &k0, sizeof(float));
-        largest = std::max(largest, p.numel);
         const int s = s_.thin_cols(p);
-        s_max = std::max(s_max, s);
         t.side = side;
         side += size_t(p.rows + p.cols) * (s - t.k_max);
         auto g = std::find_if(groups_.begin(), groups_.end(), [&](const Group& x) { return x.s == s; });
         if (g == groups_.end()) g = groups_.insert(groups_.end(), Group{s});
         t.group = int(g - groups_.begin());
         g->capacity++;
-        y = std::max(y, size_t(p.rows) * s), om = std::max(om, size_t(p.cols) * s);
       } else {
         t.v = store_.add(p, "adapprox.v", p.numel);
-        vec = std::max(vec, p.numel);
       }
       if (s_.beta1 > 0) t.m1 = store_.add(p, "adapprox.m1", p.numel);
       tensors_.push_back(t);
     }
-    if (largest) V_ = DeviceBuffer<float>(dev, largest, MemCategory::workspace, "adapprox V_t");
+    const int s_max = z.s_max;
+    if (z.largest) V_ = DeviceBuffer<float>(dev, z.largest, MemCategory::workspace, "adapprox V_t");
     auto thin = [&](size_t n, const char* what) {
       return DeviceBuffer<float>(dev, n, MemCategory::workspace, std::string("adapprox thin ") + what);
     };
-    Y_ = thin(y, "Y"), Om_ = thin(om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
-    W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(vec, "D");
+    Y_ = thin(z.y, "Y"), Om_ = thin(z.om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
+    W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(z.vec, "D");
     Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
     eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 2, MemCategory::workspace,
                                 "adapprox thin eigenvalues, failure flag, ||V||^2");
@@ -219,10 +253,13 @@ class Adapprox final : public Optimizer<T> {
       g.gram = grams - 1, g.eig = eigs - 1, g.info = matrices;
       grams += size_t(g.capacity) * g.s * g.s, eigs += size_t(g.capacity) * g.s, matrices += g.capacity;
     }
-    side_ = thin(side, "deferred S-RSI, iterate columns past k_max");
-    batch_grams_ = DeviceBuffer<double>(dev, grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
-    batch_eig_ = DeviceBuffer<double>(dev, eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
-    batch_info_ = DeviceBuffer<int>(dev, size_t(matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
+    // The groups' offsets end where sizes() says, so the plan is what is allocated here.
+    if (side != z.side || grams != z.grams || eigs != z.eigs || matrices != z.matrices)
+      fail("internal: Adapprox's workspace layout disagrees with its sizes()");
+    side_ = thin(z.side, "deferred S-RSI, iterate columns past k_max");
+    batch_grams_ = DeviceBuffer<double>(dev, z.grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
+    batch_eig_ = DeviceBuffer<double>(dev, z.eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
+    batch_info_ = DeviceBuffer<int>(dev, size_t(z.matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUSOLVER_CHECK(cusolverDnCreate(&solver_));
     CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
@@ -601,5 +638,9 @@ std::unique_ptr<Optimizer<T>> make_cuda_adapprox(const json& cfg, const ParamTab
 }
 template std::unique_ptr<Optimizer<float>> make_cuda_adapprox<float>(const json&, const ParamTable&, Device&, uint64_t);
 template std::unique_ptr<Optimizer<bf16>> make_cuda_adapprox<bf16>(const json&, const ParamTable&, Device&, uint64_t);
+
+size_t adapprox_workspace_bytes(const json& cfg, const ParamTable& table) {
+  return sizes(optim::Settings(cfg), table).bytes();
+}
 
 }  // namespace gpt2::cuda

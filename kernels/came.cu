@@ -13,6 +13,8 @@ namespace gpt2::cuda {
 namespace {
 
 enum Slot { kSumU2, kSlots };
+// Each tensor's kSlots double sums, filled on the device by the sweeps.
+size_t scalar_slots(const ParamTable& table) { return kSlots * table.params.size(); }
 
 // Sweep: m <- beta1 m + (1 - beta1) U / clip, and I = (U / clip - m_new)^2 + eps2 (the
 // NEW m, as the official code does) into rr, rc and their factors. The U factors are
@@ -137,7 +139,7 @@ class Came final : public Optimizer<T> {
         eps2_(optim::number(cfg, "came", "eps2", 0.0, 1.0)),
         clip_(optim::number(cfg, "came", "clip_threshold", 1e-12, 1e12)),
         seed_(seed), store_(dev), fac_(dev, table),
-        scal_(dev, kSlots * table.params.size(), MemCategory::workspace, "came scalars") {
+        scal_(dev, scalar_slots(table), MemCategory::workspace, "came scalars") {
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       moments_.push_back(optim::add_second_moment(store_, "came", p));
       m_.push_back(store_.add(p, "came.m", p.numel));
@@ -224,5 +226,9 @@ std::unique_ptr<Optimizer<T>> make_cuda_came(const json& cfg, const ParamTable& 
 }
 template std::unique_ptr<Optimizer<float>> make_cuda_came<float>(const json&, const ParamTable&, Device&, uint64_t);
 template std::unique_ptr<Optimizer<bf16>> make_cuda_came<bf16>(const json&, const ParamTable&, Device&, uint64_t);
+
+size_t came_workspace_bytes(const ParamTable& table, int sms) {
+  return Factored::workspace_bytes(table, sms) + scalar_slots(table) * sizeof(double);
+}
 
 }  // namespace gpt2::cuda

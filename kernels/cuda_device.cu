@@ -30,6 +30,20 @@ int cuda_device_count(std::string* why) {
   return n;
 }
 
+PlanGpu plan_gpu() {
+  PlanGpu g;
+  if (!cuda_usable(nullptr)) {
+    g.note = cat("no GPU here: workspace sized for an H100/H200 (", g.sms,
+                 " SMs), without the encoder backward's CUB sort storage");
+    return g;
+  }
+  // Device 0, as Factored asks: one process drives one kind of GPU.
+  CUDA_CHECK(cudaDeviceGetAttribute(&g.sms, cudaDevAttrMultiProcessorCount, 0));
+  g.present = true;
+  g.note = cat("workspace sized for this machine's GPU 0 (", g.sms, " SMs)");
+  return g;
+}
+
 class CudaDevice final : public Device {
  public:
   explicit CudaDevice(int gpu) : gpu_(gpu) { CUDA_CHECK(cudaSetDevice(gpu)); }

@@ -3,6 +3,8 @@
 // scratch buffer that grows to the largest need of any kernel (encoder sort, layernorm
 // and bias partial sums, attention's delta); both are filed as MemCategory::workspace.
 // Kernels live one concern per file beside this one; see kernels.cuh.
+#include <algorithm>
+
 #include "backend.hpp"
 #include "cuda_check.cuh"
 #include "kernels.cuh"
@@ -110,6 +112,21 @@ class CudaOps final : public Ops<T> {
 };
 
 }  // namespace
+
+size_t cuda_kernel_scratch_bytes(const ModelConfig& cfg, int B, int T, const PlanGpu& gpu) {
+  const int C = cfg.channels, N = B * T;
+  // GPT2::backward's calls that take scratch: layernorm_backward at (N, C); matmul_backward
+  // with dbias at OC = C (attproj, fcproj), 3C (qkv), 4C (fc); attention_backward; and
+  // encoder_backward. scratch() frees the old buffer before it allocates a larger one,
+  // so the ledger's workspace peak holds only the largest.
+  size_t bytes = std::max({cuda::layernorm_backward_scratch_bytes(N, C),
+                           cuda::matmul_backward_scratch_bytes(N, C),
+                           cuda::matmul_backward_scratch_bytes(N, 3 * C),
+                           cuda::matmul_backward_scratch_bytes(N, 4 * C),
+                           cuda::attention_backward_scratch_bytes(B, T, cfg.num_heads)});
+  if (gpu.present) bytes = std::max(bytes, cuda::encoder_backward_scratch_bytes(N));
+  return bytes;
+}
 
 template <class T>
 std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev) {

@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backend.hpp"
 #include "optim_common.cuh"
 #include "reference/optim/factored.hpp"
 
@@ -347,49 +348,71 @@ struct DirectionSquares {
 // launches batches of sweeps and elementwise passes on update_stream().
 class Factored {
  public:
-  Factored(Device& dev, const ParamTable& table) : at_(table.params.size()) {
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, 0));
+  struct Offsets {
+    size_t row, col, rf, cf, scal, chunk_r, ticket;
+  };
+  // Each local matrix's slices of the buffers below (by tensor id) and the buffers'
+  // lengths (`end`) on a GPU of `sms` SMs; the constructor allocates exactly these and
+  // workspace_bytes() is the memory plan's figure for them.
+  struct Layout {
+    std::vector<Offsets> at;
+    Offsets end;
+  };
+  static Layout layout(const ParamTable& table, int sms) {
+    Layout l{std::vector<Offsets>(table.params.size()), Offsets{}};
     // Every slice starts on a 32-byte boundary: cf is read in 16-byte runs.
     const auto slice = [](size_t& end, size_t k) {
       const size_t at = end;
       end += (k + kRun - 1) / kRun * kRun;
       return at;
     };
-    Offsets end{};
+    Offsets& end = l.end;
     for (const ParamSpec& p : table.params) {
       if (!p.is_matrix() || !p.local) continue;
-      const SweepShape s = shape(p.rows, p.cols);
+      const SweepShape s = shape(p.rows, p.cols, sms);
       const size_t m = size_t(p.rows), n = size_t(p.cols);
-      Offsets& o = at_[p.id];
+      Offsets& o = l.at[p.id];
       o.row = slice(end.row, s.tiles * m), o.col = slice(end.col, s.chunks * n);
       o.rf = slice(end.rf, m), o.cf = slice(end.cf, n);
       o.scal = slice(end.scal, size_t(s.tiles) * s.chunks), o.chunk_r = slice(end.chunk_r, s.chunks);
       o.ticket = slice(end.ticket, size_t(s.chunks) + s.tiles + 1);
     }
+    return l;
+  }
+  // Elements of a buffer of length k: at least one, so every buffer exists.
+  static size_t elems(size_t k) { return std::max<size_t>(1, k); }
+  static size_t workspace_bytes(const ParamTable& table, int sms) {
+    const Offsets e = layout(table, sms).end;
+    return (elems(e.row) + elems(e.col) + elems(e.rf) + elems(e.cf)) * sizeof(float) +
+           (elems(e.scal) + elems(e.chunk_r)) * sizeof(double) + elems(e.ticket) * sizeof(unsigned);
+  }
+
+  Factored(Device& dev, const ParamTable& table) : sms_(plan_gpu().sms) {
+    Layout l = layout(table, sms_);
+    at_ = std::move(l.at);
+    const Offsets& end = l.end;
     const auto floats = [&](size_t k, const char* what) {
-      return DeviceBuffer<float>(dev, std::max<size_t>(1, k), MemCategory::workspace,
-                                 std::string("factored ") + what);
+      return DeviceBuffer<float>(dev, elems(k), MemCategory::workspace, std::string("factored ") + what);
     };
     const auto doubles = [&](size_t k, const char* what) {
-      return DeviceBuffer<double>(dev, std::max<size_t>(1, k), MemCategory::workspace,
-                                  std::string("factored ") + what);
+      return DeviceBuffer<double>(dev, elems(k), MemCategory::workspace, std::string("factored ") + what);
     };
     row_ = floats(end.row, "row partials"), col_ = floats(end.col, "column partials");
     rf_ = floats(end.rf, "row factors"), cf_ = floats(end.cf, "column factors");
     scal_ = doubles(end.scal, "scalar partials"), chunk_r_ = doubles(end.chunk_r, "chunk sums of r");
-    ticket_ = DeviceBuffer<unsigned>(dev, std::max<size_t>(1, end.ticket), MemCategory::workspace,
-                                     "factored tickets");
+    ticket_ = DeviceBuffer<unsigned>(dev, elems(end.ticket), MemCategory::workspace, "factored tickets");
     dev.zero(ticket_.get(), ticket_.bytes());
   }
 
   // Row chunks sized for about 2 blocks per SM (each keeps 8 rows x 16 bytes per thread
   // in flight); more blocks only lengthen the partial sums the finishers add.
-  SweepShape shape(int64_t m, int64_t n) const {
-    const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms_ / tiles);
+  static SweepShape shape(int64_t m, int64_t n, int sms) {
+    const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms / tiles);
     const int64_t step = kSweepWarps * kRowsInFlight;
     const int64_t rows = int64_t(ceil_div(ceil_div(m, want), step)) * step;
     return {m, n, int(rows), unsigned(tiles), ceil_div(m, rows)};
   }
+  SweepShape shape(int64_t m, int64_t n) const { return shape(m, n, sms_); }
 
   // Matrix p's sweep shape and workspace, and its factors rf (rows) and cf (columns).
   struct Matrix {
@@ -433,10 +456,7 @@ class Factored {
   }
 
  private:
-  struct Offsets {
-    size_t row, col, rf, cf, scal, chunk_r, ticket;
-  };
-  int sms_ = 132;
+  int sms_;
   std::vector<Offsets> at_;  // by tensor id
   DeviceBuffer<float> row_, col_, rf_, cf_;
   DeviceBuffer<double> scal_, chunk_r_;

@@ -56,14 +56,18 @@ __global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_con
   if (threadIdx.x == 0) sq[b.job[k].slot] = sum;
 }
 
+// The workspace: every job of a launch may take kReduceBlocks first-stage partials; one
+// double per tensor (at least one, so the buffer exists) for the squared norms.
+constexpr size_t kPartials = size_t(kMaxJobs) * kReduceBlocks;
+size_t norm_slots(size_t slots) { return std::max<size_t>(slots, 1); }
+
 template <class T>
 class CudaGradOps final : public GradOps<T> {
  public:
   CudaGradOps(size_t slots, Device& dev)
       : dev_(dev),
-        partials_(dev, size_t(kMaxJobs) * kReduceBlocks, MemCategory::workspace,
-                  "gradient squared norm partials"),
-        sq_(dev, std::max<size_t>(slots, 1), MemCategory::workspace, "gradient squared norms"),
+        partials_(dev, kPartials, MemCategory::workspace, "gradient squared norm partials"),
+        sq_(dev, norm_slots(slots), MemCategory::workspace, "gradient squared norms"),
         slots_(slots) {}
 
   void sum_squares(const std::vector<GradSlice<T>>& slices) override {
@@ -111,5 +115,9 @@ std::unique_ptr<GradOps<T>> make_cuda_grad_ops(size_t slots, Device& dev) {
 }
 template std::unique_ptr<GradOps<float>> make_cuda_grad_ops<float>(size_t, Device&);
 template std::unique_ptr<GradOps<bf16>> make_cuda_grad_ops<bf16>(size_t, Device&);
+
+size_t cuda_grad_ops_workspace_bytes(size_t slots) {
+  return (cuda::kPartials + cuda::norm_slots(slots)) * sizeof(double);
+}
 
 }  // namespace gpt2

@@ -22,6 +22,16 @@ std::unique_ptr<Optimizer<T>> make_cuda_optimizer(const json& cfg, const ParamTa
        " is not an optimizer; use one of adamw, lomo, adalomo, adafactor, came, adapprox");
 }
 
+size_t cuda_optimizer_workspace_bytes(const json& cfg, const ParamTable& table,
+                                      const PlanGpu& gpu) {
+  const json& name = optim::entry(cfg, "", "name");
+  const std::string n = name.is_string() ? name.get<std::string>() : "";
+  if (n == "adalomo" || n == "adafactor") return cuda::adafactor_workspace_bytes(table, gpu.sms);
+  if (n == "came") return cuda::came_workspace_bytes(table, gpu.sms);
+  if (n == "adapprox") return cuda::adapprox_workspace_bytes(cfg, table);
+  return 0;  // adamw, lomo
+}
+
 template std::unique_ptr<Optimizer<float>> make_cuda_optimizer<float>(const json&, const ParamTable&,
                                                                       Device&, uint64_t);
 template std::unique_ptr<Optimizer<bf16>> make_cuda_optimizer<bf16>(const json&, const ParamTable&,

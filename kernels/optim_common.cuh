@@ -91,8 +91,9 @@ __global__ void reduce_final(const double* partials, int blocks, double* out);
 // Deterministic sums into device doubles; owns the partials (MemCategory::workspace).
 class Reducer {
  public:
+  static constexpr size_t kPartials = kReduceBlocks;  // doubles of workspace
   explicit Reducer(Device& dev)
-      : partials_(dev, kReduceBlocks, MemCategory::workspace, "optimizer reduction partials") {}
+      : partials_(dev, kPartials, MemCategory::workspace, "optimizer reduction partials") {}
   // *out = sum over i < n of f(i) (f a device functor returning double).
   template <class F>
   void sum(const F& f, size_t n, double* out) {
@@ -180,5 +181,11 @@ template <class T>
 std::unique_ptr<Optimizer<T>> make_cuda_came(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
 template <class T>
 std::unique_ptr<Optimizer<T>> make_cuda_adapprox(const json& cfg, const ParamTable& t, Device& dev, uint64_t seed);
+// The workspace each allocates (MemCategory::workspace), for cuda_optimizer_workspace_bytes
+// (make_cuda_optimizer.cu); AdamW and LOMO have none, AdaLomo is Adafactor's. `sms` sizes
+// the factored optimizers' sweeps (Factored::shape).
+size_t adafactor_workspace_bytes(const ParamTable& t, int sms);
+size_t came_workspace_bytes(const ParamTable& t, int sms);
+size_t adapprox_workspace_bytes(const json& cfg, const ParamTable& t);
 
 }  // namespace gpt2::cuda

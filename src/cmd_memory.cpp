@@ -72,6 +72,7 @@ void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const jso
               {"batch_size", cfg["data"]["batch_size"]}, {"seq_len", cfg["data"]["seq_len"]},
               {"gpus", gpus}, {"zero1", sharded}, {"total", plan.total()}};
     for (int c = 0; c < kMemCategories; c++) j["bytes"][mem_category_name(MemCategory(c))] = plan.bytes[c];
+    if (!plan.note.empty()) j["note"] = plan.note;
     if (!measured.is_null()) j["measured"] = measured;
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -86,6 +87,7 @@ void print_plan(const json& cfg, const MemoryPlan& plan, bool as_json, const jso
                 sharded ? "each holding its ZeRO-1 share of the optimizer state (the largest shown)"
                         : "each holding the whole optimizer state");
   std::printf("%s", memory_plan_table(plan).c_str());
+  if (!plan.note.empty()) std::printf("(%s)\n", plan.note.c_str());
 }
 
 // Optimizer-state bytes as the device ledger files them once `cfg`'s optimizer has

@@ -18,6 +18,25 @@ size_t MemoryPlan::total() const {
   return t;
 }
 
+size_t GpuWorkspacePlan::total() const {
+  return cublaslt + kernel_scratch + grad_norms + optimizer;
+}
+
+GpuWorkspacePlan gpu_workspace_plan(const json& cfg, const ParamTable& table, int world) {
+  const PlanGpu gpu = plan_gpu();
+  GpuWorkspacePlan w;
+  w.cublaslt = kLtWorkspaceBytes;
+  w.kernel_scratch = cuda_kernel_scratch_bytes(table.cfg, cfg["data"]["batch_size"].get<int>(),
+                                               cfg["data"]["seq_len"].get<int>(), gpu);
+  w.grad_norms = cuda_grad_ops_workspace_bytes(table.params.size());  // one slot per tensor
+  // ZeRO-1: the optimizer sees its rank's shard (as for its state, the largest rank's).
+  const bool zero1 = cfg["train"]["zero1"].get<bool>() && world > 1;
+  for (int r = 0; r < (zero1 ? world : 1); r++)
+    w.optimizer = std::max(w.optimizer, cuda_optimizer_workspace_bytes(
+                                            cfg, zero1 ? zero1_shard(table, world, r) : table, gpu));
+  return w;
+}
+
 MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   const ParamTable table(model_config(cfg));
   const json& tr = cfg["train"];
@@ -48,10 +67,9 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   b[int(MemCategory::activations)] =
       activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size, late)
           .total();
-  // The kernels' scratch and the optimizers' partial sums are not counted yet (9.8 MiB
-  // for AdaLomo at d12, B 16: the GPU's measured peak is that much above the plan).
-  b[int(MemCategory::workspace)] =
-      optimizer_workspace_bytes(cfg, table, cuda) + (cuda ? kLtWorkspaceBytes : 0);
+  b[int(MemCategory::workspace)] = cuda ? gpu_workspace_plan(cfg, table, world).total()
+                                        : optimizer_workspace_bytes(cfg, table);
+  if (cuda) p.note = plan_gpu().note;
   return p;
 }
 

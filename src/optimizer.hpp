@@ -58,11 +58,11 @@ std::unique_ptr<Optimizer<float>> make_optimizer(const json& cfg, const ParamTab
                                           Device& dev, uint64_t seed);
 
 // Bytes make_optimizer allocates under MemCategory::optimizer_state for `table`
-// (Adapprox: Q and U at k_max columns), and under MemCategory::workspace (Adapprox's
-// dense V_t scratch for the largest matrix, with `cuda` also the CUDA optimizer's thin
-// S-RSI buffers; 0 for the others). The memory table uses these; tests hold the CPU
-// figures equal to a CpuDevice's ledger.
+// (Adapprox: Q and U at k_max columns; the CUDA optimizers allocate the same), and under
+// MemCategory::workspace (Adapprox's dense V_t scratch for the largest matrix; 0 for the
+// others; the CUDA optimizers' workspace is cuda_optimizer_workspace_bytes, backend.hpp).
+// The memory table uses these; tests hold them equal to a CpuDevice's ledger.
 size_t optimizer_state_bytes(const json& cfg, const ParamTable& table);
-size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table, bool cuda);
+size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table);
 
 }  // namespace gpt2

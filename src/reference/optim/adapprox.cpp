@@ -160,24 +160,13 @@ size_t adapprox_state_bytes(const json& cfg, const ParamSpec& p) {
   return (first_moment + second) * sizeof(float);
 }
 
-size_t adapprox_workspace_bytes(const json& cfg, const ParamTable& table, bool cuda) {
-  const Settings s(cfg);
-  size_t largest = 0, y = 0, om = 0, grams = 0, side = 0;
-  for (const ParamSpec& p : table.params) {
-    if (!p.is_matrix()) continue;
-    largest = std::max(largest, p.numel);
-    // kernels/adapprox.cu's thin buffers beside the V_t scratch: the iterates Y and Om
-    // at s = min(k_max + p, min(m, n)) columns, and for the deferred S-RSIs one fp64
-    // Gram matrix per matrix plus the iterate columns past k_max. cuSOLVER's own work
-    // (a size only cuSOLVER knows) and the s x s buffers are left out: a few MB.
-    const int k_max = s.rule(p).k_max;
-    const size_t th = size_t(s.thin_cols(p));
-    y = std::max(y, size_t(p.rows) * th), om = std::max(om, size_t(p.cols) * th);
-    grams += th * th * sizeof(double);
-    side += size_t(p.rows + p.cols) * (th - size_t(k_max)) * sizeof(float);
-  }
-  const size_t scratch = largest * sizeof(float);
-  return cuda ? scratch + (y + om) * sizeof(float) + grams + side : scratch;
+size_t adapprox_workspace_bytes(const ParamTable& table) {
+  // The CPU reference's dense V_t scratch: the largest matrix. (The GPU's workspace is
+  // kernels/adapprox.cu's sizes(), counted by cuda_optimizer_workspace_bytes.)
+  size_t largest = 0;
+  for (const ParamSpec& p : table.params)
+    if (p.is_matrix()) largest = std::max(largest, p.numel);
+  return largest * sizeof(float);
 }
 
 }  // namespace gpt2::optim

@@ -45,8 +45,8 @@ size_t optimizer_state_bytes(const json& cfg, const ParamTable& table) {
   return bytes;
 }
 
-size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table, bool cuda) {
-  return std::string(find(cfg).name) == "adapprox" ? optim::adapprox_workspace_bytes(cfg, table, cuda) : 0;
+size_t optimizer_workspace_bytes(const json& cfg, const ParamTable& table) {
+  return std::string(find(cfg).name) == "adapprox" ? optim::adapprox_workspace_bytes(table) : 0;
 }
 
 }  // namespace gpt2

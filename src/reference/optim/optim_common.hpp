@@ -74,6 +74,6 @@ std::unique_ptr<Optimizer<float>> make_adapprox(const json& cfg, const ParamTabl
 size_t adapprox_state_bytes(const json& cfg, const ParamSpec& p);
 
 // Adapprox's one shared dense V_t scratch (MemCategory::workspace): the largest matrix.
-size_t adapprox_workspace_bytes(const json& cfg, const ParamTable& table, bool cuda);
+size_t adapprox_workspace_bytes(const ParamTable& table);
 
 }  // namespace gpt2::optim
