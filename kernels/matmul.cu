@@ -10,6 +10,10 @@
 // overwrites, while dbias accumulates, so it would need a scratch vector and an extra
 // add; the two-stage column-sum kernel below is deterministic and costs one read of dout
 // (16-byte loads where OC allows: 2-byte loads left it far below the memory's bandwidth).
+// Tried (H100, same call, d12 B 16): BGRADB into fp32 scratch plus that add took the
+// matmul family from 16.69 to 17.19 ms a step (tools/bench_ops) and the step from
+// 34.3 / 34.2 to 34.3 / 34.4 ms: the epilogue slows the dweight GEMM by more than the
+// column-sum kernel costs.
 // cuBLASLt's heuristic query costs tens of microseconds of host time, about as long as a
 // small GEMM runs, so its answer is kept per device and shape for the process. Together
 // the two took the non-classifier matmuls from 17.3 to 15.7 ms of a d12 B 16 T 1024 bf16
