@@ -7,6 +7,8 @@
 //   build/bench_optimizers --json     one JSON object on stdout
 //   build/bench_optimizers --depth 24 other model sizes
 //   build/bench_optimizers --only adapprox --steps 5   AdamW and one other (e.g. for nsys)
+//   build/bench_optimizers --only adapprox --per-step   every step's ms, and Adapprox's
+//                                                       smoothed errors (xi_bar)
 #include <cuda_runtime.h>
 
 #include <CLI/CLI.hpp>
@@ -26,7 +28,8 @@ namespace {
 struct Result {
   std::string name;
   double first_ms, median_ms;
-  std::vector<float> ranks;  // Adapprox: each matrix's rank after the last step
+  std::vector<double> step_ms;      // in step order
+  std::vector<float> ranks, xi_bar;  // Adapprox: each matrix's after the last step
 };
 
 Result bench(const std::string& name, const ParamTable& table, Device& dev, bf16* params,
@@ -53,14 +56,14 @@ Result bench(const std::string& name, const ParamTable& table, Device& dev, bf16
     cudaEventElapsedTime(&t, a, b);
     ms.push_back(t);
   }
-  Result r{name, ms[0], 0, {}};
+  Result r{name, ms[0], 0, ms, {}, {}};
   std::sort(ms.begin(), ms.end());
   r.median_ms = ms[ms.size() / 2];
   for (const StateBlob& s : opt->state())
     if (s.name.rfind("adapprox.rank_err.", 0) == 0) {
       float k[2];
       dev.to_host(k, s.data, sizeof(k));
-      r.ranks.push_back(k[0]);
+      r.ranks.push_back(k[0]), r.xi_bar.push_back(k[1]);
     }
   cudaEventDestroy(a), cudaEventDestroy(b);
   return r;
@@ -70,13 +73,14 @@ Result bench(const std::string& name, const ParamTable& table, Device& dev, bf16
 
 int main(int argc, char** argv) {
   CLI::App app{"Times one optimizer step on the GPT-2 parameter table (bf16 + fp32 master)"};
-  bool as_json = false;
+  bool as_json = false, per_step = false;
   int depth = 12, steps = 20;
   std::string only;
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_option("--depth", depth, "GPT-2 depth (12 = 124M)");
   app.add_option("--steps", steps, "timed steps (median reported)");
   app.add_option("--only", only, "time AdamW and this optimizer only");
+  app.add_flag("--per-step", per_step, "print every step's time (and Adapprox's xi_bar)");
   CLI11_PARSE(app, argc, argv);
   try {
     ModelConfig mc = ModelConfig::from_depth(depth);
@@ -112,8 +116,12 @@ int main(int argc, char** argv) {
                 {"adamw_bytes", bytes}, {"adamw_GBps", gbps}};
       for (const Result& r : rs)
         j["optimizers"][r.name] = {{"median_ms", r.median_ms}, {"first_ms", r.first_ms},
-                                   {"ratio_to_adamw", r.median_ms / adamw_ms}};
-      if (!rs.back().ranks.empty()) j["optimizers"]["adapprox"]["ranks"] = rs.back().ranks;
+                                   {"ratio_to_adamw", r.median_ms / adamw_ms},
+                                   {"step_ms", r.step_ms}};
+      if (!rs.back().ranks.empty()) {
+        j["optimizers"]["adapprox"]["ranks"] = rs.back().ranks;
+        j["optimizers"]["adapprox"]["xi_bar"] = rs.back().xi_bar;
+      }
       std::cout << j.dump(2) << "\n";
     } else {
       std::printf("%s, d%d (%zu params), bf16 weights + fp32 master, median of %d steps\n",
@@ -127,7 +135,18 @@ int main(int argc, char** argv) {
         std::printf("Adapprox ranks after %d steps:", steps);
         for (float k : rs.back().ranks) std::printf(" %g", k);
         std::printf("\n");
+        if (per_step) {
+          std::printf("Adapprox xi_bar after %d steps:", steps);
+          for (float x : rs.back().xi_bar) std::printf(" %.4f", x);
+          std::printf("\n");
+        }
       }
+      if (per_step)
+        for (const Result& r : rs) {
+          std::printf("%s ms per step:", r.name.c_str());
+          for (double t : r.step_ms) std::printf(" %.2f", t);
+          std::printf("\n");
+        }
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
