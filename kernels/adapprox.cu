@@ -56,6 +56,12 @@
 // Dpotrf's 0.19; a one-lane-per-row triangular solve with R in shared memory (2 warps
 // per SM) took 0.17 ms at 768 rows against Strsm's 0.06 -- both too little parallelism
 // for one SM; a batched Cholesky needs the S-RSIs of several matrices interleaved.
+// Also lost (H100, same call): a right-looking one-block Cholesky plus inverse, so that
+// Y R^-1 is an in-place Strmm, took 0.582 ms at s = 197 against widen + Dpotrf + narrow's
+// 0.203 (its trailing updates load and store 24 bytes of shared memory per FMA), and the
+// d12 step went from 88.9 / 83.6 to 156.4 / 162.5 ms. The Strmm by an explicit R^-1 is
+// itself twice as fast as the Strsm (0.039 against 0.085 ms at 768 rows, 0.252 against
+// 0.524 at wte's), if R^-1 ever comes cheaper than Dpotrf's R.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
 // S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB). The
