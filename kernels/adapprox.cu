@@ -68,11 +68,28 @@
 // memory plan counts all of these but cuSOLVER's work (adapprox_workspace_bytes), whose
 // size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
 // peak when it had its own buffer) borrows the V_t scratch, idle when it runs.
+// Side lanes (optimizer.adapprox.lanes, default 4): the pieces above are latency-bound
+// and leave most of the GPU idle, so update_many() hands every matrix but the largest
+// to that many host threads, each with a lane of its own (stream, V_t scratch sized for
+// the largest matrix but one, thin buffers, cuBLAS and cuSOLVER handles); the largest
+// and the vectors run on the calling thread meanwhile. A lane takes the next matrix when
+// it is done with one, rank loop and host syncs included. The weights and state are
+// those of update() on each tensor in turn, bit for bit (tested). H100, same call,
+// against one lane: bench_optimizers --only adapprox (every rank at 192, deferred)
+// 88.8 / 98.3 -> 49.9 / 51.5 ms, its first step (every rank grows from 1) 1829 -> 910
+// ms; bench_train d12 B 16 (real gradients, steps 11-30, the rank loop still running)
+// 319.4 -> 173.3 ms a step (AdamW 34.5). Cost at d12: 4 lanes x ~15 MB in the ledger
+// (planned), and ~0.65 GiB more in the driver's count (the lanes' cuBLAS and cuSOLVER
+// handles keep workspaces of their own): 7.67 -> 8.40 GiB in use.
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "fp64_copy.cuh"
 #include "kernels.cuh"
@@ -173,49 +190,134 @@ struct Dot {
   __device__ double operator()(size_t i) const { return double(a[i]) * b[i]; }
 };
 
+// A deferred S-RSI that failed gives its batch slot back as the identity, so the batched
+// eigensolver never sees a half-written matrix.
+__global__ void identity(double* a, int s) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < s * s; i += gridDim.x * blockDim.x)
+    a[i] = i % (s + 1) == 0 ? 1.0 : 0.0;
+}
+
+// One lane's buffers: the V_t scratch (v floats) and the thin iterates of matrices up to
+// s_max wide (Y m x s, Om n x s).
+struct LaneSizes {
+  size_t v = 0, y = 1, om = 1;
+  int s_max = 1;
+  void add(const ParamSpec& p, int s) {
+    v = std::max(v, p.numel), s_max = std::max(s_max, s);
+    y = std::max(y, size_t(p.rows) * s), om = std::max(om, size_t(p.cols) * s);
+  }
+  size_t bytes() const {
+    const size_t ss = size_t(s_max) * s_max;
+    return (v + y + om + 2 * ss + size_t(s_max)) * sizeof(float) +  // V, Y, Om, G, W, tau
+           (ss + size_t(s_max) + 2 + kSlots) * sizeof(double) +     // Gd, eig, scalars
+           sizeof(int) + Reducer::kPartials * sizeof(double);       // info, partials
+  }
+};
+
 // The lengths of the workspace buffers the constructor allocates, from one loop shared
 // with the memory plan (cuda_optimizer_workspace_bytes); cuSOLVER's work, which only a
 // handle on a GPU can size, is not among them.
 struct Sizes {
-  size_t largest = 0;             // V_t scratch: the largest matrix (none without matrices)
-  size_t y = 1, om = 1, vec = 1;  // thin iterates Y (m x s) and Om (n x s); D of a vector
-  int s_max = 1;                  // the s x s buffers
-  size_t side = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
+  LaneSizes main, side;  // lane 0 (every matrix), each side lane (all but the largest)
+  int side_lanes = 0;
+  size_t vec = 1;  // D of a vector
+  size_t side_cols = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
   int matrices = 0;
 
   size_t bytes() const {
-    const size_t ss = size_t(s_max) * s_max;
-    return (largest + y + om + 2 * ss + size_t(s_max) + vec + side) * sizeof(float) +  // + G, W, tau
-           (ss + size_t(s_max) + 2 + grams + eigs) * sizeof(double) +  // Gd, eig
-           (1 + size_t(matrices) + 1) * sizeof(int) +                  // info, batch_info
-           Reducer::kPartials * sizeof(double) + kSlots * sizeof(double);
+    return main.bytes() + side_lanes * side.bytes() + (vec + side_cols) * sizeof(float) +
+           (grams + eigs) * sizeof(double) + (size_t(matrices) + 1) * sizeof(int);  // batch info
   }
 };
 
+// Side lanes take the matrices no larger than the largest but one (d12: all but wte),
+// where at least two share them.
 Sizes sizes(const optim::Settings& st, const ParamTable& table) {
   Sizes z;
+  const ParamSpec* largest = nullptr;
   for (const ParamSpec& p : table.params) {
     if (!p.is_matrix()) {
       z.vec = std::max(z.vec, p.numel);
       continue;
     }
     const int s = st.thin_cols(p), k_max = st.rule(p).k_max;
-    z.largest = std::max(z.largest, p.numel);
-    z.s_max = std::max(z.s_max, s);
-    z.y = std::max(z.y, size_t(p.rows) * s), z.om = std::max(z.om, size_t(p.cols) * s);
-    z.side += size_t(p.rows + p.cols) * (s - k_max);
+    z.main.add(p, s);
+    z.side_cols += size_t(p.rows + p.cols) * (s - k_max);
     z.grams += size_t(s) * s, z.eigs += size_t(s);
     z.matrices++;
+    if (!largest || p.numel > largest->numel) largest = &p;
   }
+  int fits = 0;
+  for (const ParamSpec& p : table.params)
+    if (p.is_matrix() && &p != largest) z.side.add(p, st.thin_cols(p)), fits++;
+  z.side_lanes = fits >= 2 ? st.lanes : 0;
   return z;
 }
+
+// One S-RSI pipeline: cuBLAS and cuSOLVER handles, the V_t scratch, the thin iterates,
+// reductions. Lane 0 runs on the caller's update stream; side lanes on their own.
+struct Lane {
+  Lane(Device& dev, const LaneSizes& z, const std::string& name)
+      : red(dev),
+        scal(dev, kSlots, MemCategory::workspace, name + " scalars"),
+        Gd(dev, size_t(z.s_max) * z.s_max, MemCategory::workspace, name + " thin Gram64"),
+        eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
+            name + " thin eigenvalues, failure flag, ||V||^2"),
+        info(dev, 1, MemCategory::workspace, name + " cuSOLVER info") {
+    if (z.v) V = DeviceBuffer<float>(dev, z.v, MemCategory::workspace, name + " V_t");
+    auto thin = [&](size_t n, const char* what) {
+      return DeviceBuffer<float>(dev, n, MemCategory::workspace, name + " thin " + what);
+    };
+    const size_t ss = size_t(z.s_max) * z.s_max;
+    Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(ss, "Gram"), W = thin(ss, "W");
+    tau = thin(size_t(z.s_max), "tau");
+    CUBLAS_CHECK(cublasCreate(&blas));
+    CUSOLVER_CHECK(cusolverDnCreate(&solver));
+    CUSOLVER_CHECK(cusolverDnCreateParams(&params));
+  }
+  ~Lane() {
+    if (stream) cudaStreamSynchronize(stream);
+    cusolverDnDestroyParams(params);
+    cusolverDnDestroy(solver);
+    cublasDestroy(blas);
+    if (done) cudaEventDestroy(done);
+    if (stream) cudaStreamDestroy(stream);
+  }
+  Lane(const Lane&) = delete;
+  Lane& operator=(const Lane&) = delete;
+  // A stream of its own (non-blocking: the legacy default stream does not order it),
+  // and an event to hand its end to the update stream.
+  void make_side() {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  }
+  // Points the handles at the stream this lane's work goes to now.
+  void bind() {
+    CUBLAS_CHECK(cublasSetStream(blas, update_stream()));
+    CUSOLVER_CHECK(cusolverDnSetStream(solver, update_stream()));
+  }
+  double* flag() { return eig.get() + (eig.size() - 2); }  // failure flag, then ||V_t||^2
+
+  cudaStream_t stream = nullptr;  // null: the update stream
+  cudaEvent_t done = nullptr;
+  cublasHandle_t blas = nullptr;
+  cusolverDnHandle_t solver = nullptr;
+  cusolverDnParams_t params = nullptr;
+  Reducer red;
+  DeviceBuffer<double> scal, Gd, eig;
+  DeviceBuffer<int> info;
+  DeviceBuffer<float> V, Y, Om, G, W, tau, work;
+  DeviceBuffer<double> dwork;
+  DeviceBuffer<char> eig_work;
+  std::vector<char> eig_host_work;
+  size_t capacity = 0;  // the largest matrix (elements) it takes
+};
 
 template <class T>
 class Adapprox final : public Optimizer<T> {
  public:
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
-      : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev), red_(dev),
-        scal_(dev, kSlots, MemCategory::workspace, "adapprox scalars") {
+      : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev) {
     const Sizes z = sizes(s_, table);
     size_t side = 1;
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
@@ -242,17 +344,14 @@ class Adapprox final : public Optimizer<T> {
       if (s_.beta1 > 0) t.m1 = store_.add(p, "adapprox.m1", p.numel);
       tensors_.push_back(t);
     }
-    const int s_max = z.s_max;
-    if (z.largest) V_ = DeviceBuffer<float>(dev, z.largest, MemCategory::workspace, "adapprox V_t");
-    auto thin = [&](size_t n, const char* what) {
-      return DeviceBuffer<float>(dev, n, MemCategory::workspace, std::string("adapprox thin ") + what);
-    };
-    Y_ = thin(z.y, "Y"), Om_ = thin(z.om, "Om"), G_ = thin(size_t(s_max) * s_max, "Gram");
-    W_ = thin(size_t(s_max) * s_max, "W"), tau_ = thin(s_max, "tau"), dvec_ = thin(z.vec, "D");
-    Gd_ = DeviceBuffer<double>(dev, size_t(s_max) * s_max, MemCategory::workspace, "adapprox thin Gram64");
-    eig_ = DeviceBuffer<double>(dev, size_t(s_max) + 2, MemCategory::workspace,
-                                "adapprox thin eigenvalues, failure flag, ||V||^2");
-    info_ = DeviceBuffer<int>(dev, 1, MemCategory::workspace, "adapprox cuSOLVER info");
+    lanes_.push_back(std::make_unique<Lane>(dev, z.main, "adapprox"));
+    lanes_[0]->capacity = z.main.v;
+    for (int l = 1; l <= z.side_lanes; l++) {
+      lanes_.push_back(std::make_unique<Lane>(dev, z.side, "adapprox lane " + std::to_string(l)));
+      lanes_.back()->make_side();
+      lanes_.back()->capacity = z.side.v;
+    }
+    dvec_ = DeviceBuffer<float>(dev, z.vec, MemCategory::workspace, "adapprox thin D");
     size_t grams = 1, eigs = 1;
     int matrices = 0;
     for (Group& g : groups_) {
@@ -260,59 +359,62 @@ class Adapprox final : public Optimizer<T> {
       grams += size_t(g.capacity) * g.s * g.s, eigs += size_t(g.capacity) * g.s, matrices += g.capacity;
     }
     // The groups' offsets end where sizes() says, so the plan is what is allocated here.
-    if (side != z.side || grams != z.grams || eigs != z.eigs || matrices != z.matrices)
+    if (side != z.side_cols || grams != z.grams || eigs != z.eigs || matrices != z.matrices)
       fail("internal: Adapprox's workspace layout disagrees with its sizes()");
-    side_ = thin(z.side, "deferred S-RSI, iterate columns past k_max");
+    side_ = DeviceBuffer<float>(dev, z.side_cols, MemCategory::workspace,
+                                "adapprox thin deferred S-RSI, iterate columns past k_max");
     batch_grams_ = DeviceBuffer<double>(dev, z.grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
     batch_eig_ = DeviceBuffer<double>(dev, z.eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
     batch_info_ = DeviceBuffer<int>(dev, size_t(z.matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
-    CUBLAS_CHECK(cublasCreate(&blas_));
-    CUSOLVER_CHECK(cusolverDnCreate(&solver_));
-    CUSOLVER_CHECK(cusolverDnCreateParams(&params_));
-    int lwork = 1, dlwork = 1;
-    size_t eig_bytes = 1, eig_host_bytes = 1, batch_bytes = 1;
-    for (const ParamSpec& p : table.params) {
-      if (!p.is_matrix()) continue;
-      const int m = int(p.rows), s = s_.thin_cols(p);
-      int a = 0, b = 0, d = 0;
-      size_t c = 0, ch = 0;
-      CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(solver_, m, s, Y_.get(), m, &a));
-      CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(solver_, m, s, s, Y_.get(), m, tau_.get(), &b));
-      CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
-          solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
-          Gd_.get(), s, CUDA_R_64F, eig_.get(), CUDA_R_64F, &c, &ch, 1));
-      CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, &d));
-      lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, d);
-      eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
+    CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
+    Lane& L0 = *lanes_[0];
+    for (auto& lane : lanes_) {  // cuSOLVER's work for the matrices each lane takes
+      Lane& L = *lane;
+      int lwork = 1, dlwork = 1;
+      size_t eig_bytes = 1, eig_host_bytes = 1;
+      for (const ParamSpec& p : table.params) {
+        if (!p.is_matrix() || p.numel > L.capacity) continue;
+        const int m = int(p.rows), s = s_.thin_cols(p);
+        int a = 0, b = 0, d = 0;
+        size_t c = 0, ch = 0;
+        CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(L.solver, m, s, L.Y.get(), m, &a));
+        CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(L.solver, m, s, s, L.Y.get(), m, L.tau.get(), &b));
+        CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
+            L.solver, L.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
+            L.Gd.get(), s, CUDA_R_64F, L.eig.get(), CUDA_R_64F, &c, &ch, 1));
+        CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, &d));
+        lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, d);
+        eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
+      }
+      L.work = DeviceBuffer<float>(dev, size_t(lwork), MemCategory::workspace, "adapprox thin cuSOLVER work");
+      L.dwork = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
+      L.eig_work = DeviceBuffer<char>(dev, eig_bytes, MemCategory::workspace, "adapprox thin syevBatched work");
+      L.eig_host_work.resize(eig_host_bytes);
     }
     // The batched solve runs at begin_step() or state(), on the update stream after every
     // update that uses the V_t scratch, so its work lives there: ~125 MB for d12's 50
     // matrices in one call; d24's 98 larger ones (~0.4 GB, measured 2.35% over the plan)
     // go in as many calls as it takes to fit.
+    size_t batch_bytes = 1, batch_host_bytes = 1;
     for (Group& g : groups_) {
       auto work = [&](int count, size_t* host) {
         size_t c = 0;
         CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
-            solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
+            L0.solver, L0.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
             batch_grams_.get(), g.s, CUDA_R_64F, batch_eig_.get(), CUDA_R_64F, &c, host, count));
         return c;
       };
       size_t ch = 0, c = work(g.chunk = g.capacity, &ch);
-      while (c > V_.bytes() && g.chunk > 1) c = work(g.chunk = (g.chunk + 1) / 2, &ch);
-      batch_bytes = std::max(batch_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
+      while (c > L0.V.bytes() && g.chunk > 1) c = work(g.chunk = (g.chunk + 1) / 2, &ch);
+      batch_bytes = std::max(batch_bytes, c), batch_host_bytes = std::max(batch_host_bytes, ch);
     }
     batch_work_bytes_ = batch_bytes;
-    if (batch_bytes > V_.bytes())
+    if (batch_bytes > L0.V.bytes())
       batch_work_ = DeviceBuffer<char>(dev, batch_bytes, MemCategory::workspace, "adapprox deferred syevBatched work");
-    work_ = thin(size_t(lwork), "cuSOLVER work");
-    dwork_ = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
-    eig_work_ = DeviceBuffer<char>(dev, eig_bytes, MemCategory::workspace, "adapprox thin syevBatched work");
-    eig_host_work_.resize(eig_host_bytes);
+    L0.eig_host_work.resize(std::max(L0.eig_host_work.size(), batch_host_bytes));
   }
   ~Adapprox() override {
-    cusolverDnDestroyParams(params_);
-    cusolverDnDestroy(solver_);
-    cublasDestroy(blas_);
+    cudaEventDestroy(start_);
   }
 
   void begin_step(int64_t t, float lr) override {
@@ -321,35 +423,70 @@ class Adapprox final : public Optimizer<T> {
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
-    const Tensor& t = tensors_[p.id];
-    CUBLAS_CHECK(cublasSetStream(blas_, update_stream()));
-    CUSOLVER_CHECK(cusolverDnSetStream(solver_, update_stream()));
-    float* Dir;
+    Lane& L = *lanes_[0];
+    L.bind();
     if (p.is_matrix()) {
-      Dir = V_.get();
-      matrix_step(p, dev_ptr(grad));
-    } else {
-      Dir = dvec_.get();
-      vector_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-          Dir, t.v, dev_ptr<T>(grad), p.numel, float(s_.beta2), float(s_.eps));
-      CUDA_CHECK_LAUNCH();
+      matrix_step(L, p, dev_ptr(grad), param, master);
+      return;
     }
-    // Spec 6.5 steps 5-8 (and 6.7): clip D, momentum, guidance, decoupled decay.
-    double* s = scal_.get();
-    red_.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
-    clip_and_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(Dir, t.m1, s + kSumD2, p.numel,
-                                                                s_.clip, float(s_.beta1));
+    const Tensor& t = tensors_[p.id];
+    vector_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
+        dvec_.get(), t.v, dev_ptr<T>(grad), p.numel, float(s_.beta2), float(s_.eps));
     CUDA_CHECK_LAUNCH();
-    const bool guided = t.m1 && s_.cos_guidance;
-    if (guided) {
-      red_.sum(Dot{Dir, t.m1}, p.numel, s + kDot);
-      red_.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
-      red_.sum(Squares<float>{t.m1}, p.numel, s + kSumM2);
+    finish(L, p, param, master, dvec_.get());
+  }
+
+  // The same arithmetic as update() on each in turn, on other threads and streams: the
+  // matrices a side lane holds go to optimizer.adapprox.lanes host threads, each with its
+  // own lane (a stream, V_t scratch, thin buffers, cuBLAS and cuSOLVER handles), so
+  // that many S-RSIs (latency-bound Dpotrf, Strsm and eigensolver calls, small GEMMs,
+  // and the host syncs of the rank loop) run at once; the largest matrix and the vectors
+  // go through update() on this thread meanwhile. Each tensor's arithmetic is the same
+  // whichever lane runs it; only the order of the deferred Gram matrices in their batch
+  // changes, and the batched eigensolver treats each alone.
+  void update_many(const std::vector<TensorUpdate<T>>& us) override {
+    std::vector<const TensorUpdate<T>*> side, rest;
+    for (const TensorUpdate<T>& u : us) {
+      const ParamSpec& p = *u.p;
+      if (p.is_matrix()) {  // before anything runs on another thread
+        Tensor& t = tensors_[p.id];
+        if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
+        refresh(t);
+      }
+      (p.is_matrix() && lanes_.size() > 1 && p.numel <= lanes_[1]->capacity ? side : rest).push_back(&u);
     }
-    adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
-        float(common_.wd(p)));
-    CUDA_CHECK_LAUNCH();
+    if (side.size() < 2) rest.insert(rest.end(), side.begin(), side.end()), side.clear();
+    std::vector<std::thread> workers;
+    std::vector<std::exception_ptr> errors(lanes_.size());
+    std::atomic<size_t> next{0};
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    if (!side.empty()) CUDA_CHECK(cudaEventRecord(start_, update_stream()));  // inputs ready
+    const int busy = int(std::min(side.size(), lanes_.size() - 1));
+    for (int l = 1; l <= busy; l++)
+      workers.emplace_back([&, l] {
+        try {
+          CUDA_CHECK(cudaSetDevice(device));
+          Lane& L = *lanes_[l];
+          cuda::UpdateStreamScope scope(L.stream);
+          CUDA_CHECK(cudaStreamWaitEvent(L.stream, start_, 0));
+          L.bind();
+          for (size_t i = next++; i < side.size(); i = next++)
+            matrix_step(L, *side[i]->p, dev_ptr(side[i]->grad), side[i]->param, side[i]->master);
+          CUDA_CHECK(cudaEventRecord(L.done, L.stream));
+        } catch (...) {
+          errors[l] = std::current_exception();
+        }
+      });
+    try {
+      for (const TensorUpdate<T>* u : rest) update(*u->p, u->param, u->master, u->grad);
+    } catch (...) {
+      errors[0] = std::current_exception();
+    }
+    for (std::thread& w : workers) w.join();
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+    for (int l = 1; l <= busy; l++) CUDA_CHECK(cudaStreamWaitEvent(update_stream(), lanes_[l]->done, 0));
   }
 
   std::vector<StateBlob> state() override {
@@ -385,28 +522,83 @@ class Adapprox final : public Optimizer<T> {
     size_t gram = 0, eig = 0;  // offsets into batch_grams_, batch_eig_
     int info = 0;              // offset into batch_info_
   };
-  // Spec 6.5 steps 1-4: V_t, AS-RSI into (Q, U), then D over the V_t scratch.
-  template <class D>
-  void matrix_step(const ParamSpec& p, const D* g) {
-    Tensor& t = tensors_[p.id];
-    const int m = int(p.rows), n = int(p.cols);
-    float* V = V_.get();  // row-major m x n = column-major n x m for cuBLAS
-    if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
-    if (t.stale) {
-      float rank_err[2];
-      copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
-      t.rank = int(rank_err[0]), t.xi_bar = rank_err[1], t.stale = false;
+
+  // rank and xi_bar from the device after state() handed out the blobs.
+  void refresh(Tensor& t) {
+    if (!t.stale) return;
+    float rank_err[2];
+    copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
+    t.rank = int(rank_err[0]), t.xi_bar = rank_err[1], t.stale = false;
+  }
+
+  // Neither growth nor shrinking can follow this step's S-RSI: its eigenvalues only feed
+  // xi_bar, and Q_t, U_t are first read by the next step's V_t (the "refactored"
+  // denominator reads them at once), so the eigensolver may wait for finish_deferred().
+  bool deferrable(const ParamSpec& p) const {
+    const Tensor& t = tensors_[p.id];
+    return !s_.refactored && t.rank == s_.rule(p).k_max && !(t.xi_bar < s_.xi_thr / 2);
+  }
+
+  // Spec 6.5 steps 5-8 (and 6.7) over the direction D: clip, momentum, guidance,
+  // decoupled decay.
+  void finish(Lane& L, const ParamSpec& p, T* param, float* master, float* Dir) {
+    const Tensor& t = tensors_[p.id];
+    double* s = L.scal.get();
+    L.red.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
+    clip_and_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(Dir, t.m1, s + kSumD2, p.numel,
+                                                                s_.clip, float(s_.beta1));
+    CUDA_CHECK_LAUNCH();
+    const bool guided = t.m1 && s_.cos_guidance;
+    if (guided) {
+      L.red.sum(Dot{Dir, t.m1}, p.numel, s + kDot);
+      L.red.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
+      L.red.sum(Squares<float>{t.m1}, p.numel, s + kSumM2);
     }
-    const int k = t.rank;
+    adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
+        weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
+        float(common_.wd(p)));
+    CUDA_CHECK_LAUNCH();
+  }
+
+  // V_t = beta2 Q U^T + (1 - beta2) g^2 into the lane's scratch, ||V_t||^2 into the slot
+  // after its failure flag.
+  template <class D>
+  void build_v(Lane& L, const ParamSpec& p, const D* g) {
+    const Tensor& t = tensors_[p.id];
+    const int m = int(p.rows), n = int(p.cols);
+    float* V = L.V.get();  // row-major m x n = column-major n x m for cuBLAS
     fresh_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel,
                                                                     float(1 - s_.beta2));
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
-    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, k, &b2, t.U, n, t.Q, m, &one, V, n));
-    red_.sum(Squares<float>{V}, p.numel, eig_.get() + (eig_.size() - 1));
-    double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, t.rank, &b2, t.U, n, t.Q, m, &one, V, n));
+    L.red.sum(Squares<float>{V}, p.numel, L.flag() + 1);
+  }
 
-    // as_rsi (srsi.cpp), step for step.
+  // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
+  // steps 5-8.
+  template <class D>
+  void matrix_step(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
+    Tensor& t = tensors_[p.id];
+    if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
+    refresh(t);
+    if (deferrable(p)) return deferred_step(L, p, g, param, master);
+    build_v(L, p, g);
+    double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
+    const std::vector<double> lambda = srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), &norm_sq);
+    adapt(L, p, lambda, norm_sq);
+    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(L.V.get(), g, p.numel,
+                                                                                   float(s_.eps));
+    CUDA_CHECK_LAUNCH();
+    finish(L, p, param, master, L.V.get());
+  }
+
+  // as_rsi (srsi.cpp) from the first S-RSI's eigenvalues on, step for step: grow while
+  // the error is above xi_thr, shrink with hysteresis, then rank, xi_bar and (with the
+  // "refactored" denominator) Q_t U_t^T into the V_t scratch.
+  void adapt(Lane& L, const ParamSpec& p, std::vector<double> lambda, double norm_sq) {
+    Tensor& t = tensors_[p.id];
+    const int m = int(p.rows), n = int(p.cols);
     const optim::RankRule rule = s_.rule(p);
     const uint64_t seed = optim::mix_seed(seed_, t_, p.id);
     auto rel_error = [&](double kept) {
@@ -417,24 +609,11 @@ class Adapprox final : public Optimizer<T> {
       for (int i = 0; i < j; i++) s += x[i];
       return s;
     };
-    std::vector<double> lambda;
-    if (!s_.refactored && k == rule.k_max && !(t.xi_bar < s_.xi_thr / 2)) {
-      // Neither growth nor shrinking can follow: the eigenvalues only feed xi_bar, so
-      // the eigensolver waits for finish_deferred(), batched with the other matrices.
-      if (srsi_deferred(p, k, rule, seed, &norm_sq)) {
-        matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel, float(s_.eps));
-        CUDA_CHECK_LAUNCH();
-        return;
-      }
-      lambda = srsi(p, k, rule, seed, nullptr, true);
-    } else {
-      lambda = srsi(p, k, rule, seed, &norm_sq);
-    }
     int rank = int(lambda.size());
     double xi = rel_error(head(lambda, rank));
     while (xi > rule.xi_thr && rank < rule.k_max) {
       rank = std::min(rank + rule.delta_k, rule.k_max);
-      lambda = srsi(p, rank, rule, seed, nullptr);
+      lambda = srsi(L, p, rank, seed, nullptr);
       xi = rel_error(head(lambda, rank));
     }
     if (t.xi_bar < s_.xi_thr / 2) {  // shrink allowed
@@ -445,111 +624,128 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float), update_stream()));
     CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float), update_stream()));
     t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
-
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
-      const float zero = 0.f;
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero, V, n));
+      const float one = 1.f, zero = 0.f;
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero,
+                               L.V.get(), n));
     }
-    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel, float(s_.eps));
-    CUDA_CHECK_LAUNCH();
   }
 
-  // S-RSI of the V_t scratch at rank k: writes the first k columns of Q and U and
+  // S-RSI of the lane's V_t scratch at rank k: writes the first k columns of Q and U and
   // returns lambda (the k largest eigenvalues of U^T U, descending); with norm_sq, also
   // ||V_t||^2 from the slot after the eigenvalues, in the same copy.
-  std::vector<double> srsi(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed,
-                           double* norm_sq, bool householder = false) {
+  std::vector<double> srsi(Lane& L, const ParamSpec& p, int k, uint64_t seed, double* norm_sq,
+                           bool householder = false) {
     const Tensor& t = tensors_[p.id];
+    const optim::RankRule rule = s_.rule(p);
     const int m = int(p.rows), n = int(p.cols), full = std::min(m, n);
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
-    float *Y = Y_.get(), *Om = Om_.get();
-    iterate(p, s, rule, seed, householder);
-    widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), size_t(s) * s);
+    iterate(L, p, s, seed, householder);
+    widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), size_t(s) * s);
     CUDA_CHECK_LAUNCH();
-    CUSOLVER_CHECK(cusolverDnXsyevBatched(solver_, params_, CUSOLVER_EIG_MODE_VECTOR,
-                                          CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F, Gd_.get(), s,
-                                          CUDA_R_64F, eig_.get(), CUDA_R_64F, eig_work_.get(),
-                                          eig_work_.size(), eig_host_work_.data(),
-                                          eig_host_work_.size(), info_.get(), 1));
-    std::vector<double> eig(eig_.size());
-    copy_to_host_on_update_stream(eig.data(), eig_.get(), eig.size() * sizeof(double));
+    CUSOLVER_CHECK(cusolverDnXsyevBatched(L.solver, L.params, CUSOLVER_EIG_MODE_VECTOR,
+                                          CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F, L.Gd.get(), s,
+                                          CUDA_R_64F, L.eig.get(), CUDA_R_64F, L.eig_work.get(),
+                                          L.eig_work.size(), L.eig_host_work.data(),
+                                          L.eig_host_work.size(), L.info.get(), 1));
+    std::vector<double> eig(L.eig.size());
+    copy_to_host_on_update_stream(eig.data(), L.eig.get(), eig.size() * sizeof(double));
     if (norm_sq) *norm_sq = eig.back();
     const bool finite = std::all_of(eig.begin(), eig.begin() + s, [](double x) { return std::isfinite(x); });
-    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(p, k, rule, seed, nullptr, true);
+    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(L, p, k, seed, nullptr, true);
     std::vector<double> lambda(k);
     for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
-    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(W_.get(), Gd_.get(), s, k);
+    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(L.W.get(), L.Gd.get(), s, k);
     CUDA_CHECK_LAUNCH();
-    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y, m, W_.get(), s, &zero, t.Q, m));
-    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om, n, W_.get(), s, &zero, t.U, n));
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m, L.W.get(), s, &zero, t.Q, m));
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n, L.W.get(), s, &zero, t.U, n));
     return lambda;
   }
 
   // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
-  // then G_ = Om^T Om (fp32); a failed Cholesky is flagged in eig_'s failure slot.
-  void iterate(const ParamSpec& p, int s, const optim::RankRule& rule, uint64_t seed, bool householder) {
+  // then G = Om^T Om (fp32); a failed Cholesky is flagged in the lane's failure slot.
+  void iterate(Lane& L, const ParamSpec& p, int s, uint64_t seed, bool householder) {
     const int m = int(p.rows), n = int(p.cols);
     const float one = 1.f, zero = 0.f;
-    float *V = V_.get(), *Y = Y_.get(), *Om = Om_.get();
-    double* failed = eig_.get() + (eig_.size() - 2);
-    CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(double), update_stream()));
+    float *V = L.V.get(), *Y = L.Y.get(), *Om = L.Om.get();
+    CUDA_CHECK(cudaMemsetAsync(L.flag(), 0, sizeof(double), update_stream()));
     sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
     CUDA_CHECK_LAUNCH();
-    for (int it = 0; it < rule.l; it++) {
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
-      orthonormalize(Y, m, s, householder, failed);
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
+    for (int it = 0; it < s_.rule(p).l; it++) {
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
+      orthonormalize(L, Y, m, s, householder);
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
     }
-    CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, G_.get(), s));
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, L.G.get(), s));
   }
 
-  // S-RSI at k = k_max up to the Gram matrix, which goes into its group's batch; Y and Om
-  // wait in the factors' own state (first k columns) and side_ (the rest) until
-  // finish_deferred(). One small copy brings the failure flag and ||V_t||^2: on a failed
-  // Cholesky (or a non-finite Gram) returns false with nothing deferred.
-  bool srsi_deferred(const ParamSpec& p, int k, const optim::RankRule& rule, uint64_t seed, double* norm_sq) {
+  // A deferred S-RSI (k = k_max): up to its Gram matrix, which goes into the next slot of
+  // its group's batch, then one small copy brings its failure flag and ||V_t||^2. Y and
+  // Om wait in the factors' own state (first k_max columns) and side_ (the rest) for
+  // finish_deferred(); a failed Cholesky (or a non-finite Gram) gives the slot back as
+  // the identity and redoes the S-RSI with Householder QR. Then D over the V_t scratch,
+  // and steps 5-8.
+  template <class D>
+  void deferred_step(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
     Tensor& t = tensors_[p.id];
-    Group& g = groups_[t.group];
-    const int m = int(p.rows), n = int(p.cols), s = g.s;
-    iterate(p, s, rule, seed, false);
-    const size_t ss = size_t(s) * s;
-    double* flag_norm = eig_.get() + (eig_.size() - 2);  // failure flag, then ||V_t||^2
-    widen_checked<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(
-        batch_grams_.get() + g.gram + size_t(g.count) * ss, G_.get(), ss, flag_norm);
+    const Group& grp = groups_[t.group];
+    build_v(L, p, g);
+    iterate(L, p, grp.s, optim::mix_seed(seed_, t_, p.id), false);
+    const size_t ss = size_t(grp.s) * grp.s;
+    {
+      const std::lock_guard<std::mutex> lock(batch_mutex_);
+      t.slot = groups_[t.group].count++;
+    }
+    double* gram = batch_grams_.get() + grp.gram + size_t(t.slot) * ss;
+    widen_checked<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(gram, L.G.get(), ss, L.flag());
     CUDA_CHECK_LAUNCH();
-    double host[2];
-    copy_to_host_on_update_stream(host, flag_norm, sizeof(host));
-    *norm_sq = t.norm_sq = host[1];
-    if (host[0] != 0) return false;
-    t.slot = g.count++;
-    pending_.push_back(p.id);
-    const size_t extra = size_t(s - k);
-    auto stash = [&](float* to, float* side, const float* from, size_t rows) {
-      CUDA_CHECK(cudaMemcpyAsync(to, from, rows * k * sizeof(float), cudaMemcpyDeviceToDevice, update_stream()));
-      CUDA_CHECK(cudaMemcpyAsync(side, from + rows * k, rows * extra * sizeof(float), cudaMemcpyDeviceToDevice,
-                                 update_stream()));
-    };
-    stash(t.Q, side_.get() + t.side, Y_.get(), size_t(m));
-    stash(t.U, side_.get() + t.side + size_t(m) * extra, Om_.get(), size_t(n));
-    return true;
+    double flag_norm[2];
+    copy_to_host_on_update_stream(flag_norm, L.flag(), sizeof(flag_norm));
+    t.norm_sq = flag_norm[1];
+    if (flag_norm[0] == 0) {
+      {
+        const std::lock_guard<std::mutex> lock(batch_mutex_);
+        pending_.push_back(p.id);
+      }
+      const int m = t.rows, n = t.cols, k = t.rank;
+      const size_t extra = size_t(grp.s - k);
+      auto stash = [&](float* to, float* side, const float* from, size_t rows) {
+        CUDA_CHECK(cudaMemcpyAsync(to, from, rows * k * sizeof(float), cudaMemcpyDeviceToDevice, update_stream()));
+        CUDA_CHECK(cudaMemcpyAsync(side, from + rows * k, rows * extra * sizeof(float), cudaMemcpyDeviceToDevice,
+                                   update_stream()));
+      };
+      stash(t.Q, side_.get() + t.side, L.Y.get(), size_t(m));
+      stash(t.U, side_.get() + t.side + size_t(m) * extra, L.Om.get(), size_t(n));
+    } else {
+      identity<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(gram, grp.s);
+      CUDA_CHECK_LAUNCH();
+      t.slot = -1;
+      adapt(L, p, srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), nullptr, true), t.norm_sq);
+    }
+    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(L.V.get(), g, p.numel,
+                                                                                   float(s_.eps));
+    CUDA_CHECK_LAUNCH();
+    finish(L, p, param, master, L.V.get());
   }
 
   // The deferred S-RSIs' second half: batched eigensolver calls per group, one copy of
   // all eigenvalues, then per matrix xi_bar (its rank stays k_max) and Q = Y W, U = Om W.
+  // A slot whose S-RSI failed holds the identity and no pending matrix.
   void finish_deferred() {
-    if (pending_.empty()) return;
-    CUBLAS_CHECK(cublasSetStream(blas_, update_stream()));
-    CUSOLVER_CHECK(cusolverDnSetStream(solver_, update_stream()));
+    if (pending_.empty() && std::all_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.count == 0; }))
+      return;
+    Lane& L = *lanes_[0];
+    L.bind();
     for (const Group& g : groups_)
       for (int at = 0; at < g.count; at += g.chunk) {
         const size_t ss = size_t(g.s) * g.s;
         CUSOLVER_CHECK(cusolverDnXsyevBatched(
-            solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
+            L.solver, L.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, g.s, CUDA_R_64F,
             batch_grams_.get() + g.gram + at * ss, g.s, CUDA_R_64F,
             batch_eig_.get() + g.eig + size_t(at) * g.s, CUDA_R_64F, batch_work(), batch_work_bytes_,
-            eig_host_work_.data(), eig_host_work_.size(), batch_info_.get() + g.info + at,
+            L.eig_host_work.data(), L.eig_host_work.size(), batch_info_.get() + g.info + at,
             std::min(g.chunk, g.count - at)));
       }
     std::vector<double> eig(batch_eig_.size());
@@ -566,7 +762,7 @@ class Adapprox final : public Optimizer<T> {
       const double xi = norm_sq > 0 ? std::sqrt(std::max(0.0, norm_sq - kept) / norm_sq) : 0.0;
       t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
       top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(
-          W_.get(), batch_grams_.get() + g.gram + size_t(t.slot) * s * s, s, k);
+          L.W.get(), batch_grams_.get() + g.gram + size_t(t.slot) * s * s, s, k);
       CUDA_CHECK_LAUNCH();
       const size_t extra = size_t(s - k);
       auto unstash = [&](float* to, const float* from, const float* side, size_t rows) {
@@ -574,10 +770,10 @@ class Adapprox final : public Optimizer<T> {
         CUDA_CHECK(cudaMemcpyAsync(to + rows * k, side, rows * extra * sizeof(float), cudaMemcpyDeviceToDevice,
                                    update_stream()));
       };
-      unstash(Y_.get(), t.Q, side_.get() + t.side, size_t(m));
-      unstash(Om_.get(), t.U, side_.get() + t.side + size_t(m) * extra, size_t(n));
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, Y_.get(), m, W_.get(), s, &zero, t.Q, m));
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, Om_.get(), n, W_.get(), s, &zero, t.U, n));
+      unstash(L.Y.get(), t.Q, side_.get() + t.side, size_t(m));
+      unstash(L.Om.get(), t.U, side_.get() + t.side + size_t(m) * extra, size_t(n));
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m, L.W.get(), s, &zero, t.Q, m));
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n, L.W.get(), s, &zero, t.U, n));
       t.slot = -1;
     }
     for (Group& g : groups_) g.count = 0;
@@ -585,26 +781,27 @@ class Adapprox final : public Optimizer<T> {
   }
 
   // orth(Y) in place, Y m x s: CholeskyQR2 (twice: G = Y^T Y, R = chol(G) in double,
-  // Y <- Y R^-1), a failed Cholesky flagged in *failed; or Householder QR.
-  void orthonormalize(float* Y, int m, int s, bool householder, double* failed) {
+  // Y <- Y R^-1), a failed Cholesky flagged in the lane's failure slot; or Householder QR.
+  void orthonormalize(Lane& L, float* Y, int m, int s, bool householder) {
     if (householder) {
-      CUSOLVER_CHECK(cusolverDnSgeqrf(solver_, m, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
-      CUSOLVER_CHECK(cusolverDnSorgqr(solver_, m, s, s, Y, m, tau_.get(), work_.get(), int(work_.size()), info_.get()));
+      CUSOLVER_CHECK(cusolverDnSgeqrf(L.solver, m, s, Y, m, L.tau.get(), L.work.get(), int(L.work.size()), L.info.get()));
+      CUSOLVER_CHECK(cusolverDnSorgqr(L.solver, m, s, s, Y, m, L.tau.get(), L.work.get(), int(L.work.size()),
+                                      L.info.get()));
       return;
     }
     const float one = 1.f, zero = 0.f;
     const size_t ss = size_t(s) * s;
     for (int pass = 0; pass < 2; pass++) {
-      CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, G_.get(), s));
-      widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(Gd_.get(), G_.get(), ss);
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, L.G.get(), s));
+      widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), ss);
       CUDA_CHECK_LAUNCH();
-      CUSOLVER_CHECK(cusolverDnDpotrf(solver_, CUBLAS_FILL_MODE_UPPER, s, Gd_.get(), s, dwork_.get(),
-                                      int(dwork_.size()), info_.get()));
-      note_failure<<<1, 1, 0, update_stream()>>>(info_.get(), failed);
-      narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(G_.get(), Gd_.get(), ss);
+      CUSOLVER_CHECK(cusolverDnDpotrf(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, L.dwork.get(),
+                                      int(L.dwork.size()), L.info.get()));
+      note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
+      narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.G.get(), L.Gd.get(), ss);
       CUDA_CHECK_LAUNCH();
-      CUBLAS_CHECK(cublasStrsm(blas_, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                               CUBLAS_DIAG_NON_UNIT, m, s, &one, G_.get(), s, Y, m));
+      CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
     }
   }
 
@@ -613,24 +810,21 @@ class Adapprox final : public Optimizer<T> {
   uint64_t seed_;
   Device& dev_;
   optim::StateStore store_;
-  Reducer red_;
-  DeviceBuffer<double> scal_;
   std::vector<Tensor> tensors_;
-  DeviceBuffer<float> V_, Y_, Om_, G_, W_, tau_, dvec_, work_;
-  DeviceBuffer<double> Gd_, eig_, dwork_;
-  DeviceBuffer<int> info_;
-  DeviceBuffer<char> eig_work_, batch_work_;
+  std::vector<std::unique_ptr<Lane>> lanes_;  // [0] on the update stream; then the side lanes
+  cudaEvent_t start_ = nullptr;               // update_many's inputs are ready
+  std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
+  DeviceBuffer<float> dvec_;
+  DeviceBuffer<char> batch_work_;
   size_t batch_work_bytes_ = 0;
-  void* batch_work() { return batch_work_.get() ? static_cast<void*>(batch_work_.get()) : static_cast<void*>(V_.get()); }
+  void* batch_work() {
+    return batch_work_.get() ? static_cast<void*>(batch_work_.get()) : static_cast<void*>(lanes_[0]->V.get());
+  }
   std::vector<Group> groups_;
   std::vector<int> pending_;  // ids of the matrices whose S-RSI waits in finish_deferred()
   DeviceBuffer<float> side_;
   DeviceBuffer<double> batch_grams_, batch_eig_;
   DeviceBuffer<int> batch_info_;
-  std::vector<char> eig_host_work_;
-  cublasHandle_t blas_ = nullptr;
-  cusolverDnHandle_t solver_ = nullptr;
-  cusolverDnParams_t params_ = nullptr;
   int64_t t_ = 0;
   float lr_ = 0;
 };

@@ -184,6 +184,18 @@ TEST_CASE("GPU workspace plan: cuBLASLt, kernel scratch, gradient norms, optimiz
   CHECK(opt("adafactor") == opt("came") + 148 * 8);  // 2 scalar slots per tensor against 1
   // Adapprox: at least its V_t scratch (wte, 50304 x 768 floats) and thin buffers.
   CHECK(opt("adapprox") > size_t(50304) * 768 * 4);
+  // Each side lane (optimizer.adapprox.lanes) adds the same buffers: at least a V_t
+  // scratch for the largest matrix but wte (768 x 3072 floats).
+  auto lanes = [&](int n) {
+    json c = d12;
+    c["optimizer"]["name"] = "adapprox";
+    c["optimizer"]["adapprox"]["lanes"] = n;
+    return cuda_optimizer_workspace_bytes(c, t, gpu);
+  };
+  const size_t lane = lanes(1) - lanes(0);
+  CHECK(lane > size_t(768) * 3072 * 4);
+  CHECK(lanes(4) == lanes(0) + 4 * lane);
+  CHECK(opt("adapprox") == lanes(4));  // the default
   // AdaLomo's factored partials, factors and tickets on 132 SMs: the workspace a measured
   // H200 run had beyond cuBLASLt's (9.8 MiB), now all in the plan.
   if (gpu.sms == 132) {

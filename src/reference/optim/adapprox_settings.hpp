@@ -18,6 +18,7 @@ struct RankRule {
 struct Settings {
   double beta1, beta2, eps, clip, xi_thr, rho;
   int k0, k_min, k_max, rank_divisor, delta_k, l, p;
+  int lanes;  // GPU only: host threads + streams beside the update stream (none on the CPU)
   bool cos_guidance, refactored;
 
   explicit Settings(const json& cfg)
@@ -33,7 +34,8 @@ struct Settings {
         rank_divisor(int(number(cfg, "adapprox", "rank_divisor", 1, 1e6))),
         delta_k(int(number(cfg, "adapprox", "delta_k", 0, 1e6))),
         l(int(number(cfg, "adapprox", "l", 1, 100))),
-        p(int(number(cfg, "adapprox", "p", 0, 1e6))) {
+        p(int(number(cfg, "adapprox", "p", 0, 1e6))),
+        lanes(int(number(cfg, "adapprox", "lanes", 0, 64))) {
     const json& cos = entry(cfg, "adapprox", "cos_guidance");
     if (!cos.is_boolean())
       fail("config key optimizer.adapprox.cos_guidance = ", cos.dump(), " must be true or false");
