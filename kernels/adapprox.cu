@@ -420,6 +420,18 @@ class Adapprox final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override {
     finish_deferred();
     t_ = t, lr_ = lr;
+    srsi_calls_ = 0;
+  }
+
+  // As the reference's: the mean rank over the matrices kept here and this step's
+  // S-RSIs (a Householder redo counts as one more).
+  std::vector<std::pair<std::string, double>> step_stats() const override {
+    double ranks = 0;
+    int matrices = 0;
+    for (const Tensor& t : tensors_)
+      if (t.rank_err) ranks += t.rank, matrices++;
+    if (matrices == 0) return {};
+    return {{"adapprox_rank", ranks / matrices}, {"adapprox_srsi", double(srsi_calls_.load())}};
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
@@ -642,6 +654,7 @@ class Adapprox final : public Optimizer<T> {
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
+    srsi_calls_++;
     iterate(L, p, s, seed, householder);
     widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), size_t(s) * s);
     CUDA_CHECK_LAUNCH();
@@ -692,6 +705,7 @@ class Adapprox final : public Optimizer<T> {
     Tensor& t = tensors_[p.id];
     const Group& grp = groups_[t.group];
     build_v(L, p, g);
+    srsi_calls_++;
     iterate(L, p, grp.s, optim::mix_seed(seed_, t_, p.id), false);
     const size_t ss = size_t(grp.s) * grp.s;
     {
@@ -814,6 +828,7 @@ class Adapprox final : public Optimizer<T> {
   std::vector<std::unique_ptr<Lane>> lanes_;  // [0] on the update stream; then the side lanes
   cudaEvent_t start_ = nullptr;               // update_many's inputs are ready
   std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
+  std::atomic<int> srsi_calls_{0};             // this step's, on every lane
   DeviceBuffer<float> dvec_;
   DeviceBuffer<char> batch_work_;
   size_t batch_work_bytes_ = 0;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config.hpp"
@@ -50,6 +51,9 @@ class Optimizer {
     for (const TensorUpdate<T>& u : us) update(*u.p, u.param, u.master, u.grad);
   }
   virtual std::vector<StateBlob> state() = 0;
+  // What the last step did beyond the update itself, as (name, value) for the progress
+  // line and the metrics log: Adapprox's mean rank and S-RSI count. Most say nothing.
+  virtual std::vector<std::pair<std::string, double>> step_stats() const { return {}; }
 };
 
 // Builds the CPU reference optimizer named by cfg["optimizer"]["name"]; its state is

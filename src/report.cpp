@@ -77,13 +77,19 @@ void RunLog::startup(const ParamTable& table, const MemoryLedger& ledger, bool f
 
 void RunLog::step(int64_t step, int64_t steps, float loss, float lr, double grad_norm, double ms,
                   double tokens, double flops_per_token, double peak_flops,
-                  const MemoryLedger& ledger, bool skipped) {
+                  const MemoryLedger& ledger, bool skipped,
+                  const std::vector<std::pair<std::string, double>>& stats) {
   const double tok_s = tokens / (ms / 1000.0);
   const double mfu = peak_flops > 0 ? tok_s * flops_per_token / peak_flops : 0.0;
   json m = {{"event", "step"}, {"step", step + 1}, {"loss", loss}, {"lr", lr},
             {"grad_norm", grad_norm}, {"ms", ms}, {"tokens_per_s", tok_s},
             {"memory", ledger.total}, {"skipped", skipped}};
   if (peak_flops > 0) m["mfu"] = mfu;
+  std::string stats_text;
+  for (const auto& [name, value] : stats) {
+    m[name] = value;
+    stats_text += cat(" | ", name, " ", value);
+  }
   metric(m);
   if ((step + 1) % every_ != 0 && step + 1 != steps) return;
   if (progress_) {
@@ -92,9 +98,10 @@ void RunLog::step(int64_t step, int64_t steps, float loss, float lr, double grad
   }
   char mfu_text[32] = "";
   if (peak_flops > 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100 * mfu);
-  std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | mem %s%s\n",
+  std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | mem %s%s%s\n",
               (long long)step + 1, (long long)steps, loss, lr, grad_norm, ms, tok_s, mfu_text,
-              format_bytes(ledger.total).c_str(), skipped ? " | SKIPPED (loss not finite)" : "");
+              format_bytes(ledger.total).c_str(), stats_text.c_str(),
+              skipped ? " | SKIPPED (loss not finite)" : "");
   std::fflush(stdout);
 }
 

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "config.hpp"
 #include "memory.hpp"
@@ -18,9 +20,10 @@ class RunLog {
   ~RunLog();
   void startup(const ParamTable& table, const MemoryLedger& ledger, bool fused);
   // peak_flops 0: no MFU (CPU runs).
+  // stats: the optimizer's step_stats(), appended to the line and the metrics record.
   void step(int64_t step, int64_t steps, float loss, float lr, double grad_norm, double ms,
             double tokens, double flops_per_token, double peak_flops, const MemoryLedger& ledger,
-            bool skipped);
+            bool skipped, const std::vector<std::pair<std::string, double>>& stats = {});
   void val(int64_t step, double loss);
   void sample(int64_t step, const std::string& text);
   // driver_bytes: the device's own count of bytes in use (0 on the CPU).

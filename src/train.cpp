@@ -253,7 +253,7 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (lead)
       log->step(step, steps, r.loss, lr, r.grad_norm, ms, tokens_per_step, flops_per_token,
-                be.peak_flops, dev.ledger(), r.skipped);
+                be.peak_flops, dev.ledger(), r.skipped, opt->step_stats());
 
     // Ranks stop together (a launcher forwards Ctrl-C to each, not at the same step).
     double stop = g_interrupted;

@@ -176,6 +176,34 @@ static std::vector<float> run_matrix(Optimizer<float>& o, const ParamTable& t, i
   return w;
 }
 
+TEST_CASE("Adapprox's step stats: mean rank of its matrices, S-RSIs this step") {
+  const ParamTable t = table_of({spec(0, 37, 129), spec(1, 200, 96), spec(2, 1, 1001)});
+  json cfg = optimizer_cfg("adapprox");
+  // Growth by 1 from rank 1 against an unreachable error bound: k_max S-RSIs per matrix
+  // (k_max 9 and 24), and no shrinking (every dropped column raises the error).
+  cfg["optimizer"]["adapprox"]["delta_k"] = 1;
+  cfg["optimizer"]["adapprox"]["xi_thr"] = 1e-12;
+  CpuDevice dev;
+  auto opt = make_optimizer(cfg, t, dev, 3);
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  opt->begin_step(1, 0.01f);
+  for (const ParamSpec& p : t.params) {
+    std::vector<float> w(p.numel), g(p.numel);
+    for (size_t i = 0; i < p.numel; i++) w[i] = u(rng), g[i] = u(rng);
+    opt->update(p, w.data(), nullptr, g.data());
+  }
+  const auto stats = opt->step_stats();
+  REQUIRE(stats.size() == 2);
+  CHECK(stats[0].first == "adapprox_rank");
+  CHECK(stats[0].second == Approx((9 + 24) / 2.0));
+  CHECK(stats[1].first == "adapprox_srsi");
+  CHECK(stats[1].second == 9 + 24);
+  opt->begin_step(2, 0.01f);  // a new step starts the count again
+  CHECK(opt->step_stats()[1].second == 0);
+  CHECK(make_optimizer(optimizer_cfg("adamw"), t, dev, 3)->step_stats().empty());
+}
+
 TEST_CASE("Adapprox adapts the rank inside the optimizer and is deterministic") {
   const ParamTable t = table_of({spec(0, 16, 12)});
   json cfg = optimizer_cfg("adapprox");
@@ -359,6 +387,7 @@ TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gp
       dev->to_host(c.data(), sm[i].data, c.size());
       CHECK(a == c);
     }
+    CHECK(one->step_stats() == many->step_stats());  // S-RSIs counted on every lane
     // The ranks reached k_max, so the later steps took the deferred path.
     std::vector<float> rank_err(2);
     for (const StateBlob& s : s1)

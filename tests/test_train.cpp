@@ -84,6 +84,32 @@ TEST_CASE("the metrics file records start, steps, val loss and the memory peak")
         start["memory"]["total"]["current"].get<size_t>());
 }
 
+TEST_CASE("an Adapprox run's step records carry its mean rank and S-RSI count; AdamW's none") {
+  for (const char* opt : {"adapprox", "adamw"}) {
+    INFO(opt);
+    TempDir dir;
+    train(tiny_run(dir, {std::string("optimizer.name=\"") + opt + "\"", "schedule.steps=3"}));
+    std::ifstream f(dir / "run/metrics.jsonl");
+    std::string line;
+    int steps = 0;
+    while (std::getline(f, line)) {
+      const json j = json::parse(line);
+      if (j["event"] != "step") continue;
+      steps++;
+      if (std::string(opt) == "adamw") {
+        CHECK_FALSE(j.contains("adapprox_rank"));
+        continue;
+      }
+      // 10 matrices (wte, wpe, 4 per layer), each k_max = 4 (min side 16 / 4): at least
+      // one S-RSI each, a rank in [1, 4].
+      CHECK(j["adapprox_srsi"].get<double>() >= 10);
+      CHECK(j["adapprox_rank"].get<double>() >= 1);
+      CHECK(j["adapprox_rank"].get<double>() <= 4);
+    }
+    CHECK(steps == 3);
+  }
+}
+
 TEST_CASE("resuming with another optimizer config is refused") {
   TempDir dir;
   const json cfg = tiny_run(dir, {"schedule.steps=6"});

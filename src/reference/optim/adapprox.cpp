@@ -56,6 +56,7 @@ class Adapprox final : public Optimizer<float> {
   void begin_step(int64_t t, float lr) override {
     t_ = t;
     lr_ = lr;
+    srsi_calls_ = 0;
   }
 
   void update(const ParamSpec& p, float* w, float*, float* g) override {
@@ -67,6 +68,17 @@ class Adapprox final : public Optimizer<float> {
   }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
+
+  // Mean rank over the matrices this optimizer keeps (all, or a ZeRO-1 rank's), and the
+  // S-RSIs since begin_step.
+  std::vector<std::pair<std::string, double>> step_stats() const override {
+    double ranks = 0;
+    int matrices = 0;
+    for (const Tensor& t : tensors_)
+      if (t.rank_err) ranks += t.rank_err[0], matrices++;
+    if (matrices == 0) return {};
+    return {{"adapprox_rank", ranks / matrices}, {"adapprox_srsi", srsi_calls_}};
+  }
 
  private:
   struct Tensor {
@@ -98,6 +110,7 @@ class Adapprox final : public Optimizer<float> {
     }
     T.rank_err[0] = float(r.k);
     T.rank_err[1] = float(s_.rho * T.rank_err[1] + (1 - s_.rho) * r.xi);
+    srsi_calls_ += r.calls;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; i++)
       for (int64_t j = 0; j < n; j++) {
@@ -144,6 +157,7 @@ class Adapprox final : public Optimizer<float> {
   DeviceBuffer<float> scratch_;
   int64_t t_ = 0;
   double lr_ = 0;
+  int srsi_calls_ = 0;  // this step's
 };
 
 }  // namespace

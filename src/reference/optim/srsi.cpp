@@ -85,12 +85,13 @@ static double rel_error(double norm_sq, double kept) {
 
 AsrsiResult as_rsi(DenseView A, int k, const RankRule& rule, bool allow_shrink, uint64_t seed) {
   const double norm_sq = frobenius_sq(A);
-  AsrsiResult r{srsi(A, k, rule.p, rule.l, seed), 0, 0.0};
+  AsrsiResult r{srsi(A, k, rule.p, rule.l, seed), 0, 0.0, 1};
   r.k = int(r.f.Q.cols());
   r.xi = rel_error(norm_sq, r.f.lambda.sum());
   while (r.xi > rule.xi_thr && r.k < rule.k_max) {
     r.k = std::min(r.k + rule.delta_k, rule.k_max);
     r.f = srsi(A, r.k, rule.p, rule.l, seed);
+    r.calls++;
     r.xi = rel_error(norm_sq, r.f.lambda.sum());
   }
   if (allow_shrink) {

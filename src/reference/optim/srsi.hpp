@@ -40,6 +40,7 @@ struct AsrsiResult {
   LowRank f;
   int k;      // rank chosen
   double xi;  // relative Frobenius error ||A - Q U^T|| / ||A|| at that rank
+  int calls;  // S-RSIs run (1 + the rank increases)
 };
 
 // AS-RSI (spec 6.4, "our choice" details): grow k by delta_k while xi > xi_thr and
