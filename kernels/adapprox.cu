@@ -78,7 +78,7 @@
 // against one lane: bench_optimizers --only adapprox (every rank at 192, deferred)
 // 88.8 / 98.3 -> 49.9 / 51.5 ms, its first step (every rank grows from 1) 1829 -> 910
 // ms; bench_train d12 B 16 (real gradients, steps 11-30, the rank loop still running)
-// 319.4 -> 173.3 ms a step (AdamW 34.5). Cost at d12: 4 lanes x ~15 MB in the ledger
+// 319.4 -> 173.3 ms a step (AdamW 34.5). Cost at d12: 4 lanes x ~20 MB in the ledger
 // (planned), and ~0.65 GiB more in the driver's count (the lanes' cuBLAS and cuSOLVER
 // handles keep workspaces of their own): 7.67 -> 8.40 GiB in use.
 #include <cublas_v2.h>
@@ -310,7 +310,8 @@ struct Lane {
   DeviceBuffer<double> dwork;
   DeviceBuffer<char> eig_work;
   std::vector<char> eig_host_work;
-  size_t capacity = 0;  // the largest matrix (elements) it takes
+  // The largest matrix (elements) it takes: what its V_t scratch holds.
+  size_t capacity() const { return V.size(); }
 };
 
 template <class T>
@@ -345,11 +346,9 @@ class Adapprox final : public Optimizer<T> {
       tensors_.push_back(t);
     }
     lanes_.push_back(std::make_unique<Lane>(dev, z.main, "adapprox"));
-    lanes_[0]->capacity = z.main.v;
     for (int l = 1; l <= z.side_lanes; l++) {
       lanes_.push_back(std::make_unique<Lane>(dev, z.side, "adapprox lane " + std::to_string(l)));
       lanes_.back()->make_side();
-      lanes_.back()->capacity = z.side.v;
     }
     dvec_ = DeviceBuffer<float>(dev, z.vec, MemCategory::workspace, "adapprox thin D");
     size_t grams = 1, eigs = 1;
@@ -373,7 +372,7 @@ class Adapprox final : public Optimizer<T> {
       int lwork = 1, dlwork = 1;
       size_t eig_bytes = 1, eig_host_bytes = 1;
       for (const ParamSpec& p : table.params) {
-        if (!p.is_matrix() || p.numel > L.capacity) continue;
+        if (!p.is_matrix() || p.numel > L.capacity()) continue;
         const int m = int(p.rows), s = s_.thin_cols(p);
         int a = 0, b = 0, d = 0;
         size_t c = 0, ch = 0;
@@ -465,7 +464,7 @@ class Adapprox final : public Optimizer<T> {
         if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
         refresh(t);
       }
-      (p.is_matrix() && lanes_.size() > 1 && p.numel <= lanes_[1]->capacity ? side : rest).push_back(&u);
+      (p.is_matrix() && lanes_.size() > 1 && p.numel <= lanes_[1]->capacity() ? side : rest).push_back(&u);
     }
     if (side.size() < 2) rest.insert(rest.end(), side.begin(), side.end()), side.clear();
     std::vector<std::thread> workers;
