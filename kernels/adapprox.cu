@@ -62,6 +62,19 @@
 // d12 step went from 88.9 / 83.6 to 156.4 / 162.5 ms. The Strmm by an explicit R^-1 is
 // itself twice as fast as the Strsm (0.039 against 0.085 ms at 768 rows, 0.252 against
 // 0.524 at wte's), if R^-1 ever comes cheaper than Dpotrf's R.
+// Also lost (H200, same call, bench_train d12 B 16, median of steps 151-200 and 11-30):
+// one S-RSI pass fitting rank k and k + delta_k at once (a wider pass's leading columns
+// are the narrower pass: the sketch numbers each entry by its place and CholeskyQR's R is
+// upper triangular), so each growth of the rank loop reuses the pass: 135.0 -> 138.0 and
+// 162.1 -> 166.0 ms a step (the first step, every rank growing from 1: 880 -> 729 ms);
+// solving the narrower fit for its eigenvalues alone (1.57 ms against 1.69 with vectors
+// at s = 197): 135.5 -> 147.6 ms. At steady state every matrix grows once a step (two
+// S-RSIs: the truncation that shrinks a rank underestimates a fresh narrower S-RSI's
+// error more than the factor 2 of hysteresis), but the passes are not where the lanes'
+// time goes: the unbatched eigensolves are, ~1.6 ms each. fp32 XsyevBatched solves 4,
+// 12 or 50 Gram matrices at s = 197 in 2.1, 2.2 or 2.55 ms (eigenvalues within 5e-7 of
+// the largest; fp64 takes 8.7-12 ms for 12), and DpotrfBatched 50 in 0.48 ms: solving
+// the lanes' Gram matrices together is the lead left.
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
 // S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB). The

@@ -1,8 +1,9 @@
 // Times the pieces of one Adapprox S-RSI (kernels/adapprox.cu) at the GPT-2 d12 shapes,
 // every rank at k_max = 192 (s = k_max + p = 197): the eigensolvers of the s x s Gram
 // matrix (cuSOLVER's Dsyevd, Xsyevd, XsyevBatched alone and batched as adapprox.cu's
-// deferred S-RSIs use it, Dsyevj) with their distance from Dsyevd, CholeskyQR2's Dpotrf
-// (with its fp32 <-> fp64 copies), and per weight shape the GEMMs and the trsm.
+// deferred S-RSIs use it, eigenvalues alone, in fp32 alone and batched, Dsyevj) with
+// their distance from Dsyevd, CholeskyQR2's Dpotrf (with its fp32 <-> fp64 copies; alone
+// and batched, fp64 and fp32), and per weight shape the GEMMs and the trsm.
 // Median of 20 runs with cudaEvents on the default stream.
 //   build/bench_adapprox_parts          s = 197
 //   build/bench_adapprox_parts 261      d24's s
@@ -154,6 +155,75 @@ int main(int argc, char** argv) {
     std::snprintf(name, sizeof(name), "XsyevBatched x%d (per matrix)", b);
     compare(name, (ms - b * copy_ms) / b);
     cudaFree(work);
+  }
+  {  // eigenvalues alone: what the rank loop needs to decide
+    size_t dev_bytes = 0, host_bytes = 0;
+    CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, s,
+                                            CUDA_R_64F, A, s, CUDA_R_64F, w, CUDA_R_64F, &dev_bytes, &host_bytes,
+                                            1) == CUSOLVER_STATUS_SUCCESS);
+    char* work = device<char>(dev_bytes + 1);
+    std::vector<char> host(host_bytes + 1);
+    const double ms = median_ms([&] {
+      reset(1);
+      CHECK(cusolverDnXsyevBatched(solver, params, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
+                                   A, s, CUDA_R_64F, w, CUDA_R_64F, work, dev_bytes, host.data(), host_bytes, info,
+                                   1) == CUSOLVER_STATUS_SUCCESS);
+    });
+    std::printf("%-34s %8.3f ms\n", "XsyevBatched x1, eigenvalues only", ms - copy_ms);
+    cudaFree(work);
+  }
+  // The same Gram matrices in fp32 (the S-RSI forms them in fp32): eigenvalues and
+  // vectors against Dsyevd's, widened for the comparison.
+  {
+    float *Af = device<float>(ss * batch), *wf = device<float>(size_t(s) * batch);
+    auto reset_f = [&](int copies) {
+      for (int b = 0; b < copies; b++)
+        cudaMemcpyAsync(Af + b * ss, G, ss * sizeof(float), cudaMemcpyDeviceToDevice);
+    };
+    const double fcopy = median_ms([&] { reset_f(1); });
+    for (int b : {1, 4, 12, batch}) {
+      size_t dev_bytes = 0, host_bytes = 0;
+      CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
+                                              CUDA_R_32F, Af, s, CUDA_R_32F, wf, CUDA_R_32F, &dev_bytes,
+                                              &host_bytes, b) == CUSOLVER_STATUS_SUCCESS);
+      char* work = device<char>(dev_bytes + 1);
+      std::vector<char> host(host_bytes + 1);
+      const double ms = median_ms([&] {
+        reset_f(b);
+        CHECK(cusolverDnXsyevBatched(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_32F,
+                                     Af, s, CUDA_R_32F, wf, CUDA_R_32F, work, dev_bytes, host.data(), host_bytes,
+                                     info, b) == CUSOLVER_STATUS_SUCCESS);
+      });
+      widen<<<64, 256>>>(A, Af, ss);
+      widen<<<64, 256>>>(w, wf, size_t(s));
+      char name[64];
+      std::snprintf(name, sizeof(name), "fp32 XsyevBatched x%d (per matrix)", b);
+      compare(name, (ms - b * fcopy) / b);
+      cudaFree(work);
+    }
+    for (int b : {1, 12, batch}) {  // CholeskyQR2's Cholesky for b matrices at once
+      std::vector<double*> ptrs(b);
+      for (int i = 0; i < b; i++) ptrs[i] = A + i * ss;
+      double** dptrs = device<double*>(b);
+      cudaMemcpy(dptrs, ptrs.data(), b * sizeof(double*), cudaMemcpyHostToDevice);
+      const double ms = median_ms([&] {
+        for (int i = 0; i < b; i++) widen<<<64, 256>>>(A + i * ss, G, ss);
+        CHECK(cusolverDnDpotrfBatched(solver, CUBLAS_FILL_MODE_UPPER, s, dptrs, s, info, b) == CUSOLVER_STATUS_SUCCESS);
+      });
+      std::printf("%-34s %8.3f ms (batch of %d, widen included)\n", "DpotrfBatched", ms, b);
+      std::vector<float*> fp(b);
+      for (int i = 0; i < b; i++) fp[i] = Af + i * ss;
+      float** fptrs = device<float*>(b);
+      cudaMemcpy(fptrs, fp.data(), b * sizeof(float*), cudaMemcpyHostToDevice);
+      const double fms = median_ms([&] {
+        reset_f(b);
+        CHECK(cusolverDnSpotrfBatched(solver, CUBLAS_FILL_MODE_UPPER, s, fptrs, s, info, b) == CUSOLVER_STATUS_SUCCESS);
+      });
+      std::printf("%-34s %8.3f ms (batch of %d, copies included)\n", "SpotrfBatched", fms, b);
+      cudaFree(dptrs), cudaFree(fptrs);
+    }
+    widen<<<64, 256>>>(Gd, G, ss);
+    cudaFree(Af), cudaFree(wf);
   }
   for (double tol : {0.0, 1e-10}) {
     syevjInfo_t j;
