@@ -73,8 +73,18 @@
 // error more than the factor 2 of hysteresis), but the passes are not where the lanes'
 // time goes: the unbatched eigensolves are, ~1.6 ms each. fp32 XsyevBatched solves 4,
 // 12 or 50 Gram matrices at s = 197 in 2.1, 2.2 or 2.55 ms (eigenvalues within 5e-7 of
-// the largest; fp64 takes 8.7-12 ms for 12), and DpotrfBatched 50 in 0.48 ms: solving
-// the lanes' Gram matrices together is the lead left.
+// the largest; fp64 takes 8.7-12 ms for 12), and DpotrfBatched 50 in 0.48 ms.
+// Also lost (H200, same call): the side lanes' eigensolves in one fp32 XsyevBatched,
+// each lane's Gram matrix zero-padded into a slot, the last lane to arrive solving every
+// slot (it passed the [gpu] tests, bits of update() == update_many included): d12 steps
+// 11-30 163.5 -> 179.5 ms, the first step 842 -> 947 ms (the lanes wait for one another
+// at every eigensolve), and fp32 eigenvalues are too coarse for the rank loop: its
+// error sums, compared with (xi_thr / 2)^2 = 2.5e-5 of ||V_t||^2, carry ~5e-7 of the
+// largest eigenvalue per term, and by step 200 the mean rank was 36 instead of 104
+// (110-122 S-RSIs a step instead of 100; 134.3 -> 181.9 ms). Instrumenting the lanes
+// (4 lanes, d12 steps 121-160, summed over lanes per step) showed the passes' GPU time
+// at 200 ms and the eigensolves' at 226 for 135 ms of update_many, against 118 and 161
+// ms on one lane: the lanes overlap ~2.2x and no further (8 lanes: the same 130-141 ms).
 // Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
 // s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
 // S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB). The
