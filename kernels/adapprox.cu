@@ -35,6 +35,15 @@
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
 // Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
+// Small Gram matrices (s <= kHostSolveMax = 128) go to the host instead: CholeskyQR's
+// Cholesky and the eigendecomposition in double with Eigen (srsi.hpp's cholesky_upper,
+// symmetric_eigen: microseconds at s ~ 20, 0.74 ms at s = 110 on one core) where
+// cuSOLVER's Dpotrf and syevd cost ~0.1-0.2 and ~1.6 ms of latency each whatever s; each
+// costs one more host sync, and the lanes run them on host cores at once. H200, same
+// call, against cuSOLVER for every s: d12 B 16 on Brown text, where the mean rank falls
+// to ~16 by step 150, 68.2 / 70.0 -> 56.0 / 54.5 ms a step at steps 150 / 200 (AdamW:
+// 33.3 ms); random tokens (mean rank ~104) steps 151-200 134.9 -> 125.7 ms, steps 11-30
+// 163.3 -> 152.6 ms; bench_optimizers (every s = 197, deferred) 46.4 -> 45.0 ms.
 // orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197
 // it beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a
 // Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
@@ -118,6 +127,7 @@
 #include "kernels.cuh"
 #include "optim_common.cuh"
 #include "reference/optim/adapprox_settings.hpp"
+#include "reference/optim/srsi.hpp"
 
 #define CUSOLVER_CHECK(call)                                                          \
   do {                                                                                \
@@ -131,6 +141,10 @@ namespace gpt2::cuda {
 namespace {
 
 enum Slot { kSumD2, kDot, kSumM2, kSlots };
+
+// Gram matrices up to this order are factored and solved on the host (srsi.hpp's
+// cholesky_upper, symmetric_eigen); larger ones by cuSOLVER in double.
+constexpr int kHostSolveMax = 128;
 
 template <class D>
 __global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
@@ -333,6 +347,8 @@ struct Lane {
   DeviceBuffer<double> dwork;
   DeviceBuffer<char> eig_work;
   std::vector<char> eig_host_work;
+  std::vector<float> host_g, host_r;  // host solves: a Gram matrix, R or W
+  std::vector<double> host_vecs;
   // The largest matrix (elements) it takes: what its V_t scratch holds.
   size_t capacity() const { return V.size(); }
 };
@@ -678,6 +694,25 @@ class Adapprox final : public Optimizer<T> {
     const float one = 1.f, zero = 0.f;
     srsi_calls_++;
     iterate(L, p, s, seed, householder);
+    const bool host = s <= kHostSolveMax;
+    const std::vector<double> eig = host ? host_eigen(L, s, k) : device_eigen(L, s);
+    if (norm_sq) *norm_sq = eig.back();
+    const bool finite = std::all_of(eig.begin(), eig.begin() + s, [](double x) { return std::isfinite(x); });
+    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(L, p, k, seed, nullptr, true);
+    std::vector<double> lambda(k);
+    for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
+    if (!host) {
+      top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(L.W.get(), L.Gd.get(), s, k);
+      CUDA_CHECK_LAUNCH();
+    }
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m, L.W.get(), s, &zero, t.Q, m));
+    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n, L.W.get(), s, &zero, t.U, n));
+    return lambda;
+  }
+
+  // The lane's Gram matrix (s x s) solved by cuSOLVER in double, the eigenvectors left
+  // in its Gram64; returns its eigenvalues (ascending), failure flag and ||V_t||^2.
+  std::vector<double> device_eigen(Lane& L, int s) {
     widen<<<ceil_div(size_t(s) * s, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), size_t(s) * s);
     CUDA_CHECK_LAUNCH();
     CUSOLVER_CHECK(cusolverDnXsyevBatched(L.solver, L.params, CUSOLVER_EIG_MODE_VECTOR,
@@ -687,16 +722,41 @@ class Adapprox final : public Optimizer<T> {
                                           L.eig_host_work.size(), L.info.get(), 1));
     std::vector<double> eig(L.eig.size());
     copy_to_host_on_update_stream(eig.data(), L.eig.get(), eig.size() * sizeof(double));
-    if (norm_sq) *norm_sq = eig.back();
-    const bool finite = std::all_of(eig.begin(), eig.begin() + s, [](double x) { return std::isfinite(x); });
-    if (!householder && (eig[eig.size() - 2] != 0 || !finite)) return srsi(L, p, k, seed, nullptr, true);
-    std::vector<double> lambda(k);
-    for (int j = 0; j < k; j++) lambda[j] = std::max(0.0, eig[s - 1 - j]);
-    top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(L.W.get(), L.Gd.get(), s, k);
-    CUDA_CHECK_LAUNCH();
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m, L.W.get(), s, &zero, t.Q, m));
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n, L.W.get(), s, &zero, t.U, n));
-    return lambda;
+    return eig;
+  }
+
+  // The same on the host, in double: the Gram matrix, failure flag and ||V_t||^2 down,
+  // the top k eigenvectors (largest first) up into the lane's W.
+  std::vector<double> host_eigen(Lane& L, int s, int k) {
+    const size_t ss = size_t(s) * s;
+    L.host_g.resize(ss), L.host_vecs.resize(ss), L.host_r.resize(size_t(s) * k);
+    CUDA_CHECK(cudaMemcpyAsync(L.host_g.data(), L.G.get(), ss * sizeof(float), cudaMemcpyDeviceToHost,
+                               update_stream()));
+    std::vector<double> eig(size_t(s) + 2);
+    copy_to_host_on_update_stream(eig.data() + s, L.flag(), 2 * sizeof(double));
+    optim::symmetric_eigen(L.host_g.data(), s, eig.data(), L.host_vecs.data());
+    for (int j = 0; j < k; j++)
+      for (int r = 0; r < s; r++) L.host_r[r + size_t(j) * s] = float(L.host_vecs[r + size_t(s - 1 - j) * s]);
+    // Pageable source: cudaMemcpyAsync copies it before returning.
+    CUDA_CHECK(cudaMemcpyAsync(L.W.get(), L.host_r.data(), L.host_r.size() * sizeof(float),
+                               cudaMemcpyHostToDevice, update_stream()));
+    return eig;
+  }
+
+  // CholeskyQR's R for the lane's Gram matrix (s x s) on the host, in double, written
+  // over it; a failed Cholesky sets the failure flag as a failed Dpotrf does (and R = I,
+  // since the S-RSI is redone with Householder QR).
+  void host_cholesky(Lane& L, int s) {
+    const size_t ss = size_t(s) * s;
+    L.host_g.resize(ss), L.host_r.resize(ss);
+    copy_to_host_on_update_stream(L.host_g.data(), L.G.get(), ss * sizeof(float));
+    if (!optim::cholesky_upper(L.host_g.data(), s, L.host_r.data())) {
+      static const double failed = 1.0;
+      CUDA_CHECK(cudaMemcpyAsync(L.flag(), &failed, sizeof(double), cudaMemcpyHostToDevice, update_stream()));
+      for (size_t i = 0; i < ss; i++) L.host_r[i] = i % (size_t(s) + 1) == 0 ? 1.f : 0.f;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(L.G.get(), L.host_r.data(), ss * sizeof(float), cudaMemcpyHostToDevice,
+                               update_stream()));
   }
 
   // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
@@ -829,13 +889,17 @@ class Adapprox final : public Optimizer<T> {
     const size_t ss = size_t(s) * s;
     for (int pass = 0; pass < 2; pass++) {
       CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, L.G.get(), s));
-      widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), ss);
-      CUDA_CHECK_LAUNCH();
-      CUSOLVER_CHECK(cusolverDnDpotrf(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, L.dwork.get(),
-                                      int(L.dwork.size()), L.info.get()));
-      note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
-      narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.G.get(), L.Gd.get(), ss);
-      CUDA_CHECK_LAUNCH();
+      if (s <= kHostSolveMax) {
+        host_cholesky(L, s);
+      } else {
+        widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), ss);
+        CUDA_CHECK_LAUNCH();
+        CUSOLVER_CHECK(cusolverDnDpotrf(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, L.dwork.get(),
+                                        int(L.dwork.size()), L.info.get()));
+        note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
+        narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.G.get(), L.Gd.get(), ss);
+        CUDA_CHECK_LAUNCH();
+      }
       CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
                                CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
     }

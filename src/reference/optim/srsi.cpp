@@ -110,4 +110,26 @@ AsrsiResult as_rsi(DenseView A, int k, const RankRule& rule, bool allow_shrink, 
   return r;
 }
 
+static MatrixXd upper_to_double(const float* G, int s) {
+  MatrixXd A(s, s);
+  for (int c = 0; c < s; c++)
+    for (int r = 0; r <= c; r++) A(r, c) = A(c, r) = G[r + size_t(c) * s];
+  return A;
+}
+
+bool cholesky_upper(const float* G, int s, float* R) {
+  const Eigen::LLT<MatrixXd> llt(upper_to_double(G, s));
+  if (llt.info() != Eigen::Success) return false;
+  const MatrixXd U = llt.matrixU();
+  for (int c = 0; c < s; c++)
+    for (int r = 0; r < s; r++) R[r + size_t(c) * s] = r <= c ? float(U(r, c)) : 0.f;
+  return true;
+}
+
+void symmetric_eigen(const float* G, int s, double* values, double* vectors) {
+  const Eigen::SelfAdjointEigenSolver<MatrixXd> eig(upper_to_double(G, s));
+  Eigen::Map<Eigen::VectorXd>(values, s) = eig.eigenvalues();
+  Eigen::Map<MatrixXd>(vectors, s, s) = eig.eigenvectors();
+}
+
 }  // namespace gpt2::optim
