@@ -78,6 +78,40 @@ TEST_CASE("Rotating to singular order leaves Q U^T unchanged") {
   }
 }
 
+// The GPU's host solves read the Gram matrix's upper triangle only, as cuSOLVER does: the
+// lower one holds garbage here. Oracles: R^T R = G, G v = lambda v, and Eigen's own
+// eigenvalues of the dense symmetric matrix.
+TEST_CASE("Host solves of a small Gram matrix: Cholesky R and the eigensystem") {
+  const int s = 23;
+  MatrixXd B = MatrixXd::NullaryExpr(40, s, [](Eigen::Index i, Eigen::Index j) {
+    return gaussian(5, uint64_t(i * 100 + j)) * std::pow(0.8, double(j));
+  });
+  const MatrixXd G = B.transpose() * B;
+  std::vector<float> g(size_t(s) * s);
+  for (int c = 0; c < s; c++)
+    for (int r = 0; r < s; r++) g[r + size_t(c) * s] = r <= c ? float(G(r, c)) : -1e30f;
+  MatrixXd Gf(s, s);  // what the host sees: the fp32 upper triangle, mirrored
+  for (int c = 0; c < s; c++)
+    for (int r = 0; r <= c; r++) Gf(r, c) = Gf(c, r) = g[r + size_t(c) * s];
+  std::vector<float> R(size_t(s) * s);
+  REQUIRE(cholesky_upper(g.data(), s, R.data()));
+  const MatrixXd Rd = Eigen::Map<const Eigen::MatrixXf>(R.data(), s, s).cast<double>();
+  CHECK(Rd.isUpperTriangular(0.0));
+  CHECK((Rd.transpose() * Rd - Gf).norm() < 1e-6 * Gf.norm());
+  std::vector<double> values(s), vectors(size_t(s) * s);
+  symmetric_eigen(g.data(), s, values.data(), vectors.data());
+  const Eigen::Map<const MatrixXd> V(vectors.data(), s, s);
+  const Eigen::VectorXd want = Eigen::SelfAdjointEigenSolver<MatrixXd>(Gf).eigenvalues();
+  for (int j = 0; j < s; j++) {
+    CHECK(values[j] == Approx(want(j)).margin(1e-12 * want(s - 1)));
+    if (j > 0) CHECK(values[j] >= values[j - 1]);
+    CHECK((Gf * V.col(j) - values[j] * V.col(j)).norm() < 1e-9 * want(s - 1));
+  }
+  CHECK((V.transpose() * V - MatrixXd::Identity(s, s)).norm() < 1e-12);
+  g[s + 1] = -1.f;  // (1, 1): no longer positive definite
+  CHECK_FALSE(cholesky_upper(g.data(), s, R.data()));
+}
+
 TEST_CASE("AS-RSI grows the rank while the error is above xi_thr, up to k_max") {
   const int m = 30, n = 24;
   const std::vector<float> a = rank_r(m, n, 6, 2);
