@@ -138,40 +138,32 @@ int main(int argc, char** argv) {
     compare("Xsyevd", ms - copy_ms);
     cudaFree(work);
   }
-  for (int b : {1, 12, batch}) {
+  // One XsyevBatched call over b matrices of `type` at a, eigenvalues to vals, timed
+  // with restore(b) putting the inputs back first.
+  auto syev_batched_ms = [&](cusolverEigMode_t mode, cudaDataType type, void* a, void* vals, int b,
+                             const std::function<void(int)>& restore) {
     size_t dev_bytes = 0, host_bytes = 0;
-    CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
-                                            CUDA_R_64F, A, s, CUDA_R_64F, w, CUDA_R_64F, &dev_bytes,
-                                            &host_bytes, b) == CUSOLVER_STATUS_SUCCESS);
+    CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, mode, CUBLAS_FILL_MODE_UPPER, s, type, a, s, type, vals,
+                                            type, &dev_bytes, &host_bytes, b) == CUSOLVER_STATUS_SUCCESS);
     char* work = device<char>(dev_bytes + 1);
     std::vector<char> host(host_bytes + 1);
     const double ms = median_ms([&] {
-      reset(b);
-      CHECK(cusolverDnXsyevBatched(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
-                                   A, s, CUDA_R_64F, w, CUDA_R_64F, work, dev_bytes, host.data(), host_bytes,
-                                   info, b) == CUSOLVER_STATUS_SUCCESS);
+      restore(b);
+      CHECK(cusolverDnXsyevBatched(solver, params, mode, CUBLAS_FILL_MODE_UPPER, s, type, a, s, type, vals, type,
+                                   work, dev_bytes, host.data(), host_bytes, info, b) == CUSOLVER_STATUS_SUCCESS);
     });
+    cudaFree(work);
+    return ms;
+  };
+  for (int b : {1, 12, batch}) {
+    const double ms = syev_batched_ms(CUSOLVER_EIG_MODE_VECTOR, CUDA_R_64F, A, w, b, reset);
     char name[64];
     std::snprintf(name, sizeof(name), "XsyevBatched x%d (per matrix)", b);
     compare(name, (ms - b * copy_ms) / b);
-    cudaFree(work);
   }
-  {  // eigenvalues alone: what the rank loop needs to decide
-    size_t dev_bytes = 0, host_bytes = 0;
-    CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, s,
-                                            CUDA_R_64F, A, s, CUDA_R_64F, w, CUDA_R_64F, &dev_bytes, &host_bytes,
-                                            1) == CUSOLVER_STATUS_SUCCESS);
-    char* work = device<char>(dev_bytes + 1);
-    std::vector<char> host(host_bytes + 1);
-    const double ms = median_ms([&] {
-      reset(1);
-      CHECK(cusolverDnXsyevBatched(solver, params, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
-                                   A, s, CUDA_R_64F, w, CUDA_R_64F, work, dev_bytes, host.data(), host_bytes, info,
-                                   1) == CUSOLVER_STATUS_SUCCESS);
-    });
-    std::printf("%-34s %8.3f ms\n", "XsyevBatched x1, eigenvalues only", ms - copy_ms);
-    cudaFree(work);
-  }
+  // Eigenvalues alone: what the rank loop needs to decide.
+  std::printf("%-34s %8.3f ms\n", "XsyevBatched x1, eigenvalues only",
+              syev_batched_ms(CUSOLVER_EIG_MODE_NOVECTOR, CUDA_R_64F, A, w, 1, reset) - copy_ms);
   // The same Gram matrices in fp32 (the S-RSI forms them in fp32): eigenvalues and
   // vectors against Dsyevd's, widened for the comparison.
   {
@@ -182,24 +174,12 @@ int main(int argc, char** argv) {
     };
     const double fcopy = median_ms([&] { reset_f(1); });
     for (int b : {1, 4, 12, batch}) {
-      size_t dev_bytes = 0, host_bytes = 0;
-      CHECK(cusolverDnXsyevBatched_bufferSize(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s,
-                                              CUDA_R_32F, Af, s, CUDA_R_32F, wf, CUDA_R_32F, &dev_bytes,
-                                              &host_bytes, b) == CUSOLVER_STATUS_SUCCESS);
-      char* work = device<char>(dev_bytes + 1);
-      std::vector<char> host(host_bytes + 1);
-      const double ms = median_ms([&] {
-        reset_f(b);
-        CHECK(cusolverDnXsyevBatched(solver, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_32F,
-                                     Af, s, CUDA_R_32F, wf, CUDA_R_32F, work, dev_bytes, host.data(), host_bytes,
-                                     info, b) == CUSOLVER_STATUS_SUCCESS);
-      });
+      const double ms = syev_batched_ms(CUSOLVER_EIG_MODE_VECTOR, CUDA_R_32F, Af, wf, b, reset_f);
       widen<<<64, 256>>>(A, Af, ss);
       widen<<<64, 256>>>(w, wf, size_t(s));
       char name[64];
       std::snprintf(name, sizeof(name), "fp32 XsyevBatched x%d (per matrix)", b);
       compare(name, (ms - b * fcopy) / b);
-      cudaFree(work);
     }
     for (int b : {1, 12, batch}) {  // CholeskyQR2's Cholesky for b matrices at once
       std::vector<double*> ptrs(b);
