@@ -88,11 +88,14 @@ std::vector<double> CpuGradOps::take_squares() {
   return out;
 }
 
-void CpuGradOps::clip_scale(float* g, size_t n, float clip_value, float scale) {
-  if (clip_value > 0)
-    for (size_t i = 0; i < n; i++) g[i] = std::clamp(g[i], -clip_value, clip_value);
-  if (scale != 1.0f)
-    for (size_t i = 0; i < n; i++) g[i] *= scale;
+void CpuGradOps::clip_scale(const std::vector<GradSlice<float>>& slices, float clip_value,
+                            float scale) {
+  for (const GradSlice<float>& x : slices) {
+    if (clip_value > 0)
+      for (size_t i = 0; i < x.n; i++) x.g[i] = std::clamp(x.g[i], -clip_value, clip_value);
+    if (scale != 1.0f)
+      for (size_t i = 0; i < x.n; i++) x.g[i] *= scale;
+  }
 }
 
 // NCCL's own guidance for data-parallel buckets: big enough to reach bus bandwidth,
@@ -199,11 +202,7 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
         std::vector<GradSlice<T>> slices;
         for (auto [q, qg] : final_) slices.push_back({qg, q->numel, q->id});
         pipe_.gops_.sum_squares(slices);
-        if (!measuring) {
-          std::vector<TensorUpdate<T>> updates;
-          for (auto [q, qg] : final_) updates.push_back(pipe_.prepare(*q, qg));
-          pipe_.opt_.update_many(updates);
-        }
+        if (!measuring) pipe_.update(slices);
         final_.clear();
       });
     if (p.kind != ParamKind::wte) {
@@ -304,9 +303,15 @@ double UpdatePipeline<T>::total_norm() {
 }
 
 template <class T>
-TensorUpdate<T> UpdatePipeline<T>::prepare(const ParamSpec& p, T* g) {
-  if (clip_value_ > 0 || clip_coef_ != 1.0f) gops_.clip_scale(g, p.numel, clip_value_, clip_coef_);
-  return {&p, model_.params() + p.offset, master_.get() ? master_.get() + p.offset : nullptr, g};
+void UpdatePipeline<T>::update(const std::vector<GradSlice<T>>& slices) {
+  if (clip_value_ > 0 || clip_coef_ != 1.0f) gops_.clip_scale(slices, clip_value_, clip_coef_);
+  std::vector<TensorUpdate<T>> updates;
+  for (const GradSlice<T>& x : slices) {
+    const ParamSpec& p = model_.table.params[x.slot];
+    updates.push_back({&p, model_.params() + p.offset,
+                       master_.get() ? master_.get() + p.offset : nullptr, x.g});
+  }
+  opt_.update_many(updates);
 }
 
 template <class T>
@@ -352,10 +357,7 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     gops_.sum_squares(slices);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
-    std::vector<TensorUpdate<T>> updates;
-    for (const ParamSpec& p : model_.table.params)
-      if (mine(p)) updates.push_back(prepare(p, full_->grad(p)));
-    opt_.update_many(updates);
+    update(slices);
     if (zero1_) {  // every rank takes each tensor's new weights from its owner
       std::vector<GradBuf> bufs;
       for (const ParamSpec& p : model_.table.params)

@@ -57,10 +57,10 @@ std::vector<int> zero1_owners(const ParamTable& table, int world);
 // from it allocates only those tensors' state.
 ParamTable zero1_shard(const ParamTable& table, int world, int rank);
 
-// One tensor's gradient whose squared norm goes to `slot`.
+// One tensor's gradient; its squared norm goes to `slot`.
 template <class T>
 struct GradSlice {
-  const T* g;
+  T* g;
   size_t n;
   int slot;
 };
@@ -76,8 +76,10 @@ class GradOps {
   virtual void sum_squares(const std::vector<GradSlice<T>>& slices) = 0;
   // The squared norms recorded since the last call, indexed by slot (waits for them).
   virtual std::vector<double> take_squares() = 0;
-  // g = clamp(g, -clip_value, clip_value) (if clip_value > 0), then g *= scale.
-  virtual void clip_scale(T* g, size_t n, float clip_value, float scale) = 0;
+  // g = clamp(g, -clip_value, clip_value) (if clip_value > 0), then g *= scale, for every
+  // slice. Many per call, as sum_squares: one launch per tensor cost d12 148 launches.
+  virtual void clip_scale(const std::vector<GradSlice<T>>& slices, float clip_value,
+                          float scale) = 0;
 };
 
 class CpuGradOps final : public GradOps<float> {
@@ -85,7 +87,8 @@ class CpuGradOps final : public GradOps<float> {
   explicit CpuGradOps(size_t slots) : sq_(slots, 0.0) {}
   void sum_squares(const std::vector<GradSlice<float>>& slices) override;
   std::vector<double> take_squares() override;
-  void clip_scale(float* g, size_t n, float clip_value, float scale) override;
+  void clip_scale(const std::vector<GradSlice<float>>& slices, float clip_value,
+                  float scale) override;
 
  private:
   std::vector<double> sq_;
@@ -124,7 +127,9 @@ class UpdatePipeline {
  private:
   class FullSink;
   class FusedSink;
-  TensorUpdate<T> prepare(const ParamSpec& p, T* grad);  // clip, scale: ready to update
+  // Clips and scales the slices' gradients (train.grad_clip_value, clip_coef_), then
+  // hands their tensors to the optimizer.
+  void update(const std::vector<GradSlice<T>>& slices);
   double total_norm();  // sqrt of the recorded per-tensor squares, summed in id order
 
   GPT2<T>& model_;

@@ -1,7 +1,8 @@
 // [gpu] CudaGradOps (kernels/grad_ops.cu) against CpuGradOps and double sums: per-slot
 // squared norms (deterministic, zeroed by take_squares, the same batched as one by one)
-// and clip_scale.
+// and clip_scale (every slice of one call, more than one launch's worth, against CpuGradOps).
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "catch.hpp"
@@ -17,6 +18,35 @@ template <> float store_as<float>(float x) { return x; }
 template <> bf16 store_as<bf16>(float x) { return float_to_bf16(x); }
 float value_of(float x) { return x; }
 float value_of(bf16 x) { return bf16_to_float(x); }
+
+// clip_scale over every tensor in one call: the same fp32 arithmetic as CpuGradOps,
+// rounded once to T, element for element. h: the tensors' values before, d: on the GPU.
+template <class T>
+void check_clip_scale(Device& dev, GradOps<T>& ops, const std::vector<std::vector<T>>& h,
+                      std::vector<DeviceBuffer<T>>& d, float clip_value, float scale) {
+  CpuGradOps cpu(1);
+  std::vector<std::vector<float>> ref(h.size());
+  std::vector<GradSlice<float>> ref_slices;
+  std::vector<GradSlice<T>> slices;
+  for (size_t s = 0; s < h.size(); s++) {
+    for (T x : h[s]) ref[s].push_back(value_of(x));
+    ref_slices.push_back({ref[s].data(), ref[s].size(), int(s)});
+    slices.push_back({d[s].get(), h[s].size(), int(s)});
+  }
+  cpu.clip_scale(ref_slices, clip_value, scale);
+  ops.clip_scale(slices, clip_value, scale);
+  size_t wrong = 0, clamped = 0;
+  for (size_t s = 0; s < h.size(); s++) {
+    std::vector<T> back(h[s].size());
+    dev.to_host(back.data(), d[s].get(), back.size() * sizeof(T));
+    for (size_t i = 0; i < back.size(); i++) {
+      wrong += value_of(back[i]) != value_of(store_as<T>(ref[s][i]));
+      clamped += std::abs(value_of(h[s][i])) > clip_value;
+    }
+  }
+  CHECK(wrong == 0);
+  CHECK(clamped > 0);  // the clamp was exercised, not only the scale
+}
 
 template <class T>
 void check_grad_ops() {
@@ -45,17 +75,7 @@ void check_grad_ops() {
   for (int s = 2; s >= 0; s--) ops->sum_squares({{d[s].get(), sizes[s], s}});
   CHECK(ops->take_squares() == got);  // bit-identical: each tensor's order is its own
 
-  // clip_scale: the same fp32 arithmetic as CpuGradOps, rounded once to T.
-  CpuGradOps cpu(1);
-  std::vector<float> ref(sizes[1]);
-  for (size_t i = 0; i < ref.size(); i++) ref[i] = value_of(h[1][i]);
-  cpu.clip_scale(ref.data(), ref.size(), 1.5f, 0.25f);
-  ops->clip_scale(d[1].get(), sizes[1], 1.5f, 0.25f);
-  std::vector<T> back(sizes[1]);
-  dev->to_host(back.data(), d[1].get(), sizes[1] * sizeof(T));
-  size_t wrong = 0;
-  for (size_t i = 0; i < ref.size(); i++) wrong += value_of(back[i]) != value_of(store_as<T>(ref[i]));
-  CHECK(wrong == 0);
+  check_clip_scale(*dev, *ops, h, d, 1.5f, 0.25f);
 }
 
 // More tensors than one launch takes (32), of every size from 1 element to several
@@ -69,17 +89,18 @@ void check_many_squares() {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-3.f, 3.f);
   std::vector<DeviceBuffer<T>> d;
+  std::vector<std::vector<T>> h(count);
   std::vector<double> want(count, 0.0);
   std::vector<GradSlice<T>> slices;
   for (int s = 0; s < count; s++) {
     const size_t n = s % 5 == 0 ? 1 + s : s % 5 == 1 ? 768 : size_t(257) * (s + 3) * (s % 3 + 1);
-    std::vector<T> h(n);
-    for (T& x : h) {
+    h[s].resize(n);
+    for (T& x : h[s]) {
       x = store_as<T>(u(rng));
       want[s] += double(value_of(x)) * value_of(x);
     }
     d.emplace_back(*dev, n, MemCategory::grads, "g");
-    dev->to_device(d.back().get(), h.data(), n * sizeof(T));
+    dev->to_device(d.back().get(), h[s].data(), n * sizeof(T));
     slices.push_back({d.back().get(), n, s});
   }
   std::shuffle(slices.begin(), slices.end(), rng);
@@ -88,11 +109,12 @@ void check_many_squares() {
   for (const GradSlice<T>& x : slices) ops->sum_squares({x});
   CHECK(ops->take_squares() == many);
   for (int s = 0; s < count; s++) CHECK(many[s] == Approx(want[s]).epsilon(1e-12));
+  check_clip_scale(*dev, *ops, h, d, 2.5f, 0.5f);  // 75 tensors: three launches
 }
 
 }  // namespace
 
-TEST_CASE("CUDA gradient ops: 75 squared norms in one call equal one call each", "[gpu]") {
+TEST_CASE("CUDA gradient ops: 75 squared norms in one call equal one call each; clip_scale of all 75", "[gpu]") {
   check_many_squares<float>();
   check_many_squares<bf16>();
 }
@@ -106,7 +128,8 @@ TEST_CASE("CUDA gradient ops: per-slot squared norms and clip_scale (bf16)", "[g
 
 TEST_CASE("CpuGradOps clamps before it scales") {
   CpuGradOps cpu(1);
-  std::vector<float> g = {3.0f, -0.5f, -4.0f};
-  cpu.clip_scale(g.data(), g.size(), 1.0f, 0.5f);
+  std::vector<float> g = {3.0f, -0.5f, -4.0f}, g2 = {0.25f, 2.0f};
+  cpu.clip_scale({{g.data(), g.size(), 0}, {g2.data(), g2.size(), 1}}, 1.0f, 0.5f);
   CHECK(g == std::vector<float>{0.5f, -0.25f, -0.5f});
+  CHECK(g2 == std::vector<float>{0.125f, 0.5f});
 }
