@@ -23,6 +23,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #include "cuda_check.cuh"
@@ -60,22 +62,23 @@ __device__ __forceinline__ void load_row(float (&x)[NV][vec_elems<D>()], const D
 }
 
 // If add is non-null, the row is inp + add, rounded to D and stored to res_out first.
-template <class D>
+// NV = C / (32 V) vectors per lane, a template argument so the row takes exactly the
+// registers it needs: sized for the widest row, d12's kernel took 91 registers, two
+// 256-thread blocks per SM, and moved 1.97 TB/s (ncu, H100, 40 us a call).
+template <class D, int NV>
 __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rstd_out,
                                              D* res_out, const D* inp, const D* add,
                                              const D* weight, const D* bias, int N, int C) {
   constexpr int V = vec_elems<D>();
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
-  const int nv = C / (32 * V);
-  float x[kMaxVecs][V];
+  float x[NV][V];
   const int4* xv = reinterpret_cast<const int4*>(inp + size_t(row) * C);
   const int4* av = reinterpret_cast<const int4*>(add + size_t(row) * C);
   int4* rv = reinterpret_cast<int4*>(res_out + size_t(row) * C);
   float sum = 0.f;
 #pragma unroll
-  for (int i = 0; i < kMaxVecs; i++) {
-    if (i >= nv) break;
+  for (int i = 0; i < NV; i++) {
     int4 raw = xv[i * 32 + lane];
     D* e = reinterpret_cast<D*>(&raw);
     if (add) {
@@ -91,14 +94,13 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
   const float mean = warp_sum(sum) / C;
   float var = 0.f;
 #pragma unroll
-  for (int i = 0; i < kMaxVecs; i++)
-    if (i < nv)
-      for (int j = 0; j < V; j++) var += (x[i][j] - mean) * (x[i][j] - mean);
+  for (int i = 0; i < NV; i++)
+#pragma unroll
+    for (int j = 0; j < V; j++) var += (x[i][j] - mean) * (x[i][j] - mean);
   const float rstd = rsqrtf(warp_sum(var) / C + 1e-5f);
   int4* y = reinterpret_cast<int4*>(out + size_t(row) * C);
 #pragma unroll
-  for (int i = 0; i < kMaxVecs; i++) {
-    if (i >= nv) break;
+  for (int i = 0; i < NV; i++) {
     const int4 raw_w = reinterpret_cast<const int4*>(weight)[i * 32 + lane];
     const int4 raw_b = bias ? reinterpret_cast<const int4*>(bias)[i * 32 + lane] : int4{};
     const D* w = reinterpret_cast<const D*>(&raw_w);
@@ -117,28 +119,44 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 }
 
 // grid kRowChunks (at most), 256 threads; warp w of block k takes rows k * 8 + w, then
-// every 8 * gridDim.x. NV = C / (32 * V) vectors per lane, so the accumulators are
-// registers. partial (if non-null) gets [gridDim.x][2C]: dweight sums, then dbias sums.
+// every 8 * gridDim.x. NV = C / (32 * V) vectors per lane. partial (if non-null) gets
+// [gridDim.x][2C]: dweight sums, then dbias sums.
 // The grid is at most one wave (layernorm_backward), so the number of partial rows, and
 // with it the order of the dweight/dbias sums, depends on the GPU's SM count: runs
-// repeat bit for bit on one kind of GPU, not across kinds. Up to C = 768 bf16 (NV = 3) two
-// blocks fit per SM (at most 128 registers, no spills per ptxas); wider rows would spill
-// under that bound, so they keep one block per SM. The weight row is re-read per row
-// (from L1) rather than held: held, it took d12's kernel to 164 registers, one block per
-// SM, a grid of 256 blocks in two waves, 38% of DRAM bandwidth (ncu, H100, 71 us a call).
+// repeat bit for bit on one kind of GPU, not across kinds.
+// Each warp sums its rows' dweight/dbias terms in its own slice of shared memory
+// ([warps][2C] floats, 8 KiB per warp at C = 1024, laid out so that lane l of vector i
+// element j is word (i V + j) 32 + l: conflict-free, and no lane touches another's words,
+// so no barrier until the warps' slices are added, in warp order, at the end). Held in
+// registers instead, they took the kernel to 125 registers at C = 768 and 165 at 1024, two
+// blocks per SM and one (d24), and ~1.95 TB/s (ncu, H100). The row's dinp is loaded with
+// its inp and dout, so each row is one round trip to memory, not two. The weight row is
+// re-read per row (from L1) rather than held: held, it took d12's kernel to 164 registers
+// (ncu, H100, 71 us a call).
 template <class D, int NV>
-__global__ void __launch_bounds__(256, NV <= 3 ? 2 : 1)
+__global__ void __launch_bounds__(256, NV <= 5 ? 2 : 1)
     layernorm_backward_vec_kernel(D* dinp, float* partial, const D* dout, const D* inp,
                                   const D* weight, const float* mean, const float* rstd, int N,
                                   int C) {
   constexpr int V = vec_elems<D>();
-  extern __shared__ float acc[];  // [2][C]
+  extern __shared__ float acc[];  // [warps][2][C], each warp's words as above
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  float dw[NV][V] = {}, db[NV][V] = {};
+  float* mine = acc + size_t(warp) * 2 * C;
+  auto word = [&](int i, int j) { return (i * V + j) * 32 + lane; };
+  if (partial)
+#pragma unroll
+    for (int i = 0; i < NV; i++)
+#pragma unroll
+      for (int j = 0; j < V; j++) mine[word(i, j)] = mine[C + word(i, j)] = 0.f;
   for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
     float n[NV][V], dn[NV][V];
+    int4 dx_raw[NV];
+    int4* dx = reinterpret_cast<int4*>(dinp + size_t(row) * C);
     load_row<D>(n, inp + size_t(row) * C, NV, lane);
     load_row<D>(dn, dout + size_t(row) * C, NV, lane);
+    if (dinp)
+#pragma unroll
+      for (int i = 0; i < NV; i++) dx_raw[i] = dx[i * 32 + lane];
     const float m = mean[row], r = rstd[row];
     float sum_dn = 0.f, sum_dn_n = 0.f;
 #pragma unroll
@@ -148,8 +166,10 @@ __global__ void __launch_bounds__(256, NV <= 3 ? 2 : 1)
 #pragma unroll
       for (int j = 0; j < V; j++) {
         n[i][j] = (n[i][j] - m) * r;
-        db[i][j] += dn[i][j];
-        dw[i][j] += dn[i][j] * n[i][j];
+        if (partial) {
+          mine[word(i, j)] += dn[i][j] * n[i][j];
+          mine[C + word(i, j)] += dn[i][j];
+        }
         dn[i][j] *= to_f(w[j]);
         sum_dn += dn[i][j];
         sum_dn_n += dn[i][j] * n[i][j];
@@ -157,32 +177,24 @@ __global__ void __launch_bounds__(256, NV <= 3 ? 2 : 1)
     }
     if (!dinp) continue;
     const float mean_dn = warp_sum(sum_dn) / C, mean_dn_n = warp_sum(sum_dn_n) / C;
-    int4* dx = reinterpret_cast<int4*>(dinp + size_t(row) * C);
 #pragma unroll
     for (int i = 0; i < NV; i++) {
-      int4 raw = dx[i * 32 + lane];
-      D* e = reinterpret_cast<D*>(&raw);
+      D* e = reinterpret_cast<D*>(&dx_raw[i]);
 #pragma unroll
       for (int j = 0; j < V; j++)
         e[j] = from_f<D>(to_f(e[j]) + r * (dn[i][j] - mean_dn - n[i][j] * mean_dn_n));
-      dx[i * 32 + lane] = raw;
+      dx[i * 32 + lane] = dx_raw[i];
     }
   }
   if (!partial) return;
-  for (int k = 0; k < warps; k++) {
-    if (warp == k)
-#pragma unroll
-      for (int i = 0; i < NV; i++)
-#pragma unroll
-        for (int j = 0; j < V; j++) {
-          const int c = (i * 32 + lane) * V + j;
-          acc[c] = k == 0 ? dw[i][j] : acc[c] + dw[i][j];
-          acc[C + c] = k == 0 ? db[i][j] : acc[C + c] + db[i][j];
-        }
-    __syncthreads();
+  __syncthreads();
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    const int half = c / C, cc = c % C;
+    const int at = half * C + ((cc / (32 * V)) * V + cc % V) * 32 + (cc / V) % 32;
+    float sum = acc[at];
+    for (int k = 1; k < warps; k++) sum += acc[size_t(k) * 2 * C + at];
+    partial[size_t(blockIdx.x) * 2 * C + c] = sum;
   }
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x)
-    partial[size_t(blockIdx.x) * 2 * C + c] = acc[c];
 }
 
 template <class D>
@@ -298,19 +310,6 @@ __global__ void layernorm_dparams_final_kernel(D* dweight, D* dbias, const float
   if (dbias) dbias[c] = from_f<D>(to_f(dbias[c]) + db);
 }
 
-template <class D>
-void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D* add,
-             const D* weight, const D* bias, int N, int C) {
-  if (N == 0) return;
-  if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}))
-    layernorm_forward_vec_kernel<<<ceil_div(N, 8), 256>>>(out, mean, rstd, res_out, inp, add,
-                                                          weight, bias, N, C);
-  else
-    layernorm_forward_kernel<<<ceil_div(N, 8), 256>>>(out, mean, rstd, res_out, inp, add,
-                                                      weight, bias, N, C);
-  CUDA_CHECK_LAUNCH();
-}
-
 // Calls f(std::integral_constant<int, nv>) for nv in 1 .. kMaxVecs.
 template <class F>
 void with_vecs(int nv, F&& f) {
@@ -327,21 +326,40 @@ void with_vecs(int nv, F&& f) {
 }
 static_assert(kMaxVecs == 8, "with_vecs enumerates 1 .. kMaxVecs");
 
-// Blocks of the backward kernel that fit on the GPU at once (occupancy x SMs), asked once
-// per kernel and process rather than on each of a step's calls: NV fixes C and so smem,
-// and one process drives one kind of GPU (on another the grid would only be less well
-// sized).
+template <class D>
+void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D* add,
+             const D* weight, const D* bias, int N, int C) {
+  if (N == 0) return;
+  if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}))
+    with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
+      layernorm_forward_vec_kernel<D, decltype(nv)::value><<<ceil_div(N, 8), 256>>>(
+          out, mean, rstd, res_out, inp, add, weight, bias, N, C);
+    });
+  else
+    layernorm_forward_kernel<<<ceil_div(N, 8), 256>>>(out, mean, rstd, res_out, inp, add,
+                                                      weight, bias, N, C);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Blocks of the backward kernel that fit on the current GPU at once (occupancy x SMs),
+// after allowing it the dynamic shared memory it needs (over 48 KiB for C > 768, which
+// the runtime requires per device). Asked once per kernel and device rather than on each
+// of a step's calls: NV fixes C and so smem.
 template <class D, int NV>
 int backward_resident_blocks(size_t smem) {
-  static const int blocks = [smem] {
-    int device = 0, sms = 0, per_sm = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
-    return per_sm * sms;
-  }();
-  return blocks;
+  static std::mutex mutex;
+  static std::map<int, int> blocks;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = blocks.find(device); it != blocks.end()) return it->second;
+  int sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_vec_kernel<D, NV>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
+  return blocks[device] = per_sm * sms;
 }
 
 }  // namespace
@@ -371,7 +389,7 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
   float* partial = static_cast<float*>(scratch);
   int chunks = kRowChunks;
   if (vector_path<D>(C, {dinp, dout, inp, weight})) {
-    const size_t smem = 2 * size_t(C) * sizeof(float);  // <= 16 KiB (C <= 2048)
+    const size_t smem = 8 * 2 * size_t(C) * sizeof(float);  // <= 128 KiB (C <= 2048)
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
       constexpr int NV = decltype(nv)::value;
       // No more blocks than fit at once: a second, partial wave would double the time.

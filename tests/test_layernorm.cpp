@@ -117,7 +117,7 @@ TEMPLATE_TEST_CASE("CudaOps layernorm matches the reference (odd sizes, accumula
   Gpu gpu;
   auto ops = make_cuda_ops<TestType>(*gpu.dev);
   for (const auto& [N, C] : {std::pair{1, 768}, std::pair{300, 1024}, std::pair{37, 100},
-                             std::pair{130, 1600}}) {
+                             std::pair{130, 1600}, std::pair{64, 2048}}) {
     INFO("N " << N << " C " << C);
     std::mt19937 rng(N * 7 + C);
     Vec inp = random_vec(size_t(N) * C, rng, 2.0);
