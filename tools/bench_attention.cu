@@ -3,7 +3,8 @@
 // tensor-core kernels (attention_mma.cu) in the same run, each the median of 20
 // cudaEvent-timed calls after a warm-up. Causal flops: forward 2 B NH T^2 HS (QK^T and
 // PV over the lower half), backward 2.5x that (five products, P recomputed). Also prints
-// max |new - old| / max |old| of out and dqkv as a sanity check.
+// max |new - old| / max |old| of out and dqkv as a sanity check. On Hopper (sm_90a builds)
+// also the forward on wgmma against the mma.sync forward, which must agree bit for bit.
 // Run (CUDA builds): cmake --build build --target bench_attention && ./build/bench_attention
 #include <algorithm>
 #include <cmath>
@@ -107,6 +108,19 @@ void bench(int B, int NH) {
                   rel_diff(dqkv.download(), old_dqkv));
     }
   }
+  if (!attention_wgmma_available()) return;
+  // The forward above ran on wgmma: the mma.sync forward for comparison, same inputs.
+  Buf<bf> out_sync(n);
+  Buf<float> lse_sync(lse.n);
+  const double fwd_sync = median_ms(
+      [&] { attention_forward_mma(out_sync.p, lse_sync.p, qkv.p, B, T, C, NH, false); });
+  const double fwd_wgmma =
+      median_ms([&] { attention_forward_mma(out.p, lse.p, qkv.p, B, T, C, NH); });
+  std::printf("B %2d T %d NH %2d HS %d forward wgmma %7.3f ms, mma.sync %7.3f ms (%.2fx); "
+              "out and lse bit for bit equal: %s\n",
+              B, T, NH, HS, fwd_wgmma, fwd_sync, fwd_sync / fwd_wgmma,
+              out.download() == out_sync.download() && lse.download() == lse_sync.download()
+                  ? "yes" : "NO");
 }
 
 }  // namespace
