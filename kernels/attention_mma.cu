@@ -1,6 +1,8 @@
 // Causal self-attention on tensor cores, bf16, head size 64: flash-attention-2. Same
 // contract as attention.cu, which dispatches here for bf16 with HS = 64 and keeps the
-// exact FMA kernels for fp32 and other head sizes.
+// exact FMA kernels for fp32 and other head sizes. Each kernel comes twice: on mma.sync
+// (described first) and, in sm_90a builds on Hopper, on wgmma (the section further down),
+// with equal results.
 //
 // Launch shape: grid (NH * B, ceil(T/64)), 128 threads = 4 warps. A block owns a 64-row
 // tile (queries in forward and dq, keys in dkdv); each warp owns 16 of those rows and keeps
@@ -303,19 +305,24 @@ __global__ void __launch_bounds__(kThreads)
   finish_forward(out, lse, o, m, l, q0, T, C, NH, b, h);
 }
 
-// The forward on Hopper's warpgroup MMA (wgmma, sm_90a): the same tiles, online softmax and
-// numbers as forward_kernel (its output and lse equal forward_kernel's bit for bit on the
-// device: tests/test_attention.cpp checks it), but each 64 x 64 x 16 product
-// of the block's four warps is one asynchronous instruction reading its operands from
-// shared memory (P stays in registers as the A operand, as above). Tiles are stored in
-// the 128-byte swizzle the instruction's descriptors describe: row r (64 bf16 = 128 bytes)
-// at r * 128, its 16-byte chunk j at (j ^ r % 8) * 16, so the eight rows an access reads
-// fall in distinct banks. Measured (tools/bench_attention, H200, same run, B 8/16 x NH
-// 12/16 at T 1024): 1.21-1.22x the mma.sync forward (B 16 NH 12: 0.131 -> 0.107 ms);
-// bench_train d12 B 16 32.5 / 32.5 -> 32.3 / 32.0 ms, d24 83.0 / 83.0 -> 82.1 / 82.0 ms
-// against the same tree built for sm_90. Tried in the same session and slower: the plain
-// core-matrix layout without swizzle (0.200 ms: bank conflicts), 128-key tiles (0.114),
-// the next tile's S = Q K^T issued before this tile's softmax (0.118).
+// The kernels on Hopper's warpgroup MMA (wgmma, sm_90a): forward_wgmma_kernel,
+// dq_wgmma_kernel and dkdv_wgmma_kernel have the same tiles, softmax and arithmetic as
+// forward_kernel, dq_kernel and dkdv_kernel, and their outputs are equal bit for bit
+// (tools/bench_attention checks it on every shape it times; tests/test_attention.cpp holds
+// whichever path attention_forward/backward take to the CPU reference: wgmma in a 90a
+// build on Hopper, mma.sync in a 90 build). But each 64 x 64 x 16 product of the block's
+// four warps is one asynchronous instruction reading its operands from shared memory (P
+// and dS stay in registers as the A operand, as above), and independent products (S and
+// dP; dV and dK) are issued together. Tiles are stored in the 128-byte swizzle the
+// instruction's descriptors describe: row r (64 bf16 = 128 bytes) at r * 128, its 16-byte
+// chunk j at (j ^ r % 8) * 16, so the eight rows an access reads fall in distinct banks.
+// Measured (tools/bench_attention, H200, same run, T 1024, B 8/16 x NH 12/16): forward
+// 1.20-1.22x, backward 1.27-1.29x the mma.sync kernels (B 16 NH 12: 0.133 -> 0.110 ms and
+// 0.410 -> 0.323 ms). bench_train against the same tree built for sm_90 (H200, same call,
+// two runs each): d12 B 16 32.1 / 32.2 -> 30.8 / 30.6 ms, d24 B 16 81.9 / 82.0 -> 78.3 /
+// 77.8 ms. Tried for the forward (same session, H200) and slower: the plain core-matrix
+// layout without swizzle (0.200 ms: bank conflicts), 128-key tiles (0.114), the next
+// tile's S = Q K^T issued before this tile's softmax (0.118).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void load_tile_sw(unsigned char* dst, const bf* src, size_t stride,
                                              int r0, int T) {
@@ -383,7 +390,7 @@ __global__ void __launch_bounds__(kThreads)
   unsigned char* vs = ks + 2 * kBytes;  // 2 buffers
   const Block blk = block_of(NH);
   const int qt = (T - 1) / kRows - blk.tile, h = blk.h, b = blk.b;
-  const int warp = threadIdx.x / 32, q0 = qt * kRows;
+  const int q0 = qt * kRows;
   const size_t row = 3 * size_t(C);
   const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
   load_tile_sw(qs, q_g, row, q0, T);
@@ -517,6 +524,107 @@ __global__ void __launch_bounds__(kThreads, 3)
   store_rows(dqkv + size_t(b) * T * row + size_t(h) * kHS, row, row0, T, dq, sc);
 }
 
+// dq_kernel on wgmma (see above): S = Q K^T and dP = dO V^T issued together, then
+// dQ += dS K with K transposed.
+__global__ void __launch_bounds__(kThreads, 3)
+    dq_wgmma_kernel(bf* dqkv, float* delta, const bf* dout, const bf* qkv, const bf* out,
+                    const float* lse, int T, int C, int NH, float scale, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBytes = kRows * kHS * 2;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  unsigned char* qs = smem;
+  unsigned char* dos = qs + kBytes;
+  unsigned char* ks = dos + kBytes;     // 2 buffers
+  unsigned char* vs = ks + 2 * kBytes;  // 2 buffers
+  unsigned char* os = vs + 2 * kBytes;
+  float* dls = reinterpret_cast<float*>(os + kBytes);  // [kRows]
+  const Block blk = block_of(NH);
+  const int qt = (T - 1) / kRows - blk.tile, h = blk.h, b = blk.b;
+  const int warp = threadIdx.x / 32, q0 = qt * kRows, row0 = q0 + warp * 16;
+  const size_t row = 3 * size_t(C), head = size_t(b) * T * C + size_t(h) * kHS;
+  const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
+  load_tile_sw(qs, q_g, row, q0, T);
+  load_tile_sw(dos, dout + head, C, q0, T);
+  load_tile_sw(os, out + head, C, q0, T);
+  load_tile_sw(ks, q_g + C, row, 0, T);
+  load_tile_sw(vs, q_g + 2 * C, row, 0, T);
+  commit();
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int i = row0 + acc_row(2 * r);
+    lse2[r] = i < T ? lse[(size_t(b) * NH + h) * T + i] * kLog2e : 0.f;
+  }
+  Acc dq = {}, s, dp;
+  for (int t = 0; t <= qt; t++) {
+    if (t < qt) {
+      load_tile_sw(ks + (t + 1) % 2 * kBytes, q_g + C, row, (t + 1) * kRows, T);
+      load_tile_sw(vs + (t + 1) % 2 * kBytes, q_g + 2 * C, row, (t + 1) * kRows, T);
+    }
+    commit();
+    asm volatile("cp.async.wait_group 1;\n");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    if (t == 0) {
+      // delta as dq_kernel computes it, reading the swizzled rows.
+      const int r = threadIdx.x / 2, c0 = threadIdx.x % 2 * (kHS / 2);
+      float sum = 0.f;
+#pragma unroll
+      for (int c = c0; c < c0 + kHS / 2; c += 2) {
+        const int at = r * 128 + ((c / 8) ^ (r & 7)) * 16 + c % 8 * 2;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dos + at));
+        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(os + at));
+        sum += x.x * y.x + x.y * y.y;
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      if (threadIdx.x % 2 == 0) {
+        dls[r] = sum;
+        if (q0 + r < T) delta[(size_t(b) * NH + h) * T + q0 + r] = sum;
+      }
+      __syncthreads();
+      dl[0] = dls[warp * 16 + acc_row(0)];
+      dl[1] = dls[warp * 16 + acc_row(2)];
+    }
+    const unsigned char* kt = ks + t % 2 * kBytes;
+    const unsigned char* vt = vs + t % 2 * kBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+      wgmma_ss(s, sw_desc(qs + k * 32, 16, 1024), sw_desc(kt + k * 32, 16, 1024), k > 0);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+      wgmma_ss(dp, sw_desc(dos + k * 32, 16, 1024), sw_desc(vt + k * 32, 16, 1024), k > 0);
+    wgmma_wait();
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -lse2[e / 2]));
+    if (t == qt)
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[n][e] *= dp[n][e] - dl[e / 2];
+    AFrag dsa;
+    to_a(dsa, s);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < 4; k++) wgmma_rs(dq, dsa[k], sw_desc(kt + k * 2048, 1024, 1024));
+    wgmma_wait();
+    __syncthreads();
+  }
+  const float sc[2] = {scale, scale};
+  store_rows(dqkv + size_t(b) * T * row + size_t(h) * kHS, row, row0, T, dq, sc);
+#else
+  __trap();  // launched only where attention_wgmma_available()
+#endif
+}
+
 __global__ void __launch_bounds__(kThreads, 3)
     dkdv_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse, const float* delta,
                 int T, int C, int NH, float scale, float scale_log2) {
@@ -599,6 +707,99 @@ __global__ void __launch_bounds__(kThreads, 3)
   store_rows(g + 2 * C, row, row0, T, dv, one);
 }
 
+// dkdv_kernel on wgmma (see above): S^T = K Q^T and dP^T = V dO^T issued together, then
+// dV += P^T dO and dK += dS^T Q together (dO and Q transposed).
+__global__ void __launch_bounds__(kThreads, 3)
+    dkdv_wgmma_kernel(bf* dqkv, const bf* dout, const bf* qkv, const float* lse,
+                      const float* delta, int T, int C, int NH, float scale, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBytes = kRows * kHS * 2;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  unsigned char* ks = smem;
+  unsigned char* vs = ks + kBytes;
+  unsigned char* qs = vs + kBytes;        // 2 buffers
+  unsigned char* dos = qs + 2 * kBytes;   // 2 buffers
+  float* lse2s = reinterpret_cast<float*>(dos + 2 * kBytes);  // [2][kRows]
+  float* dls = lse2s + 2 * kRows;                              // [2][kRows]
+  const Block blk = block_of(NH);
+  const int kt = blk.tile, h = blk.h, b = blk.b, nq = (T + kRows - 1) / kRows;
+  const int warp = threadIdx.x / 32, k0 = kt * kRows, row0 = k0 + warp * 16;
+  const size_t row = 3 * size_t(C);
+  const bf* q_g = qkv + size_t(b) * T * row + size_t(h) * kHS;
+  const bf* do_g = dout + size_t(b) * T * C + size_t(h) * kHS;
+  const float* lse_bh = lse + (size_t(b) * NH + h) * T;
+  const float* delta_bh = delta + (size_t(b) * NH + h) * T;
+  auto load_stats = [&](int t) {
+    if (threadIdx.x < kRows) {
+      const int i = t * kRows + threadIdx.x, buf = t % 2 * kRows;
+      lse2s[buf + threadIdx.x] = i < T ? lse_bh[i] * kLog2e : INFINITY;
+      dls[buf + threadIdx.x] = i < T ? delta_bh[i] : 0.f;
+    }
+  };
+  load_tile_sw(ks, q_g + C, row, k0, T);
+  load_tile_sw(vs, q_g + 2 * C, row, k0, T);
+  load_tile_sw(qs + kt % 2 * kBytes, q_g, row, k0, T);
+  load_tile_sw(dos + kt % 2 * kBytes, do_g, C, k0, T);
+  load_stats(kt);
+  commit();
+  Acc dk = {}, dv = {}, s, dp;
+  for (int t = kt; t < nq; t++) {
+    if (t + 1 < nq) {
+      load_tile_sw(qs + (t + 1) % 2 * kBytes, q_g, row, (t + 1) * kRows, T);
+      load_tile_sw(dos + (t + 1) % 2 * kBytes, do_g, C, (t + 1) * kRows, T);
+      load_stats(t + 1);
+    }
+    commit();
+    asm volatile("cp.async.wait_group 1;\n");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    const unsigned char* qtile = qs + t % 2 * kBytes;
+    const unsigned char* dotile = dos + t % 2 * kBytes;
+    const float* l2 = lse2s + t % 2 * kRows;
+    const float* d = dls + t % 2 * kRows;
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+      wgmma_ss(s, sw_desc(ks + k * 32, 16, 1024), sw_desc(qtile + k * 32, 16, 1024), k > 0);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+      wgmma_ss(dp, sw_desc(vs + k * 32, 16, 1024), sw_desc(dotile + k * 32, 16, 1024), k > 0);
+    wgmma_wait();
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -l2[acc_col(n, e)]));
+    if (t == kt)
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          if (acc_col(n, e) < warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - d[acc_col(n, e)]);
+    AFrag pa, dsa;
+    to_a(pa, s);
+    to_a(dsa, dp);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < 4; k++) wgmma_rs(dv, pa[k], sw_desc(dotile + k * 2048, 1024, 1024));
+#pragma unroll
+    for (int k = 0; k < 4; k++) wgmma_rs(dk, dsa[k], sw_desc(qtile + k * 2048, 1024, 1024));
+    wgmma_wait();
+    __syncthreads();  // the next iteration's prefetch overwrites these buffers
+  }
+  bf* g = dqkv + size_t(b) * T * row + size_t(h) * kHS;
+  const float sk[2] = {scale, scale}, one[2] = {1.f, 1.f};
+  store_rows(g + C, row, row0, T, dk, sk);
+  store_rows(g + 2 * C, row, row0, T, dv, one);
+#else
+  __trap();  // launched only where attention_wgmma_available()
+#endif
+}
+
 }  // namespace
 
 bool attention_mma_supports(int HS) { return HS == kHS; }
@@ -630,7 +831,8 @@ void attention_forward_mma(bf* out, float* lse, const bf* qkv, int B, int T, int
 }
 
 void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qkv,
-                            const bf* out, const float* lse, int B, int T, int C, int NH) {
+                            const bf* out, const float* lse, int B, int T, int C, int NH,
+                            bool allow_wgmma) {
   const float scale = rsqrtf(float(kHS));
   const dim3 grid = grid_of(B, T, NH);
   // Both above the 48 KiB default: 7 tiles (Q, dO, O, two K, two V) and delta in dq;
@@ -641,6 +843,22 @@ void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qk
                                   int(dq_smem)));
   CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(dkdv_smem)));
+  if (allow_wgmma && attention_wgmma_available()) {
+    // The same tiles unpadded (64 x 128 bytes) plus the statistics.
+    const size_t dq_w = 7 * kRows * kHS * sizeof(bf) + kRows * sizeof(float);
+    const size_t dkdv_w = 6 * kRows * kHS * sizeof(bf) + 4 * kRows * sizeof(float);
+    CUDA_CHECK(cudaFuncSetAttribute(dq_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(dq_w)));
+    CUDA_CHECK(cudaFuncSetAttribute(dkdv_wgmma_kernel,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(dkdv_w)));
+    dq_wgmma_kernel<<<grid, kThreads, dq_w>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
+                                              scale * kLog2e);
+    CUDA_CHECK_LAUNCH();
+    dkdv_wgmma_kernel<<<grid, kThreads, dkdv_w>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
+                                                  scale * kLog2e);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
                                       scale * kLog2e);
   CUDA_CHECK_LAUNCH();

@@ -72,7 +72,7 @@ void attention_backward_fma(D* dqkv, const D* dout, const D* qkv, const D* out,
                             const float* lse, int B, int T, int C, int NH, void* scratch);
 
 // attention_mma.cu (B, T > 0). The backward also writes delta[B,NH,T] = rowsum(dout * out)
-// (see attention.cu) into `delta`, its scratch. The forward runs on wgmma where
+// (see attention.cu) into `delta`, its scratch. The forward and dq run on wgmma where
 // attention_wgmma_available() (a build with sm_90a code, the current GPU a Hopper) unless
 // allow_wgmma is false (the tests compare the two).
 bool attention_mma_supports(int HS);
@@ -81,7 +81,7 @@ void attention_forward_mma(__nv_bfloat16* out, float* lse, const __nv_bfloat16* 
                            int T, int C, int NH, bool allow_wgmma = true);
 void attention_backward_mma(__nv_bfloat16* dqkv, float* delta, const __nv_bfloat16* dout,
                             const __nv_bfloat16* qkv, const __nv_bfloat16* out, const float* lse,
-                            int B, int T, int C, int NH);
+                            int B, int T, int C, int NH, bool allow_wgmma = true);
 
 // gelu.cu
 template <class D> void gelu_forward(D* out, const D* inp, size_t n);

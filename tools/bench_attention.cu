@@ -121,6 +121,17 @@ void bench(int B, int NH) {
               B, T, NH, HS, fwd_wgmma, fwd_sync, fwd_sync / fwd_wgmma,
               out.download() == out_sync.download() && lse.download() == lse_sync.download()
                   ? "yes" : "NO");
+  Buf<bf> dqkv_sync(3 * n);
+  float* delta = reinterpret_cast<float*>(scratch.p);
+  const double bwd_sync = median_ms([&] {
+    attention_backward_mma(dqkv_sync.p, delta, dout.p, qkv.p, out.p, lse.p, B, T, C, NH, false);
+  });
+  const double bwd_wgmma = median_ms(
+      [&] { attention_backward_mma(dqkv.p, delta, dout.p, qkv.p, out.p, lse.p, B, T, C, NH); });
+  std::printf("B %2d T %d NH %2d HS %d backward wgmma %7.3f ms, mma.sync %7.3f ms (%.2fx); "
+              "dqkv bit for bit equal: %s\n",
+              B, T, NH, HS, bwd_wgmma, bwd_sync, bwd_sync / bwd_wgmma,
+              dqkv.download() == dqkv_sync.download() ? "yes" : "NO");
 }
 
 }  // namespace
