@@ -432,6 +432,62 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
+// dq's dS = P (dP - delta), in place of S, with P = 2^(S scale - lse) recomputed from the
+// (base-2) lse of the warp's two rows; in the diagonal tile keys after the query get
+// P = 0 (their exp may be inf).
+__device__ __forceinline__ void dq_ds(Acc& s, const Acc& dp, const float (&lse2)[2],
+                                      const float (&dl)[2], bool diagonal, float scale_log2) {
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int n = 0; n < 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -lse2[e / 2]));
+  if (diagonal)
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+  for (int n = 0; n < 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) s[n][e] *= dp[n][e] - dl[e / 2];
+}
+
+// dkdv's transposed tiles: S^T becomes P^T and dP^T becomes dS^T = P^T (dP^T - delta),
+// with the query tile's lse (l2, base 2) and delta (d) per column; in the diagonal tile
+// queries before the key get P = 0 (their exp may be inf).
+__device__ __forceinline__ void dkdv_ds(Acc& s, Acc& dp, const float* l2, const float* d,
+                                        bool diagonal, float scale_log2) {
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int n = 0; n < 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+      s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -l2[acc_col(n, e)]));
+  if (diagonal)
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (acc_col(n, e) < warp * 16 + acc_row(e)) s[n][e] = 0.f;
+#pragma unroll
+  for (int n = 0; n < 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - d[acc_col(n, e)]);
+}
+
+// Query tile t's base-2 lse and delta into buffer t % 2 of dkdv's statistics. Queries past
+// T get lse = +inf, so their p = exp2(s - inf) = 0.
+__device__ __forceinline__ void load_stats(float* lse2s, float* dls, const float* lse_bh,
+                                           const float* delta_bh, int t, int T) {
+  if (threadIdx.x < kRows) {
+    const int i = t * kRows + threadIdx.x, buf = t % 2 * kRows;
+    lse2s[buf + threadIdx.x] = i < T ? lse_bh[i] * kLog2e : INFINITY;
+    dls[buf + threadIdx.x] = i < T ? delta_bh[i] : 0.f;
+  }
+}
+
 // Runs before dkdv_kernel: it also computes delta_i = dO_i . O_i for its queries (the
 // dO tile is loaded anyway) and stores it for dkdv.
 __global__ void __launch_bounds__(kThreads, 3)
@@ -500,21 +556,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       load_a(a, dos + warp * 16 * kStride);
       mma_abt(dp, a, vs + t % 2 * kTile);
     }
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -lse2[e / 2]));
-    if (t == qt)  // the diagonal tile: keys after the query (their exp may be inf)
-#pragma unroll
-      for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = 0.f;
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) s[n][e] *= dp[n][e] - dl[e / 2];
+    dq_ds(s, dp, lse2, dl, t == qt, scale_log2);
     AFrag dsa;
     to_a(dsa, s);
     mma_ab(dq, dsa, kt);
@@ -595,21 +637,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     for (int k = 0; k < 4; k++)
       wgmma_ss(dp, sw_desc(dos + k * 32, 16, 1024), sw_desc(vt + k * 32, 16, 1024), k > 0);
     wgmma_wait();
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -lse2[e / 2]));
-    if (t == qt)
-#pragma unroll
-      for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          if (acc_col(n, e) > warp * 16 + acc_row(e)) s[n][e] = 0.f;
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) s[n][e] *= dp[n][e] - dl[e / 2];
+    dq_ds(s, dp, lse2, dl, t == qt, scale_log2);
     AFrag dsa;
     to_a(dsa, s);
     wgmma_fence();
@@ -643,19 +671,11 @@ __global__ void __launch_bounds__(kThreads, 3)
   const bf* do_g = dout + size_t(b) * T * C + size_t(h) * kHS;
   const float* lse_bh = lse + (size_t(b) * NH + h) * T;
   const float* delta_bh = delta + (size_t(b) * NH + h) * T;
-  // Queries past T get lse = +inf, so their p = exp2(s - inf) = 0.
-  auto load_stats = [&](int t) {
-    if (threadIdx.x < kRows) {
-      const int i = t * kRows + threadIdx.x, buf = t % 2 * kRows;
-      lse2s[buf + threadIdx.x] = i < T ? lse_bh[i] * kLog2e : INFINITY;
-      dls[buf + threadIdx.x] = i < T ? delta_bh[i] : 0.f;
-    }
-  };
   load_tile(ks, q_g + C, row, k0, T);
   load_tile(vs, q_g + 2 * C, row, k0, T);
   load_tile(qs + kt % 2 * kTile, q_g, row, k0, T);
   load_tile(dos + kt % 2 * kTile, do_g, C, k0, T);
-  load_stats(kt);
+  load_stats(lse2s, dls, lse_bh, delta_bh, kt, T);
   commit();
 
   Acc dk = {}, dv = {}, s, dp;
@@ -663,7 +683,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     if (t + 1 < nq) {
       load_tile(qs + (t + 1) % 2 * kTile, q_g, row, (t + 1) * kRows, T);
       load_tile(dos + (t + 1) % 2 * kTile, do_g, C, (t + 1) * kRows, T);
-      load_stats(t + 1);
+      load_stats(lse2s, dls, lse_bh, delta_bh, t + 1, T);
     }
     commit();
     wait_all_but_newest();
@@ -679,21 +699,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       load_a(ka, vs + warp * 16 * kStride);
       mma_abt(dp, ka, dotile);  // dP^T
     }
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -l2[acc_col(n, e)]));
-    if (t == kt)  // the diagonal tile: queries before the key (their exp may be inf)
-#pragma unroll
-      for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          if (acc_col(n, e) < warp * 16 + acc_row(e)) s[n][e] = 0.f;
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - d[acc_col(n, e)]);
+    dkdv_ds(s, dp, l2, d, t == kt, scale_log2);
     AFrag pa;
     to_a(pa, s);
     mma_ab(dv, pa, dotile);
@@ -729,25 +735,18 @@ __global__ void __launch_bounds__(kThreads, 3)
   const bf* do_g = dout + size_t(b) * T * C + size_t(h) * kHS;
   const float* lse_bh = lse + (size_t(b) * NH + h) * T;
   const float* delta_bh = delta + (size_t(b) * NH + h) * T;
-  auto load_stats = [&](int t) {
-    if (threadIdx.x < kRows) {
-      const int i = t * kRows + threadIdx.x, buf = t % 2 * kRows;
-      lse2s[buf + threadIdx.x] = i < T ? lse_bh[i] * kLog2e : INFINITY;
-      dls[buf + threadIdx.x] = i < T ? delta_bh[i] : 0.f;
-    }
-  };
   load_tile_sw(ks, q_g + C, row, k0, T);
   load_tile_sw(vs, q_g + 2 * C, row, k0, T);
   load_tile_sw(qs + kt % 2 * kBytes, q_g, row, k0, T);
   load_tile_sw(dos + kt % 2 * kBytes, do_g, C, k0, T);
-  load_stats(kt);
+  load_stats(lse2s, dls, lse_bh, delta_bh, kt, T);
   commit();
   Acc dk = {}, dv = {}, s, dp;
   for (int t = kt; t < nq; t++) {
     if (t + 1 < nq) {
       load_tile_sw(qs + (t + 1) % 2 * kBytes, q_g, row, (t + 1) * kRows, T);
       load_tile_sw(dos + (t + 1) % 2 * kBytes, do_g, C, (t + 1) * kRows, T);
-      load_stats(t + 1);
+      load_stats(lse2s, dls, lse_bh, delta_bh, t + 1, T);
     }
     commit();
     asm volatile("cp.async.wait_group 1;\n");
@@ -765,21 +764,7 @@ __global__ void __launch_bounds__(kThreads, 3)
     for (int k = 0; k < 4; k++)
       wgmma_ss(dp, sw_desc(vs + k * 32, 16, 1024), sw_desc(dotile + k * 32, 16, 1024), k > 0);
     wgmma_wait();
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        s[n][e] = exp2_mufu(fmaf(s[n][e], scale_log2, -l2[acc_col(n, e)]));
-    if (t == kt)
-#pragma unroll
-      for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          if (acc_col(n, e) < warp * 16 + acc_row(e)) s[n][e] = 0.f;
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) dp[n][e] = s[n][e] * (dp[n][e] - d[acc_col(n, e)]);
+    dkdv_ds(s, dp, l2, d, t == kt, scale_log2);
     AFrag pa, dsa;
     to_a(pa, s);
     to_a(dsa, dp);
