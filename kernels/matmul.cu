@@ -167,7 +167,9 @@ __global__ void bias_partial_kernel(float* partial, const D* dout, int N, int OC
 // Per column group (blockIdx.x), blocks that have written their partial row; the last of
 // a group resets its count to 0, so the counts are 0 between launches. Static device
 // memory (4 KiB, in the CUDA context rather than the ledger) because scratch is shared
-// with other ops and would not keep them.
+// with other ops and would not keep them. One set per device, so two bias reductions
+// must not run at once on one device: they don't, both the model's backward and its
+// scratch being on the device's one compute stream.
 constexpr int kMaxBiasGroups = 1024;
 __device__ unsigned bias_arrivals[kMaxBiasGroups];
 
