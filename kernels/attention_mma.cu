@@ -373,6 +373,13 @@ __device__ __forceinline__ void wgmma_rs(Acc& acc, const unsigned (&a)[4], uint6
 #undef GPT2_ACC32
 #undef GPT2_REGS32
 // Issue the instructions queued since the last fence and wait for all of them.
+// wait_all_but_newest for tiles that wgmma reads: cp.async wrote them through the generic
+// proxy, wgmma reads through the async one, so each thread fences its copies first.
+__device__ __forceinline__ void wait_all_but_newest_for_wgmma() {
+  asm volatile("cp.async.wait_group 1;\n");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -405,10 +412,7 @@ __global__ void __launch_bounds__(kThreads)
       load_tile_sw(vs + (t + 1) % 2 * kBytes, q_g + 2 * C, row, (t + 1) * kRows, T);
     }
     commit();
-    asm volatile("cp.async.wait_group 1;\n");
-    // cp.async wrote through the generic proxy; wgmma reads through the async one.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    wait_all_but_newest_for_wgmma();
     const unsigned char* kt = ks + t % 2 * kBytes;
     const unsigned char* vt = vs + t % 2 * kBytes;
     wgmma_fence();
@@ -604,9 +608,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       load_tile_sw(vs + (t + 1) % 2 * kBytes, q_g + 2 * C, row, (t + 1) * kRows, T);
     }
     commit();
-    asm volatile("cp.async.wait_group 1;\n");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    wait_all_but_newest_for_wgmma();
     if (t == 0) {
       // delta as dq_kernel computes it, reading the swizzled rows.
       const int r = threadIdx.x / 2, c0 = threadIdx.x % 2 * (kHS / 2);
@@ -749,9 +751,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       load_stats(lse2s, dls, lse_bh, delta_bh, t + 1, T);
     }
     commit();
-    asm volatile("cp.async.wait_group 1;\n");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    wait_all_but_newest_for_wgmma();
     const unsigned char* qtile = qs + t % 2 * kBytes;
     const unsigned char* dotile = dos + t % 2 * kBytes;
     const float* l2 = lse2s + t % 2 * kRows;
