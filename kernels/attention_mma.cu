@@ -820,14 +820,6 @@ void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qk
                             bool allow_wgmma) {
   const float scale = rsqrtf(float(kHS));
   const dim3 grid = grid_of(B, T, NH);
-  // Both above the 48 KiB default: 7 tiles (Q, dO, O, two K, two V) and delta in dq;
-  // 6 tiles (K, V, two Q, two dO) and the per-query statistics in dkdv.
-  const size_t dq_smem = 7 * kTile * sizeof(bf) + kRows * sizeof(float);
-  const size_t dkdv_smem = 6 * kTile * sizeof(bf) + 4 * kRows * sizeof(float);
-  CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(dq_smem)));
-  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(dkdv_smem)));
   if (allow_wgmma && attention_wgmma_available()) {
     // The same tiles unpadded (64 x 128 bytes) plus the statistics.
     const size_t dq_w = 7 * kRows * kHS * sizeof(bf) + kRows * sizeof(float);
@@ -844,6 +836,14 @@ void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qk
     CUDA_CHECK_LAUNCH();
     return;
   }
+  // Both above the 48 KiB default: 7 tiles (Q, dO, O, two K, two V) and delta in dq;
+  // 6 tiles (K, V, two Q, two dO) and the per-query statistics in dkdv.
+  const size_t dq_smem = 7 * kTile * sizeof(bf) + kRows * sizeof(float);
+  const size_t dkdv_smem = 6 * kTile * sizeof(bf) + 4 * kRows * sizeof(float);
+  CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(dq_smem)));
+  CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(dkdv_smem)));
   dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
                                       scale * kLog2e);
   CUDA_CHECK_LAUNCH();
