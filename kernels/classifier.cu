@@ -1,41 +1,34 @@
 // Fused softmax + cross-entropy + dlogits, in place over logits[N, Vp]; the model calls
 // it once per row chunk, so N is a chunk of B*T rows, never the whole B*T x Vp.
-// A row is handled by one 512-thread block. Each thread keeps an online (max, sum of exp)
-// over its packs of W columns (pack p goes to thread p % 512, in increasing p), rescaling
-// its sum once per pack rather than once per new maximum; block reductions give the row's
-// max and sum, the loss, and then dlogits = (softmax - onehot) * dloss overwrite the row.
+// Launch: one 512-thread block per row. Each thread keeps an online (max, sum of exp) over
+// its packs of W columns (pack p goes to thread p % 512, in increasing p), rescaling its
+// sum once per pack rather than once per new maximum; block reductions give the row's max
+// and sum, the loss, and then dlogits = (softmax - onehot) * dloss overwrite the row.
 // Packs are 16 bytes (8 bf16 or 4 fp32 columns) whenever Vp and the row start allow it
 // (Vp = 50304 is a multiple of 64), else single columns.
 // The kernel is bound by memory, so what makes it fast is reading each row from global
 // memory once: in training (dloss != 0) a row whose real packs fit in a block's opt-in
 // shared memory is copied there with cp.async, and both the statistics and dlogits read it
-// back from there, 2 x Vp x sizeof(D) bytes per row.
-// The first staged kernel launched one block per row and took 177 us per 2048-row chunk
-// of GPT-2's bf16 logits (404 MB; d12, ncu, H100): 2.28 TB/s, where a copy reaches
-// 2.9-3.0 TB/s on that card. With at most two blocks per SM, one block's load, wait,
-// reductions and stores overlapped too little with the other's. So the staged kernel is
-// persistent (grid: the blocks resident at once, at most N; block b takes rows b,
-// b + gridDim.x, ...) and, when two rows fit in its shared memory (GPT-2's bf16 row is
-// 98.3 KiB, two fit an H100/H200's 227 KiB opt-in), software-pipelined: a block issues the
-// copies of its next row as it starts on a row, so they are in flight during that row's
-// statistics and dlogits. An fp32 row (196.5 KiB) fits once, so its block loads and
-// computes in turn. Speed of the pipelined kernel: to be measured.
-// The two-read variant, one block per row, still run for rows too big to stage and for
-// single-column packs, reads the row again for dlogits, 3 x Vp x sizeof(D) bytes
-// (evaluation runs it too: it reads the row only once without dlogits, and so is no slower
-// than staging); on an H200 (tools/bench_ops, d12 B16 T1024 bf16, unchunked) it takes
-// 1.35 ms for the 16384 rows, 3.7 TB/s; the first version, 2-byte loads and a rescale per
-// new maximum, took 3.5 ms in an earlier session's profile. Its lesson: 3.7 TB/s is near
-// all an H200's memory gives, so only fewer bytes per row could make it faster.
+// back from there, 2 x Vp x sizeof(D) bytes per row. GPT-2's bf16 row takes 98.3 KiB, so
+// two blocks share an H100/H200 SM (228 KiB) and one's loads overlap the other's stores;
+// an fp32 row (196.5 KiB) gets an SM to itself. On an H100 (ncu, d12 B16, chunks of 2048
+// rows) it takes 177 us a chunk against the two-read kernel's 217 (1.42 against 1.73 ms a
+// step). Tried and dropped: persistent blocks, each double-buffering its rows (the next
+// row's copies in flight during this row's work, one 512-thread block per SM): 223 us.
+// The two-read variant, still run for rows too big to stage and for single-column packs,
+// reads the row again for dlogits, 3 x Vp x sizeof(D) bytes (evaluation runs it too: it
+// reads the row only once without dlogits, and so is no slower than staging); on an H200
+// (tools/bench_ops, d12 B16 T1024 bf16, unchunked) it takes 1.35 ms for the 16384 rows,
+// 3.7 TB/s; the first version, 2-byte loads and a rescale per new maximum, took 3.5 ms in
+// an earlier session's profile. Its lesson: 3.7 TB/s is near all an H200's memory gives, so
+// only fewer bytes per row could make it faster.
 // Both variants give bit-identical losses and dlogits (same pack-to-thread assignment,
 // same inlined arithmetic, same reductions), so evaluation and training losses agree
 // exactly. Padded columns [V, Vp) are written as 0 without being read. Deterministic
 // (fixed reductions).
-#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <utility>
 
 #include "cuda_check.cuh"
 #include "kernels.cuh"
@@ -127,109 +120,54 @@ __device__ __forceinline__ void copy_16_async(void* shared_dst, const void* glob
                : "memory");
 }
 
-// Waits until at most Pending of this thread's committed cp.async groups are unfinished.
-// The finished copies are then visible to this thread; to others only after a barrier.
-template <int Pending>
-__device__ __forceinline__ void wait_async_groups() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
-
-// Training only (dloss != 0). Persistent: block b takes rows b, b + gridDim.x, ..., each
-// read once from global memory into one of Buffers row buffers in dynamic shared memory
-// (kScratchBytes, then the buffers, of the real packs each). With two, the copies of a
-// block's next row into the other buffer are issued as it starts on a row, and fly during
-// that row's statistics and dlogits. kThreads as in the two-read kernel, whose pack
-// assignment and reductions it must share to give the same results; registers capped for
-// two blocks per SM, which shared memory allows where both rows take at most half an SM's.
-template <class D, int Buffers>
+// The row read once, into dynamic shared memory (kScratchBytes, then the real packs);
+// training only (dloss != 0). kThreads as in the two-read kernel, whose pack assignment
+// and reductions it must share to give the same results; registers capped for two blocks
+// per SM, which shared memory allows for GPT-2's bf16 rows.
+template <class D>
 __global__ void __launch_bounds__(kThreads, 2)
-    classifier_staged_kernel(D* logits, float* losses, const int* targets, int N, int V,
-                             int Vp, float dloss) {
+    classifier_staged_kernel(D* logits, float* losses, const int* targets, int V, int Vp,
+                             float dloss) {
   constexpr int W = 16 / sizeof(D);
-  using P = Pack<D, W>;
   extern __shared__ __align__(16) unsigned char smem[];
   float* shared = reinterpret_cast<float*>(smem);
-  P* const buffers = reinterpret_cast<P*>(smem + kScratchBytes);
+  Pack<D, W>* staged = reinterpret_cast<Pack<D, W>*>(smem + kScratchBytes);
+  Pack<D, W>* packs = reinterpret_cast<Pack<D, W>*>(logits + size_t(blockIdx.x) * Vp);
+  const int target = targets[blockIdx.x];
   const int real_packs = (V + W - 1) / W;
-  const int stride = gridDim.x;
-  // Each thread copies exactly the packs it reads back in add_pack and dlogits_pack, so
-  // its own wait makes them readable to it with no barrier; thread 0's read of the
-  // target logit is the one that crosses threads.
-  auto stage = [&](int row, P* buffer) {
-    const P* src = reinterpret_cast<const P*>(logits + size_t(row) * Vp);
-    for (int p = threadIdx.x; p < real_packs; p += blockDim.x) copy_16_async(buffer + p, src + p);
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-  };
-  if (Buffers == 2) stage(blockIdx.x, buffers);  // the grid has no more blocks than rows
-  for (int row = blockIdx.x, k = 0; row < N; row += stride, k++) {
-    P* const staged = buffers + size_t(k % Buffers) * real_packs;
-    const int target = targets[row];
-    // The buffer filled next held the previous row, read by every thread for dlogits and
-    // by thread 0 for the loss: cp.async must not overwrite it before all of them are done.
-    __syncthreads();
-    const bool prefetch = Buffers == 2 && row + stride < N;
-    if (Buffers == 1)
-      stage(row, staged);
-    else if (prefetch)
-      stage(row + stride, buffers + size_t((k + 1) % 2) * real_packs);
-    P* packs = reinterpret_cast<P*>(logits + size_t(row) * Vp);
-    for (int p = real_packs + threadIdx.x; p < Vp / W; p += blockDim.x) packs[p] = P{};
-    // This row's group; the next row's, committed last, stays in flight.
-    if (prefetch)
-      wait_async_groups<1>();
-    else
-      wait_async_groups<0>();
-    float m = -INFINITY, s = 0.f;
-    for (int p = threadIdx.x; p < real_packs; p += blockDim.x) add_pack(staged[p], p, V, m, s);
-    // Its leading barrier keeps the previous row's reduction readers off the scratch.
-    const RowStats r = row_stats(m, s, shared);
-    // The reductions' barriers have made every thread's copies visible to thread 0.
-    if (threadIdx.x == 0 && losses)
-      losses[row] = logf(r.sum) + r.max - to_f(reinterpret_cast<const D*>(staged)[target]);
-    const float inv_sum = 1.f / r.sum;
-    for (int p = threadIdx.x; p < real_packs; p += blockDim.x)
-      packs[p] = dlogits_pack(staged[p], p, V, target, r, inv_sum, dloss);
-  }
+  for (int p = threadIdx.x; p < real_packs; p += blockDim.x) copy_16_async(staged + p, packs + p);
+  for (int p = real_packs + threadIdx.x; p < Vp / W; p += blockDim.x) packs[p] = Pack<D, W>{};
+  // Each thread reads back only the packs it copied, which wait_all makes visible to it:
+  // no barrier before the statistics.
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  float m = -INFINITY, s = 0.f;
+  for (int p = threadIdx.x; p < real_packs; p += blockDim.x) add_pack(staged[p], p, V, m, s);
+  const RowStats r = row_stats(m, s, shared);
+  // The reductions' barriers have made every thread's copies visible to thread 0.
+  if (threadIdx.x == 0 && losses)
+    losses[blockIdx.x] = logf(r.sum) + r.max - to_f(reinterpret_cast<const D*>(staged)[target]);
+  const float inv_sum = 1.f / r.sum;
+  for (int p = threadIdx.x; p < real_packs; p += blockDim.x)
+    packs[p] = dlogits_pack(staged[p], p, V, target, r, inv_sum, dloss);
 }
 
-// Blocks of classifier_staged_kernel<D, Buffers> resident on the current GPU at once with
-// smem bytes of dynamic shared memory each; 0 where smem exceeds the per-block opt-in
-// limit. The kernel is granted the whole limit, which the runtime requires per device
-// beyond 48 KiB. Asked once per device and size, not on each chunk: a run's rows keep
-// theirs.
-template <class D, int Buffers>
-int staged_resident_blocks(size_t smem) {
+// The most dynamic shared memory classifier_staged_kernel<D> may request on the current
+// GPU: the per-block opt-in limit, which the runtime grants a kernel only when asked, per
+// device. Asked once per device, for the limit itself rather than each row size, so any
+// row that fits launches without another call.
+template <class D>
+size_t staged_smem_limit() {
   static std::mutex mutex;
-  static std::map<std::pair<int, size_t>, int> blocks;
+  static std::map<int, size_t> limits;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(device, smem);
-  if (const auto it = blocks.find(key); it != blocks.end()) return it->second;
-  int optin = 0, sms = 0, per_sm = 0;
+  if (const auto it = limits.find(device); it != limits.end()) return it->second;
+  int optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (smem <= size_t(optin)) {
-    CUDA_CHECK(cudaFuncSetAttribute(classifier_staged_kernel<D, Buffers>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, classifier_staged_kernel<D, Buffers>, kThreads, smem));
-  }
-  return blocks[key] = sms * per_sm;
-}
-
-// Launches the staged kernel with Buffers row buffers per block, or returns false if they
-// do not fit.
-template <class D, int Buffers>
-bool launch_staged(D* logits, float* losses, const int* targets, int N, int V, int Vp,
-                   float dloss) {
-  constexpr int W = 16 / sizeof(D);
-  const size_t smem = kScratchBytes + Buffers * (size_t(V + W - 1) / W) * sizeof(Pack<D, W>);
-  const int resident = staged_resident_blocks<D, Buffers>(smem);
-  if (resident == 0) return false;
-  classifier_staged_kernel<D, Buffers><<<std::min(N, resident), kThreads, smem>>>(
-      logits, losses, targets, N, V, Vp, dloss);
-  return true;
+  CUDA_CHECK(cudaFuncSetAttribute(classifier_staged_kernel<D>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  return limits[device] = size_t(optin);
 }
 
 }  // namespace
@@ -242,8 +180,10 @@ void classifier(D* logits, float* losses, const int* targets, int N, int V, int 
   if (Vp % W == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0) {
     // Evaluation (dloss = 0) reads the row once either way; staging it would only add a
     // trip through shared memory and cost occupancy.
-    if (dloss == 0.f || !(launch_staged<D, 2>(logits, losses, targets, N, V, Vp, dloss) ||
-                          launch_staged<D, 1>(logits, losses, targets, N, V, Vp, dloss)))
+    const size_t smem = kScratchBytes + size_t(V + W - 1) / W * sizeof(Pack<D, W>);
+    if (dloss != 0.f && smem <= staged_smem_limit<D>())
+      classifier_staged_kernel<D><<<N, kThreads, smem>>>(logits, losses, targets, V, Vp, dloss);
+    else
       classifier_kernel<D, W><<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);
   } else {
     classifier_kernel<D, 1><<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);

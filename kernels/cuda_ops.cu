@@ -22,13 +22,12 @@ class CudaOps final : public Ops<T> {
   using D = cuda::device_t<T>;
 
  public:
-  CudaOps(Device& dev, bool matmul_autotune)
+  explicit CudaOps(Device& dev)
       : dev_(require_cuda(dev)),
         lt_workspace_(dev, kLtWorkspaceBytes, MemCategory::workspace, "cuBLASLt workspace") {
     CUBLAS_CHECK(cublasLtCreate(&lt_.handle));
     lt_.workspace = lt_workspace_.get();
     lt_.workspace_bytes = lt_workspace_.bytes();
-    lt_.autotune = matmul_autotune;
   }
   ~CudaOps() override { cublasLtDestroy(lt_.handle); }
   CudaOps(const CudaOps&) = delete;
@@ -130,11 +129,11 @@ size_t cuda_kernel_scratch_bytes(const ModelConfig& cfg, int B, int T, const Pla
 }
 
 template <class T>
-std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev, bool matmul_autotune) {
-  return std::make_unique<CudaOps<T>>(dev, matmul_autotune);
+std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev) {
+  return std::make_unique<CudaOps<T>>(dev);
 }
 
-template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&, bool);
-template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&, bool);
+template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&);
+template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&);
 
 }  // namespace gpt2

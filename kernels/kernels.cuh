@@ -47,7 +47,6 @@ struct Lt {
   cublasLtHandle_t handle;
   void* workspace;
   size_t workspace_bytes;
-  bool autotune;  // time the heuristic's first candidates once per shape (matmul.cu)
 };
 template <class D>
 void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,

@@ -18,27 +18,18 @@
 // small GEMM runs, so its answer is kept per device and shape for the process. Together
 // the two took the non-classifier matmuls from 17.3 to 15.7 ms of a d12 B 16 T 1024 bf16
 // step (tools/bench_ops, H200; that tool synchronizes around each call, so host time shows).
-// Autotuning (train.matmul_autotune, on by default for training; off in the tests and
-// tools unless asked): the heuristic's first answer is not always its fastest. On an
-// H100 at d12 B 16 (tools/bench_matmul, with these epilogues) the best of its first 16
-// took a step's GEMMs from 19.01 to 18.36 ms, most of it in the classifier's chunks
-// (forward 0.219 -> 0.192 ms) and fcproj's DGELU dinp (0.165 -> 0.153). So a shape's
-// first call times the first kCandidates in place (median of five launches each) and
-// keeps the fastest for the process if it beats the first answer by 2%. Only GEMMs that
-// overwrite D are timed: an accumulating one (beta = 1, the dweights) would add its
-// product again at each launch. The price: about 50 extra launches per shape in the
-// first step, and where two candidates' times straddle the margin, two runs can pick
-// different algorithms and so round differently; with the key off every run takes the
-// heuristic's first answer.
+// Tried and dropped: autotuning, i.e. timing the heuristic's first 8 candidates in place
+// at a shape's first call and keeping the fastest. tools/bench_matmul, which times each
+// GEMM alone, had the best candidates 3.5% faster over a d12 step (H100), but in the
+// step the picks ran slower than the first answers (fc's GELU forward 159 -> 174 us, the
+// classifier's dinp 211 -> 251 us; ncu, H100): timed alone and repeated, a GEMM finds its
+// operands in L2.
 // Precision: fp32 uses CUBLAS_COMPUTE_32F (no TF32), so it matches the reference to
 // fp32 rounding; bf16 keeps bf16 in/out with fp32 accumulation.
-#include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <tuple>
-#include <vector>
 
 #include "cuda_check.cuh"
 #include "error.hpp"
@@ -72,57 +63,21 @@ uint32_t alignment(const void* p) {
   return uint32_t(std::min<uintptr_t>(256, a & (~a + 1)));
 }
 
-// The algorithm for a GEMM, or found = false if cuBLASLt has none: the heuristic's first
-// answer, or with lt.autotune the fastest of its first kCandidates, timed once per shape
-// on the call's own operands (see the file comment). `run` launches the GEMM with a
-// given algorithm and returns cuBLASLt's status.
+// The heuristic's first algorithm for a GEMM, or found = false if it has none.
 struct Choice {
   bool found;
   cublasLtMatmulAlgo_t algo;
 };
-constexpr int kCandidates = 8;
-
-// Median of five timed launches (after one that warms up), or infinity if cuBLASLt
-// rejects the algorithm.
-template <class Run>
-float time_algo(const Run& run, const cublasLtMatmulAlgo_t& algo) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 6; rep++) {
-    CUDA_CHECK(cudaEventRecord(start, 0));
-    const cublasStatus_t status = run(algo);
-    CUDA_CHECK(cudaEventRecord(stop, 0));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      ms.clear();
-      break;
-    }
-    float x = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&x, start, stop));
-    if (rep > 0) ms.push_back(x);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  if (ms.empty()) return std::numeric_limits<float>::infinity();
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  return ms[ms.size() / 2];
-}
-
-template <class Run>
 Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmulDesc_t desc,
                    cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                   cublasLtMatrixLayout_t ld, const uint32_t (&align)[3], const Run& run) {
+                   cublasLtMatrixLayout_t ld, const uint32_t (&align)[3]) {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  // An accumulating GEMM (beta != 0) is not timed: each timed launch would add to D again.
-  const bool tune = lt.autotune && g.beta == 0.f;
   // Everything the heuristic sees: shapes, layouts, epilogue, workspace, operand
-  // alignment (A, B, C = D), not beta; and whether the answer was timed.
+  // alignment (A, B, C = D), not beta.
   const auto key = std::make_tuple(device, int(t), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
                                    g.ldd, int(g.epilogue), g.bias != nullptr, g.ldaux,
-                                   lt.workspace_bytes, align[0], align[1], align[2], tune);
+                                   lt.workspace_bytes, align[0], align[1], align[2]);
   static std::mutex mutex;
   static std::map<decltype(key), Choice> cache;
   const std::lock_guard<std::mutex> lock(mutex);
@@ -139,23 +94,13 @@ Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmul
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]}};
   for (const auto& [attr, bytes] : aligned)
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof bytes));
-  cublasLtMatmulHeuristicResult_t heuristic[kCandidates];
+  cublasLtMatmulHeuristicResult_t heuristic;
   int found = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
-      lt.handle, desc, la, lb, ld, ld, pref, tune ? kCandidates : 1, heuristic, &found);
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt.handle, desc, la, lb, ld, ld, pref,
+                                                           1, &heuristic, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   Choice c{hs == CUBLAS_STATUS_SUCCESS && found > 0, {}};
-  if (!c.found) return cache[key] = c;
-  c.algo = heuristic[0].algo;
-  if (tune && found > 1) {
-    // A candidate must beat the first answer by kMargin: near-ties stay with the
-    // heuristic, so timing noise rarely changes a run's algorithms (and its rounding).
-    constexpr float kMargin = 0.98f;
-    const float first = time_algo(run, heuristic[0].algo);
-    float best = first * kMargin;
-    for (int i = 1; i < found; i++)
-      if (const float ms = time_algo(run, heuristic[i].algo); ms < best) best = ms, c.algo = heuristic[i].algo;
-  }
+  if (c.found) c.algo = heuristic.algo;
   return cache[key] = c;
 }
 
@@ -186,13 +131,12 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, t, g.m, g.n, g.ldd));
   const uint32_t align[3] = {alignment(a), alignment(b), alignment(d)};
-  const float alpha = 1.f;
-  auto run = [&](const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld, &algo,
-                          lt.workspace, lt.workspace_bytes, 0);
-  };
-  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld, align, run);
-  if (choice.found) CUBLAS_CHECK(run(choice.algo));
+  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld, align);
+  if (choice.found) {
+    const float alpha = 1.f;
+    CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
+                                &choice.algo, lt.workspace, lt.workspace_bytes, 0));
+  }
   cublasLtMatrixLayoutDestroy(ld);
   cublasLtMatrixLayoutDestroy(lb);
   cublasLtMatrixLayoutDestroy(la);

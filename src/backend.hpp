@@ -21,10 +21,8 @@ std::unique_ptr<Device> make_cuda_device(int gpu);
 
 // The CUDA kernels (kernels/cuda_ops.cu) for T = float or bf16 on a CUDA `dev`, which
 // also holds their cuBLASLt workspace and scratch (MemCategory::workspace).
-// matmul_autotune (train.matmul_autotune): each GEMM shape's algorithm is the fastest of
-// cuBLASLt's first candidates, timed at its first call, instead of the first candidate.
 template <class T>
-std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev, bool matmul_autotune = false);
+std::unique_ptr<Ops<T>> make_cuda_ops(Device& dev);
 // The cuBLASLt workspace make_cuda_ops allocates: what cuBLASLt's Hopper kernels ask for.
 constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 

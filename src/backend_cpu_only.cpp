@@ -22,11 +22,11 @@ std::unique_ptr<Device> make_cuda_device(int) {
 }
 
 template <class T>
-std::unique_ptr<Ops<T>> make_cuda_ops(Device&, bool) {
+std::unique_ptr<Ops<T>> make_cuda_ops(Device&) {
   fail("this build has no CUDA kernels (rebuild on a machine with nvcc, or set train.device=cpu)");
 }
-template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&, bool);
-template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&, bool);
+template std::unique_ptr<Ops<float>> make_cuda_ops<float>(Device&);
+template std::unique_ptr<Ops<bf16>> make_cuda_ops<bf16>(Device&);
 
 template <class T>
 std::unique_ptr<Optimizer<T>> make_cuda_optimizer(const json&, const ParamTable&, Device&,

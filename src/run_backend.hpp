@@ -50,7 +50,7 @@ void with_backend(const json& cfg, int gpu, Fn&& fn) {
   auto gpu_backend = [&](auto& be, double peak) {
     using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
     be.dev = make_cuda_device(gpu);
-    be.ops = make_cuda_ops<T>(*be.dev, tr["matmul_autotune"].get<bool>());
+    be.ops = make_cuda_ops<T>(*be.dev);
     be.optimizer = [&cfg, &be, seed](const ParamTable& t) {
       return make_cuda_optimizer<T>(cfg, t, *be.dev, seed);
     };

@@ -180,20 +180,17 @@ TEST_CASE("CpuOps matmul speed at GPT-2 124M's MLP shape", "[.][bench]") {
               2 * flop / bwd * 1e-9);
 }
 
-TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, DGELU, +=, autotuned or not",
+TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, DGELU, +=",
                    "[gpu]", float, bf16) {
   using R = RefScalar<TestType>;
   constexpr double tol = tolerance<TestType>();
   Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
   struct Shape { int N, C, OC; };
   // OC = 97 gives an aux leading dimension cuBLASLt's GELU epilogue may refuse (the
   // fallback path); 64 x 768 x 2304 is GPT-2's qkv projection at a small batch.
-  // Autotuned, each first call of a shape also runs the candidates it times, in place:
-  // the results must not show it.
-  for (const bool autotune : {false, true})
   for (const Shape s : {Shape{37, 72, 200}, Shape{1, 64, 97}, Shape{64, 768, 2304}}) {
-    INFO("N " << s.N << " C " << s.C << " OC " << s.OC << " autotune " << autotune);
-    auto ops = make_cuda_ops<TestType>(*gpu.dev, autotune);
+    INFO("N " << s.N << " C " << s.C << " OC " << s.OC);
     std::mt19937 rng(s.N + s.C + s.OC);
     const size_t nin = size_t(s.N) * s.C, nout = size_t(s.N) * s.OC;
     const Vec inp = rounded<TestType>(random_vec(nin, rng)),
