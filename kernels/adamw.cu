@@ -16,7 +16,7 @@ namespace gpt2::cuda {
 namespace {
 
 struct AdamArgs {
-  float beta1, beta2, eps, lr, wd, inv_bc1, inv_bc2;
+  float beta1, beta2, eps, lr, wd, inv_bc1, inv_bc2, grad_scale;
 };
 
 struct F4 {
@@ -45,7 +45,11 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, const F4& v) {
 // Every rounding spelled out: left to itself the compiler fused a different multiply
 // into each FMA in the vector and the element path (b1 * m + (1 - b1) * g fused either
 // way), so the two paths disagreed in the last bit; now they agree bit for bit.
+// g is scaled here, where both paths pass: the fp32 product that the pipeline's
+// clip_scale used to store, so fp32 weights are the same bit for bit; bf16 gradients gain
+// accuracy, since the product is no longer rounded to bf16 before use.
 __device__ __forceinline__ float adam(float& m, float& v, float g, float w, const AdamArgs& a) {
+  g = __fmul_rn(g, a.grad_scale);
   m = __fmaf_rn(a.beta1, m, __fmul_rn(1.f - a.beta1, g));
   v = __fmaf_rn(a.beta2, v, __fmul_rn(__fmul_rn(1.f - a.beta2, g), g));
   const float step = __fdiv_rn(__fmul_rn(m, a.inv_bc1),
@@ -60,7 +64,7 @@ struct AdamJob {
   const D* grad;
   float *m, *v;
   size_t n;
-  float wd;
+  float wd, grad_scale;
   bool vec;
 };
 
@@ -69,7 +73,7 @@ template <class D>
 __global__ void adamw_kernel(const __grid_constant__ Jobs<AdamJob<D>> b, AdamArgs a) {
   const int k = job_of(b);
   const AdamJob<D>& j = b.job[k];
-  a.wd = j.wd;
+  a.wd = j.wd, a.grad_scale = j.grad_scale;
   const Weights<D>& w = j.w;
   const GridStride stride = job_stride(b, k);
   for (size_t q = stride.start; 4 * q < j.n; q += stride.step) {
@@ -133,14 +137,16 @@ class AdamW final : public Optimizer<T> {
       const bool vec = aligned(u.master, 16) && aligned(m, 16) && aligned(v, 16) &&
                        aligned(u.param, 4 * sizeof(T)) && aligned(u.grad, 4 * sizeof(T));
       jobs.push_back({weights(u.param, u.master, seed_, t_, p.id), dev_ptr(u.grad), m, v,
-                      p.numel, float(common_.wd(p)), vec});
+                      p.numel, float(common_.wd(p)), u.grad_scale, vec});
     }
-    const AdamArgs a{float(beta1_), float(beta2_), float(eps_), lr_, 0.f, inv_bc1_, inv_bc2_};
+    const AdamArgs a{float(beta1_), float(beta2_), float(eps_), lr_, 0.f, inv_bc1_, inv_bc2_, 1.f};
     launch_jobs(jobs, [](const AdamJob<D>& j) { return elementwise_blocks((j.n + 3) / 4); },
                 [&](const Jobs<AdamJob<D>>& b, unsigned grid) {
                   adamw_kernel<<<grid, kThreads, 0, update_stream()>>>(b, a);
                 });
   }
+
+  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

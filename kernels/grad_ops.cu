@@ -7,7 +7,8 @@
 // Each tensor keeps the grid and order Reducer::sum gives it alone, so its sum does not
 // depend on the company. clip_scale batches the same way: one launch per tensor was 148
 // launches of ~5 us a d12 step whenever the norm was clipped (0.35 ms a step on average,
-// ncu, H100).
+// ncu, H100). AdamW skips it unless train.grad_clip_value is set: it applies the clip
+// coefficient as it reads each gradient (UpdatePipeline::update).
 #include <cstdint>
 
 #include "backend.hpp"

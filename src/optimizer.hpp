@@ -2,8 +2,10 @@
 // Optimizer<float>) and the CUDA kernels (kernels/<name>.cu, Optimizer<float> and
 // Optimizer<bf16>). The trainer's update pipeline calls update() once per tensor per
 // step, either the moment the tensor's gradient is final (fused) or after the whole
-// backward (after_backward); clipping is the pipeline's job, done to the gradient
-// before update() sees it, so both modes feed optimizers the same numbers.
+// backward (after_backward); clipping is the pipeline's job, done the same way in both
+// modes so they feed optimizers the same numbers: to the gradient before update() sees
+// it, or, for the global-norm coefficient alone, by an optimizer that scales_grads() as
+// it reads the gradient (TensorUpdate::grad_scale), which saves a pass over every one.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -31,6 +33,7 @@ struct TensorUpdate {
   T* param;
   float* master;
   T* grad;
+  float grad_scale = 1.0f;  // the gradient to use is grad_scale * grad
 };
 
 template <class T>
@@ -45,11 +48,16 @@ class Optimizer {
   // weights updated with stochastic rounding. The CPU references take fp32 only.
   virtual void update(const ParamSpec& p, T* param, float* master, T* grad) = 0;
   // The updates of tensors whose gradients are final together (after_backward: all of
-  // them; fused: one backward group), with the same result as update() on each in turn.
+  // them; fused: one backward group), with the same result as update() on each in turn
+  // (on grad_scale * grad, if scales_grads()).
   // The CUDA optimizers but Adapprox override it to update many tensors per kernel launch.
   virtual void update_many(const std::vector<TensorUpdate<T>>& us) {
     for (const TensorUpdate<T>& u : us) update(*u.p, u.param, u.master, u.grad);
   }
+  // An optimizer that returns true applies TensorUpdate::grad_scale in update_many
+  // itself; the others get gradients the pipeline has already scaled, in a pass of its
+  // own over every gradient, and ignore it.
+  virtual bool scales_grads() const { return false; }
   virtual std::vector<StateBlob> state() = 0;
   // What the last step did beyond the update itself, as (name, value) for the progress
   // line and the metrics log: Adapprox's mean rank and S-RSI count. Most say nothing.

@@ -304,12 +304,20 @@ double UpdatePipeline<T>::total_norm() {
 
 template <class T>
 void UpdatePipeline<T>::update(const std::vector<GradSlice<T>>& slices) {
-  if (clip_value_ > 0 || clip_coef_ != 1.0f) gops_.clip_scale(slices, clip_value_, clip_coef_);
+  // An optimizer that scales gradients as it reads them (AdamW) takes the global-norm
+  // coefficient itself, sparing clip_scale's read and write of every gradient (H100, ncu:
+  // 0.18 ms a d12 B16 step, ~0.5 ms at d24); an elementwise clamp (train.grad_clip_value)
+  // still needs the pass. The same weights bit for bit in fp32; with bf16 gradients more
+  // accurate ones, as g * coef is no longer rounded to bf16 before the update reads it.
+  const bool opt_scales = clip_value_ <= 0 && opt_.scales_grads();
+  if (!opt_scales && (clip_value_ > 0 || clip_coef_ != 1.0f))
+    gops_.clip_scale(slices, clip_value_, clip_coef_);
   std::vector<TensorUpdate<T>> updates;
   for (const GradSlice<T>& x : slices) {
     const ParamSpec& p = model_.table.params[x.slot];
     updates.push_back({&p, model_.params() + p.offset,
-                       master_.get() ? master_.get() + p.offset : nullptr, x.g});
+                       master_.get() ? master_.get() + p.offset : nullptr, x.g,
+                       opt_scales ? clip_coef_ : 1.0f});
   }
   opt_.update_many(updates);
 }

@@ -1,5 +1,7 @@
 // What happens to a gradient once backward has produced it:
 //   [value clip] -> [global-norm scale] -> optimizer.update -> buffer released.
+// An optimizer that scales_grads() (AdamW) does the global-norm scale as it reads the
+// gradient, when there is no value clip: one pass over the gradients fewer.
 // Two modes (config optimizer.update):
 // - after_backward: a full gradient buffer (category grads), micro-step accumulation,
 //   global-norm clipping measured over the whole gradient, then one update per tensor.
@@ -128,7 +130,8 @@ class UpdatePipeline {
   class FullSink;
   class FusedSink;
   // Clips and scales the slices' gradients (train.grad_clip_value, clip_coef_), then
-  // hands their tensors to the optimizer.
+  // hands their tensors to the optimizer; or hands them over unscaled with clip_coef_ as
+  // their grad_scale, to an optimizer that scales_grads() when there is no value clip.
   void update(const std::vector<GradSlice<T>>& slices);
   double total_norm();  // sqrt of the recorded per-tensor squares, summed in id order
 

@@ -43,15 +43,20 @@ struct GpuComparison {
 
 // `checks`: steps after which to compare (the last one ends the run). `handoff` > 0:
 // after that step the reference's state is copied into the GPU optimizer (a CPU
-// checkpoint resumed on the GPU).
+// checkpoint resumed on the GPU). `scaled` (optimizers that scales_grads()): both sides
+// update through update_many with a grad_scale that changes every step, as the clip
+// coefficient does. `shift`: every param, master and gradient starts that many elements
+// into its buffer (1: no pointer aligned for vector access, so the element path).
 template <class T>
 GpuComparison compare_with_reference(const json& cfg, const ParamTable& t, bool master,
                                      std::vector<int> checks = {1, 2, 10}, int handoff = 0,
-                                     float lr = 0.05f, uint64_t seed = 11) {
+                                     float lr = 0.05f, uint64_t seed = 11, bool scaled = false,
+                                     size_t shift = 0) {
   CpuDevice cdev;
   auto ref = make_optimizer(cfg, t, cdev, seed);
   auto gdev = make_cuda_device(0);
   auto opt = make_cuda_optimizer<T>(cfg, t, *gdev, seed);
+  if (scaled) REQUIRE((ref->scales_grads() && opt->scales_grads()));
   GpuComparison out;
   out.state_bytes_match = gdev->ledger().current[int(MemCategory::optimizer_state)] ==
                           optimizer_state_bytes(cfg, t);
@@ -68,12 +73,13 @@ GpuComparison compare_with_reference(const json& cfg, const ParamTable& t, bool 
     std::vector<T> h(p.numel);
     for (size_t i = 0; i < p.numel; i++) h[i] = store_as<T>(u(rng)), x.w0.push_back(value_of(h[i]));
     x.w = x.w0;
-    x.param = DeviceBuffer<T>(*gdev, p.numel, MemCategory::params, "test params");
-    x.grad = DeviceBuffer<T>(*gdev, p.numel, MemCategory::grads, "test grads");
-    gdev->to_device(x.param.get(), h.data(), p.numel * sizeof(T));
+    x.param = DeviceBuffer<T>(*gdev, p.numel + shift, MemCategory::params, "test params");
+    x.grad = DeviceBuffer<T>(*gdev, p.numel + shift, MemCategory::grads, "test grads");
+    gdev->to_device(x.param.get() + shift, h.data(), p.numel * sizeof(T));
     if (master) {
-      x.master = DeviceBuffer<float>(*gdev, p.numel, MemCategory::master_weights, "test master");
-      gdev->to_device(x.master.get(), x.w0.data(), p.numel * sizeof(float));
+      x.master = DeviceBuffer<float>(*gdev, p.numel + shift, MemCategory::master_weights,
+                                     "test master");
+      gdev->to_device(x.master.get() + shift, x.w0.data(), p.numel * sizeof(float));
     }
     ts.push_back(std::move(x));
   }
@@ -87,14 +93,23 @@ GpuComparison compare_with_reference(const json& cfg, const ParamTable& t, bool 
   for (int s = 1; s <= checks.back(); s++) {
     ref->begin_step(s, lr), opt->begin_step(s, lr);
     const float scale = s % 3 == 0 ? 0.01f : 1.0f;
+    const float grad_scale = scaled ? 1.0f / (1.0f + 0.7f * float(s)) : 1.0f;
     for (size_t k = 0; k < ts.size(); k++) {
       const ParamSpec& p = t.params[k];
       std::vector<T> g(p.numel);
       std::vector<float> gf(p.numel);
       for (size_t i = 0; i < p.numel; i++) g[i] = store_as<T>(scale * u(rng)), gf[i] = value_of(g[i]);
-      gdev->to_device(ts[k].grad.get(), g.data(), p.numel * sizeof(T));
-      ref->update(p, ts[k].w.data(), nullptr, gf.data());
-      opt->update(p, ts[k].param.get(), master ? ts[k].master.get() : nullptr, ts[k].grad.get());
+      T* const grad = ts[k].grad.get() + shift;
+      T* const param = ts[k].param.get() + shift;
+      float* const mw = master ? ts[k].master.get() + shift : nullptr;
+      gdev->to_device(grad, g.data(), p.numel * sizeof(T));
+      if (scaled) {
+        ref->update_many({{&p, ts[k].w.data(), nullptr, gf.data(), grad_scale}});
+        opt->update_many({{&p, param, mw, grad, grad_scale}});
+      } else {
+        ref->update(p, ts[k].w.data(), nullptr, gf.data());
+        opt->update(p, param, mw, grad);
+      }
     }
     if (s == handoff) {
       auto [c, g] = blobs();
@@ -106,8 +121,8 @@ GpuComparison compare_with_reference(const json& cfg, const ParamTable& t, bool 
       const size_t n = t.params[k].numel;
       std::vector<float> w(n);
       std::vector<T> param(n);
-      gdev->to_host(param.data(), ts[k].param.get(), n * sizeof(T));
-      if (master) gdev->to_host(w.data(), ts[k].master.get(), n * sizeof(float));
+      gdev->to_host(param.data(), ts[k].param.get() + shift, n * sizeof(T));
+      if (master) gdev->to_host(w.data(), ts[k].master.get() + shift, n * sizeof(float));
       for (size_t i = 0; i < n; i++) {
         if (!master) w[i] = value_of(param[i]);
         else if (value_of(param[i]) != value_of(store_as<T>(w[i])))

@@ -1,6 +1,6 @@
 // The update pipeline: fused and after_backward give bit-identical weights for every
-// optimizer (clipping included), NaN handling, gradient accumulation, and a tiny model
-// memorizing one batch.
+// optimizer (clipping included), AdamW's own scaling of clipped gradients, NaN handling,
+// gradient accumulation, and a tiny model memorizing one batch.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -26,17 +26,54 @@ json tiny(const std::string& optimizer, std::vector<std::string> extra = {}) {
   return load_config("", o);
 }
 
+// CpuGradOps that counts its clip_scale calls.
+class CountingGradOps final : public GradOps<float> {
+ public:
+  explicit CountingGradOps(size_t slots) : cpu_(slots) {}
+  void sum_squares(const std::vector<GradSlice<float>>& slices) override {
+    cpu_.sum_squares(slices);
+  }
+  std::vector<double> take_squares() override { return cpu_.take_squares(); }
+  void clip_scale(const std::vector<GradSlice<float>>& slices, float clip_value,
+                  float scale) override {
+    clip_scale_calls++;
+    cpu_.clip_scale(slices, clip_value, scale);
+  }
+  int clip_scale_calls = 0;
+
+ private:
+  CpuGradOps cpu_;
+};
+
+// An optimizer with scales_grads() hidden, so the pipeline scales gradients for it with
+// clip_scale, as it does for the optimizers that do not scale them themselves.
+class UnscalingOptimizer final : public Optimizer<float> {
+ public:
+  explicit UnscalingOptimizer(std::unique_ptr<Optimizer<float>> o) : o_(std::move(o)) {}
+  void begin_step(int64_t t, float lr) override { o_->begin_step(t, lr); }
+  void update(const ParamSpec& p, float* param, float* master, float* grad) override {
+    o_->update(p, param, master, grad);
+  }
+  std::vector<StateBlob> state() override { return o_->state(); }
+
+ private:
+  std::unique_ptr<Optimizer<float>> o_;
+};
+
 // A CPU model of batch B x 8 with its optimizer and pipeline, weights from init_params.
+// !opt_scales: the optimizer's scales_grads() is hidden from the pipeline.
 struct CpuRun {
   CpuDevice dev;
   CpuOps ops;
   GPT2<float> model;
   std::unique_ptr<Optimizer<float>> opt;
-  CpuGradOps gops;
+  CountingGradOps gops;
   UpdatePipeline<float> pipe;
-  CpuRun(const json& cfg, int B, uint64_t init_seed)
+  CpuRun(const json& cfg, int B, uint64_t init_seed, bool opt_scales = true)
       : model(model_config(cfg), ops, dev, B, 8, 0, 0, cfg["train"]["late_wte_grad"].get<bool>()),
-        opt(make_optimizer(cfg, model.table, dev, 5)),
+        opt(opt_scales ? make_optimizer(cfg, model.table, dev, 5)
+                       : std::make_unique<UnscalingOptimizer>(
+                             make_optimizer(cfg, model.table, dev, 5))),
         gops(model.table.params.size()),
         pipe(cfg, model, *opt, gops, dev) {
     pipe.set_weights(init_params(model.table, init_seed));
@@ -44,18 +81,21 @@ struct CpuRun {
 };
 
 // Runs `steps` optimizer steps from a fixed init on a fixed stream of random batches.
-std::vector<float> train_steps(const json& cfg, int steps) {
-  CpuRun run(cfg, 2, 1);
-  UpdatePipeline<float>& pipe = run.pipe;
+std::vector<float> train_steps(CpuRun& run, int steps) {
   std::mt19937 rng(17);
   std::uniform_int_distribution<int> tok(0, 49);
   for (int t = 1; t <= steps; t++) {
-    const auto r = pipe.step(t, 1e-2f * (1.0f - 0.03f * t), [&](int* in, int* tg) {
+    const auto r = run.pipe.step(t, 1e-2f * (1.0f - 0.03f * t), [&](int* in, int* tg) {
       for (int i = 0; i < 16; i++) in[i] = tok(rng), tg[i] = tok(rng);
     });
     REQUIRE(std::isfinite(r.loss));
   }
   return run.model.get_params();
+}
+
+std::vector<float> train_steps(const json& cfg, int steps) {
+  CpuRun run(cfg, 2, 1);
+  return train_steps(run, steps);
 }
 
 }  // namespace
@@ -103,6 +143,29 @@ TEST_CASE("two-pass clipping in fused mode equals global clipping after backward
     CHECK(fused == after);
     CHECK(after != unclipped);  // the clip was active
   }
+}
+
+TEST_CASE("AdamW scales clipped gradients itself: the weights of clip_scale then update") {
+  // fp32: AdamW's g * coef is the product clip_scale stores, so the two routes agree bit
+  // for bit. The coefficient changes every step, so an AdamW that ignored grad_scale
+  // would end at other weights than the clip_scale route's.
+  const std::vector<float> unclipped =
+      train_steps(tiny("adamw", {"optimizer.update=\"after_backward\"", "train.grad_clip=0"}), 10);
+  for (const char* mode : {"after_backward", "fused"}) {
+    INFO(mode);
+    const json cfg = tiny("adamw", {std::string("optimizer.update=\"") + mode + "\"",
+                                    "train.grad_clip=0.05", "train.two_pass_clip=true"});
+    CpuRun scaling(cfg, 2, 1), pipeline_scales(cfg, 2, 1, false);
+    const std::vector<float> a = train_steps(scaling, 10), b = train_steps(pipeline_scales, 10);
+    CHECK(scaling.gops.clip_scale_calls == 0);
+    CHECK(pipeline_scales.gops.clip_scale_calls > 0);
+    CHECK(a == b);
+    CHECK(a != unclipped);  // the clip was active
+  }
+  // A value clip comes before the scale, so AdamW too gets it from clip_scale.
+  CpuRun value_clip(tiny("adamw", {"train.grad_clip=0.05", "train.grad_clip_value=0.01"}), 2, 1);
+  train_steps(value_clip, 2);
+  CHECK(value_clip.gops.clip_scale_calls > 0);
 }
 
 TEST_CASE("a non-finite loss stops before any weight changes, or skips the step") {

@@ -29,21 +29,32 @@ class AdamW final : public Optimizer<float> {
     bc2_ = 1.0 - std::pow(beta2_, double(t));
   }
 
-  void update(const ParamSpec& p, float* w, float*, float* g) override {
+  void update(const ParamSpec& p, float* w, float*, float* g) override { adamw(p, w, g, 1.0f); }
+
+  void update_many(const std::vector<TensorUpdate<float>>& us) override {
+    for (const TensorUpdate<float>& u : us) adamw(*u.p, u.param, u.grad, u.grad_scale);
+  }
+
+  bool scales_grads() const override { return true; }
+
+  std::vector<StateBlob> state() override { return store_.blobs(); }
+
+ private:
+  void adamw(const ParamSpec& p, float* w, const float* grad, float scale) {
     float* m = m_[p.id];
     float* v = v_[p.id];
     const double wd = common_.wd(p);
     for (size_t i = 0; i < p.numel; i++) {
-      m[i] = float(beta1_ * m[i] + (1 - beta1_) * g[i]);
-      v[i] = float(beta2_ * v[i] + (1 - beta2_) * double(g[i]) * g[i]);
+      // The fp32 product the pipeline's clip_scale would have stored: the same weights
+      // bit for bit as scaling the gradient first.
+      const float g = grad[i] * scale;
+      m[i] = float(beta1_ * m[i] + (1 - beta1_) * g);
+      v[i] = float(beta2_ * v[i] + (1 - beta2_) * double(g) * g);
       const double step = (m[i] / bc1_) / (std::sqrt(v[i] / bc2_) + eps_);
       w[i] = float(w[i] - lr_ * (step + wd * w[i]));  // decay term uses W_old
     }
   }
 
-  std::vector<StateBlob> state() override { return store_.blobs(); }
-
- private:
   Common common_;
   double beta1_, beta2_, eps_;
   StateStore store_;
