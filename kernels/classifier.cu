@@ -27,8 +27,6 @@
 // exactly. Padded columns [V, Vp) are written as 0 without being read. Deterministic
 // (fixed reductions).
 #include <cstdint>
-#include <map>
-#include <mutex>
 
 #include "cuda_check.cuh"
 #include "kernels.cuh"
@@ -157,17 +155,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 // row that fits launches without another call.
 template <class D>
 size_t staged_smem_limit() {
-  static std::mutex mutex;
-  static std::map<int, size_t> limits;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = limits.find(device); it != limits.end()) return it->second;
-  int optin = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  CUDA_CHECK(cudaFuncSetAttribute(classifier_staged_kernel<D>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  return limits[device] = size_t(optin);
+  return once_per_device([](int device) {
+    int optin = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    CUDA_CHECK(cudaFuncSetAttribute(classifier_staged_kernel<D>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    return size_t(optin);
+  });
 }
 
 }  // namespace

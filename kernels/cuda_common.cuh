@@ -5,6 +5,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+
+#include "cuda_check.cuh"
 #include "dtype.hpp"
 
 namespace gpt2::cuda {
@@ -55,6 +59,21 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   __syncthreads();
   v = lane < nwarps ? shared[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// make(device) for the current device, run once per device and kept for the process: for
+// what the runtime wants asked or set per device (a kernel's opt-in shared memory, its
+// occupancy) and is too slow to ask at every launch. Each call site, a Make type of its
+// own, keeps its own results.
+template <class Make>
+auto once_per_device(const Make& make) {
+  static std::mutex mutex;
+  static std::map<int, decltype(make(0))> results;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = results.find(device); it != results.end()) return it->second;
+  return results[device] = make(device);
 }
 
 // The stream the optimizer and gradient-arithmetic kernels (and their copies) run on.

@@ -23,8 +23,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
-#include <map>
-#include <mutex>
 #include <type_traits>
 
 #include "cuda_check.cuh"
@@ -347,19 +345,15 @@ void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D
 // of a step's calls: NV fixes C and so smem.
 template <class D, int NV>
 int backward_resident_blocks(size_t smem) {
-  static std::mutex mutex;
-  static std::map<int, int> blocks;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = blocks.find(device); it != blocks.end()) return it->second;
-  int sms = 0, per_sm = 0;
-  CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_vec_kernel<D, NV>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
-  return blocks[device] = per_sm * sms;
+  return once_per_device([smem](int device) {
+    int sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_vec_kernel<D, NV>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
+    return per_sm * sms;
+  });
 }
 
 }  // namespace
