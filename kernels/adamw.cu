@@ -99,8 +99,6 @@ __global__ void adamw_kernel(const __grid_constant__ Jobs<AdamJob<D>> b, AdamArg
   }
 }
 
-bool aligned(const void* p, size_t bytes) { return p == nullptr || uintptr_t(p) % bytes == 0; }
-
 template <class T>
 class AdamW final : public Optimizer<T> {
  public:

@@ -18,6 +18,10 @@ template <class T> struct DeviceType { using type = T; };
 template <> struct DeviceType<gpt2::bf16> { using type = __nv_bfloat16; };
 template <class T> using device_t = typename DeviceType<T>::type;
 
+// Elements of D in one 16-byte vector access (8 bf16, 4 fp32).
+template <class D>
+constexpr int vec_elems() { return 16 / int(sizeof(D)); }
+
 template <class T> device_t<T>* dev_ptr(T* p) { return reinterpret_cast<device_t<T>*>(p); }
 template <class T> const device_t<T>* dev_ptr(const T* p) {
   return reinterpret_cast<const device_t<T>*>(p);

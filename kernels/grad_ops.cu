@@ -9,8 +9,6 @@
 // launches of ~5 us a d12 step whenever the norm was clipped (0.35 ms a step on average,
 // ncu, H100). AdamW skips it unless train.grad_clip_value is set: it applies the clip
 // coefficient as it reads each gradient (UpdatePipeline::update).
-#include <cstdint>
-
 #include "backend.hpp"
 #include "optim_common.cuh"
 #include "update_pipeline.hpp"
@@ -22,9 +20,6 @@ namespace {
 // then its last n % V one by one: with one 2-byte load in flight per thread both kernels
 // were bound by latency (sum_squares ~0.95 TB/s, ncu, H100, d12). Each thread still
 // visits a fixed set of elements in a fixed order, so a tensor's sum stays its own.
-template <class D>
-constexpr int kVec = 16 / int(sizeof(D));
-
 template <class D>
 struct ClipJob {
   D* g;
@@ -40,7 +35,7 @@ __device__ __forceinline__ float clip_one(float x, float clip_value, float scale
 template <class D>
 __global__ void clip_scale_kernel(const __grid_constant__ Jobs<ClipJob<D>> b, float clip_value,
                                   float scale) {
-  constexpr int V = kVec<D>;
+  constexpr int V = vec_elems<D>();
   const int k = job_of(b);
   const ClipJob<D>& job = b.job[k];
   const GridStride stride = job_stride(b, k);
@@ -72,7 +67,7 @@ __global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_
   const int k = job_of(b);
   const SquaresJob<D>& job = b.job[k];
   const GridStride stride = job_stride(b, k);
-  constexpr int V = kVec<D>;
+  constexpr int V = vec_elems<D>();
   double sum = 0;
   const size_t nv = job.vec ? job.n / V : 0;
   for (size_t i = stride.start; i < nv; i += stride.step) {
@@ -101,8 +96,6 @@ __global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_con
   if (threadIdx.x == 0) sq[b.job[k].slot] = sum;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // The workspace: every job of a launch may take kReduceBlocks first-stage partials; one
 // double per tensor (at least one, so the buffer exists) for the squared norms.
 constexpr size_t kPartials = size_t(kMaxJobs) * kReduceBlocks;
@@ -122,7 +115,7 @@ class CudaGradOps final : public GradOps<T> {
     for (const GradSlice<T>& x : slices) {
       if (x.slot < 0 || size_t(x.slot) >= slots_)
         fail("gradient norm slot ", x.slot, " is outside the ", slots_, " slots the pipeline asked for");
-      jobs.push_back({{dev_ptr(x.g)}, x.n, x.slot, aligned16(x.g)});
+      jobs.push_back({{dev_ptr(x.g)}, x.n, x.slot, aligned(x.g, 16)});
     }
     launch_jobs(jobs, [](const SquaresJob<device_t<T>>& j) { return unsigned(reduce_blocks(j.n)); },
                 [&](const Jobs<SquaresJob<device_t<T>>>& b, unsigned grid) {
@@ -142,7 +135,7 @@ class CudaGradOps final : public GradOps<T> {
   void clip_scale(const std::vector<GradSlice<T>>& slices, float clip_value, float scale) override {
     if (!(clip_value > 0) && scale == 1.0f) return;
     std::vector<ClipJob<device_t<T>>> jobs;
-    for (const GradSlice<T>& x : slices) jobs.push_back({dev_ptr(x.g), x.n, aligned16(x.g)});
+    for (const GradSlice<T>& x : slices) jobs.push_back({dev_ptr(x.g), x.n, aligned(x.g, 16)});
     launch_jobs(jobs, [](const ClipJob<device_t<T>>& j) { return elementwise_blocks(j.n); },
                 [&](const Jobs<ClipJob<device_t<T>>>& b, unsigned grid) {
                   clip_scale_kernel<<<grid, kThreads, 0, update_stream()>>>(b, clip_value, scale);

@@ -35,9 +35,6 @@ constexpr int kRowChunks = 256;  // partial rows: scalar chunks, or fused backwa
 constexpr int kMaxVecs = 8;      // vectors per lane kept in registers: C <= 8 * 32 * (16 / size)
 
 template <class D>
-constexpr int vec_elems() { return 16 / int(sizeof(D)); }
-
-template <class D>
 bool vector_path(int C, std::initializer_list<const void*> rows) {
   for (const void* p : rows)  // 16-byte loads: every row pointer (null = unused) aligned
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;

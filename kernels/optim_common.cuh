@@ -163,6 +163,12 @@ void launch_jobs(const std::vector<J>& jobs, const Blocks& blocks, const Launch&
   }
 }
 
+// Whether p (null counts as aligned: an absent buffer) is a multiple of `bytes`, for the
+// kernels' vector paths.
+inline bool aligned(const void* p, size_t bytes) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 // Launch shape of the elementwise kernels: grid-stride, at most 4 waves of blocks.
 constexpr int kThreads = 256;
 inline unsigned elementwise_blocks(size_t n) {
