@@ -233,6 +233,11 @@ ModelConfig model_config(const json& cfg) {
   return c;
 }
 
+Recompute recompute_of(const json& cfg) {
+  const json& tr = cfg.at("train");
+  return {tr.at("recompute").get<int>(), tr.at("recompute_layers").get<int>()};
+}
+
 std::string resolved_update(const json& cfg) {
   const json& opt = cfg.at("optimizer");
   const std::string update = opt.at("update").get<std::string>();

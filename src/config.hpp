@@ -56,7 +56,7 @@ inline const char* kDefaultConfig = R"json({
   "train": {
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
     "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
-    "recompute": 0, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": true,
+    "recompute": 0, "recompute_layers": -1, "classifier_chunk": 0, "nan_policy": "stop", "threads": 0, "zero1": true,
     "late_wte_grad": false
   },
   "eval": {"every": 100, "batches": 8},
@@ -74,6 +74,9 @@ json load_config(const std::string& path, const std::vector<std::string>& overri
 // The model shape of a validated config: model.channels / model.heads of 0 take
 // ModelConfig::from_depth(model.depth)'s value; vocab sizes and max_seq_len are copied.
 ModelConfig model_config(const json& cfg);
+
+// train.recompute and train.recompute_layers of a validated config.
+Recompute recompute_of(const json& cfg);
 
 // optimizer.update with "auto" resolved: "fused" for lomo/adalomo, else "after_backward".
 std::string resolved_update(const json& cfg);

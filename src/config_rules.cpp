@@ -75,6 +75,7 @@ const Range kRanges[] = {
     {"train.grad_clip", 0, false, kInf, true},
     {"train.grad_clip_value", 0, false, kInf, true},
     {"train.recompute", 0, false, 2, false},
+    {"train.recompute_layers", -1, false, kInf, true},  // -1: every layer
     {"train.classifier_chunk", 0, false, kInf, true},  // 0: auto
     {"train.threads", 0, false, kInf, true},
     {"eval.every", 0, false, kInf, true},

@@ -15,12 +15,22 @@ size_t ActivationPlan::total() const {
   return t;
 }
 
-ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
+namespace {
+
+// Buffers of an activation that the first R of L layers recompute: one they share, one
+// for each other layer; slot() is layer l's.
+size_t kept_buffers(size_t L, int R) { return L - R + (R > 0); }
+size_t slot(int l, int R) { return size_t(l < R ? 0 : l - R + (R > 0)); }
+
+}  // namespace
+
+ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute recompute,
                                int classifier_chunk, size_t E, bool late_wte_grad) {
   const size_t S = E == 8 ? 8 : 4;  // Stat<T>: double only for the double model
   const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads,
                Vp = cfg.padded_vocab_size, BT = size_t(B) * T, BTC = BT * C;
-  const size_t ln_layers = recompute >= 2 ? 1 : L, gelu_layers = recompute >= 1 ? 1 : L;
+  const size_t ln_layers = kept_buffers(L, recompute.ln(int(L))),
+               gelu_layers = kept_buffers(L, recompute.gelu(int(L)));
   ActivationPlan p;
   p.entries = {
       {"inputs", BT * 4},
@@ -106,7 +116,7 @@ std::vector<float> init_params(const ParamTable& table, uint64_t seed) {
 }
 
 template <class T>
-GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, int rc,
+GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, Recompute rc,
               int chunk, bool late)
     : table(cfg),
       batch(B),
@@ -143,7 +153,8 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, i
 template <class T>
 typename GPT2<T>::Layer GPT2<T>::layer(int l) {
   const size_t BT = size_t(batch) * seq_len, BTC = BT * table.cfg.channels;
-  const size_t ln = recompute >= 2 ? 0 : l, gl = recompute >= 1 ? 0 : l;
+  const int L = table.cfg.num_layers;
+  const size_t ln = slot(l, recompute.ln(L)), gl = slot(l, recompute.gelu(L));
   const size_t lse = size_t(batch) * table.cfg.num_heads * seq_len;
   return Layer{
       ln1_.get() + ln * BTC,          qkv_.get() + l * 3 * BTC,
@@ -306,13 +317,13 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
     Layer y = layer(l);
     // Recompute what the forward did not keep (train.recompute).
-    if (recompute >= 2) {
+    if (l < recompute.ln(c.num_layers)) {
       ops_.layernorm_forward(y.ln1, y.ln1_mean, y.ln1_rstd, residual, param(K::ln1w, l),
                              param(K::ln1b, l), BT, C);
       ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
                              param(K::ln2b, l), BT, C);
     }
-    if (recompute >= 1) ops_.gelu_forward(y.fch_gelu, y.fch, size_t(BT) * 4 * C);
+    if (l < recompute.gelu(c.num_layers)) ops_.gelu_forward(y.fch_gelu, y.fch, size_t(BT) * 4 * C);
 
     // dresidual holds d(residual3[l]); the residual adds pass it straight through.
     ops_.matmul_backward(dfch_.get(), grad(K::fcprojw, l), grad(K::fcprojb, l), dresidual,

@@ -36,7 +36,7 @@ struct ActivationPlan {
 // classifier_chunk: rows of logits that exist at once (classifier_chunk_rows()).
 // late_wte_grad: wte's gradient lives in the fch buffer (dead once the layers' backward
 // is done), which grows to wte's size if it is smaller.
-ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, int recompute,
+ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute recompute,
                                int classifier_chunk, size_t elem_size, bool late_wte_grad);
 
 // The classifier's row chunk for train.classifier_chunk = `requested` (0 = auto) over
@@ -55,18 +55,18 @@ std::vector<float> init_params(const ParamTable& table, uint64_t seed);
 template <class T>
 class GPT2 {
  public:
-  // recompute: 0 keep everything, 1 recompute GELU in backward, 2 also the layernorms.
   // classifier_chunk: train.classifier_chunk (0 = auto, see classifier_chunk_rows).
   // late_wte_grad (train.late_wte_grad): the training forward computes only d(lnf) from
   // its classifier chunks; backward, after the last layer, recomputes each chunk's logits
   // and dlogits to add the classifier's part of wte's gradient. One more logits matmul
   // per step, so that wte's gradient need not exist during backward: it can live in
   // activation memory that is dead by then (wte_grad_home()).
-  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, int recompute,
+  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, Recompute recompute,
        int classifier_chunk = 0, bool late_wte_grad = false);
 
   const ParamTable table;
-  const int batch, seq_len, recompute;
+  const int batch, seq_len;
+  const Recompute recompute;
   const int classifier_chunk;  // resolved rows
   const bool late_wte_grad;
 

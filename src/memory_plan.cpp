@@ -65,7 +65,7 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,
                                           p.elem_size, cuda);
   b[int(MemCategory::activations)] =
-      activation_plan(table.cfg, B, T, tr["recompute"].get<int>(), chunk, p.elem_size, late)
+      activation_plan(table.cfg, B, T, recompute_of(cfg), chunk, p.elem_size, late)
           .total();
   b[int(MemCategory::workspace)] = cuda ? gpu_workspace_plan(cfg, table, world).total()
                                         : optimizer_workspace_bytes(cfg, table);
@@ -79,7 +79,7 @@ MemoryLedger measure_memory(const json& cfg, int steps, size_t* driver_bytes) {
     using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
     const int B = cfg["data"]["batch_size"].get<int>(), T_ = cfg["data"]["seq_len"].get<int>();
     const uint64_t seed = cfg["train"]["seed"].get<uint64_t>();
-    GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, cfg["train"]["recompute"].get<int>(),
+    GPT2<T> model(model_config(cfg), *be.ops, *be.dev, B, T_, recompute_of(cfg),
                   cfg["train"]["classifier_chunk"].get<int>(),
                   cfg["train"]["late_wte_grad"].get<bool>());
     std::unique_ptr<Optimizer<T>> opt = be.optimizer(model.table);

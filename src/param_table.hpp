@@ -2,6 +2,7 @@
 // in llm.c's order (wte, wpe, then each per-layer kind stacked over layers, then lnf),
 // so a model file is that buffer verbatim and llm.c models load unchanged.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -24,6 +25,22 @@ struct ModelConfig {
            padded_vocab_size == o.padded_vocab_size && num_layers == o.num_layers &&
            num_heads == o.num_heads && channels == o.channels;
   }
+};
+
+// train.recompute: level 0 keeps every activation, 1 recomputes GELU in backward, 2 also
+// the layernorms; train.recompute_layers: only the first `layers` layers do (-1: all), the
+// others keep everything. Layers that recompute share one buffer for what they drop, so
+// each layer taken out of recompute costs a buffer (d24 B 16 T 1024 bf16: 128 MiB of
+// GELU output) and saves its recompute: a memory budget between two levels.
+struct Recompute {
+  int level = 0, layers = -1;
+  Recompute(int level_ = 0, int layers_ = -1) : level(level_), layers(layers_) {}
+  // How many of L layers recompute the GELU, the layernorms.
+  int gelu(int L) const { return level >= 1 ? count(L) : 0; }
+  int ln(int L) const { return level >= 2 ? count(L) : 0; }
+
+ private:
+  int count(int L) const { return layers < 0 ? L : std::min(layers, L); }
 };
 
 // The 16 tensor kinds in llm.c order. Per-layer kinds are stacked [L, ...].

@@ -91,7 +91,7 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
   std::filesystem::create_directories(out_dir);
 
   // ---- model, optimizer, update pipeline
-  GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, tr["recompute"].get<int>(),
+  GPT2<T> model(model_config(cfg), *be.ops, dev, B, T_, recompute_of(cfg),
                 tr["classifier_chunk"].get<int>(), tr["late_wte_grad"].get<bool>());
   // ZeRO-1: this rank allocates and updates only its tensors' optimizer state.
   const int shards = tr["zero1"].get<bool>() ? comm.world() : 1;

@@ -247,17 +247,24 @@ TEST_CASE("CpuOps model matches the plain-loop model: loss and every gradient") 
 }
 
 TEST_CASE("recompute levels and late_wte_grad give the same loss and every gradient") {
-  const ModelConfig c = tiny_config();
+  ModelConfig c = tiny_config();
+  c.num_layers = 4;  // room for layers that recompute beside layers that keep
   const int B = 2, T = 7;
   CpuDevice dev;
   CpuOps ops;
   const Batch b = random_batch(B * T, c.vocab_size, 4);
   std::vector<float> base;
   double base_loss = 0;
-  const std::pair<int, bool> variants[] = {{0, false}, {1, false}, {2, false}, {0, true}, {2, true}};
-  for (auto [rc, late] : variants) {
-    INFO("recompute " << rc << ", late_wte_grad " << late);
-    GPT2<float> m(c, ops, dev, B, T, rc, 5, late);  // classifier chunks of 5, 5, 4 rows
+  struct Variant {
+    int rc, layers;
+    bool late;
+  };
+  const Variant variants[] = {{0, -1, false}, {1, -1, false}, {2, -1, false}, {0, -1, true},
+                              {2, -1, true},  {1, 2, false},  {2, 3, false},  {2, 1, true},
+                              {1, 9, false}};
+  for (auto [rc, layers, late] : variants) {
+    INFO("recompute " << rc << " in " << layers << " layers, late_wte_grad " << late);
+    GPT2<float> m(c, ops, dev, B, T, {rc, layers}, 5, late);  // classifier chunks of 5, 5, 4 rows
     m.set_params(spread_params(m.table, 8));
     RecordingSink<float> g(m.table);
     const double loss = m.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &g);
@@ -305,6 +312,20 @@ TEST_CASE("activation memory equals the plan, and the plan shrinks with recomput
   const size_t BTC = 3 * 8 * 12;
   CHECK(full - gelu == (c.num_layers - 1) * BTC * 4 * 4);   // fch_gelu kept for one layer
   CHECK(gelu - both == 2 * (c.num_layers - 1) * BTC * 4);   // ln1 and ln2 likewise
+  // The first R of L layers share one buffer, the other L - R keep one each.
+  ModelConfig deep = c;
+  deep.num_layers = 6;
+  auto plan = [&](Recompute rc) { return activation_plan(deep, 3, 8, rc, 24, 4, false).total(); };
+  const size_t all = plan({1, -1});
+  CHECK(plan({1, 6}) == all);
+  CHECK(plan({1, 99}) == all);
+  CHECK(plan({1, 4}) - all == 2 * BTC * 4 * 4);  // two layers keep their GELU output
+  CHECK(plan({1, 1}) == plan({0, -1}));          // one layer alone shares with nobody
+  CHECK(plan({1, 0}) == plan({0, -1}));
+  CHECK(plan({2, 4}) - plan({2, -1}) == 2 * (4 + 2) * BTC * 4);  // GELU, ln1 and ln2 at level 2
+  GPT2<float> partial(deep, ops, dev, 3, 8, {2, 4}, 24);
+  CHECK(dev.ledger().current[int(MemCategory::activations)] ==
+        activation_plan(c, 3, 8, 1, m.classifier_chunk, sizeof(float), false).total() + plan({2, 4}));
 }
 
 TEST_CASE("late_wte_grad: fch grows to wte's gradient only where it is smaller") {

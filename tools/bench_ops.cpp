@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
     with_backend(cfg, 0, [&](auto& be) {
       using T = typename std::remove_reference_t<decltype(*be.ops)>::Elem;
       ProfiledOps<T> ops(*be.ops, *be.dev);
-      GPT2<T> m(model_config(cfg), ops, *be.dev, batch, seq, cfg["train"]["recompute"].get<int>(),
+      GPT2<T> m(model_config(cfg), ops, *be.dev, batch, seq, recompute_of(cfg),
                 cfg["train"]["classifier_chunk"].get<int>(),
                 cfg["train"]["late_wte_grad"].get<bool>());
       auto opt = be.optimizer(m.table);
