@@ -53,22 +53,24 @@ class CudaOps final : public Ops<T> {
                                      d(bias), N, C);
   }
   void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
-                          const T* weight, const float* mean, const float* rstd, int N,
-                          int C) override {
+                          const T* weight, const float* mean, const float* rstd, int N, int C,
+                          float* dinp_colsum = nullptr) override {
     void* s = scratch(cuda::layernorm_backward_scratch_bytes(N, C));
     cuda::layernorm_backward(d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight), mean,
-                             rstd, N, C, s);
+                             rstd, N, C, s, dinp_colsum);
   }
   void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight, const T* bias, int N,
                       int C, int OC) override {
     cuda::matmul_forward(lt_, d(out), d(gelu_out), d(inp), d(weight), d(bias), N, C, OC);
   }
   void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
-                       const T* weight, const T* pre_gelu, int N, int C, int OC) override {
-    // Only dbias needs scratch (the classifier's matmul, with the vocabulary as OC, has none).
-    void* s = dbias ? scratch(cuda::matmul_backward_scratch_bytes(N, OC)) : nullptr;
+                       const T* weight, const T* pre_gelu, int N, int C, int OC,
+                       const float* dout_colsum = nullptr) override {
+    // Only a dbias summed here needs scratch (the classifier's matmul, with the vocabulary
+    // as OC, has none).
+    void* s = dbias && !dout_colsum ? scratch(cuda::matmul_backward_scratch_bytes(N, OC)) : nullptr;
     cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
-                          d(pre_gelu), N, C, OC, s);
+                          d(pre_gelu), N, C, OC, s, dout_colsum);
   }
   void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
                          int NH) override {

@@ -40,7 +40,7 @@ size_t layernorm_backward_scratch_bytes(int N, int C);
 template <class D>
 void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                         const D* weight, const float* mean, const float* rstd, int N, int C,
-                        void* scratch);
+                        void* scratch, float* dinp_colsum = nullptr);
 
 // matmul.cu. `workspace` is cuBLASLt's; `scratch` holds dbias partial sums.
 struct Lt {
@@ -54,7 +54,8 @@ void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* we
 size_t matmul_backward_scratch_bytes(int N, int OC);
 template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
-                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch);
+                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
+                     const float* dout_colsum = nullptr);
 
 // attention.cu. attention_forward/backward run the tensor-core kernels of
 // attention_mma.cu for bf16 with head size 64, else the exact FMA kernels; the _fma entry

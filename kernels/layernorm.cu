@@ -17,6 +17,9 @@
 //   memory in a fixed order and write one fp32 partial row per block; a second small
 //   kernel sums the partials. (A separate partial-sum kernel re-read dout and inp.)
 //   Scalar path: blocks of 32 columns x kRowChunks row chunks write the partials.
+// - dinp_colsum (optional): the column sums of dinp as written, a third partial row
+//   beside dweight's and dbias's: the bias gradient of the matmul whose dout this dinp
+//   is (attproj's, fcproj's), which would otherwise read the whole N x C dinp again.
 // Measured (tools/bench_ops, d12 B 16 T 1024 bf16, H200): layernorm + residual went from
 // 4.5 + 1.1 ms to 3.0 ms per step with the fused add and the fused dweight/dbias partials;
 // on an H100, one wave for the backward (see its kernel) took it from 3.46 to 2.80 ms.
@@ -26,6 +29,7 @@
 #include <type_traits>
 
 #include "cuda_check.cuh"
+#include "error.hpp"
 #include "kernels.cuh"
 
 namespace gpt2::cuda {
@@ -115,7 +119,7 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 
 // grid kRowChunks (at most), 256 threads; warp w of block k takes rows k * 8 + w, then
 // every 8 * gridDim.x. NV = C / (32 * V) vectors per lane. partial (if non-null) gets
-// [gridDim.x][2C]: dweight sums, then dbias sums.
+// [gridDim.x][P C], P = kParts: dweight sums, dbias sums, and with kColsum dinp's.
 // The grid is at most one wave (layernorm_backward), so the number of partial rows, and
 // with it the order of the dweight/dbias sums, depends on the GPU's SM count: runs
 // repeat bit for bit on one kind of GPU, not across kinds.
@@ -128,21 +132,23 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 // its inp and dout, so each row is one round trip to memory, not two. The weight row is
 // re-read per row (from L1) rather than held: held, it took d12's kernel to 164 registers
 // (ncu, H100, 71 us a call).
-template <class D, int NV>
+template <class D, int NV, bool kColsum>
 __global__ void __launch_bounds__(256, NV <= 5 ? 2 : 1)
     layernorm_backward_vec_kernel(D* dinp, float* partial, const D* dout, const D* inp,
                                   const D* weight, const float* mean, const float* rstd, int N,
                                   int C) {
-  constexpr int V = vec_elems<D>();
-  extern __shared__ float acc[];  // [warps][2][C], each warp's words as above
+  constexpr int V = vec_elems<D>(), P = kColsum ? 3 : 2;
+  extern __shared__ float acc[];  // [warps][P][C], each warp's words as above
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  float* mine = acc + size_t(warp) * 2 * C;
+  float* mine = acc + size_t(warp) * P * C;
   auto word = [&](int i, int j) { return (i * V + j) * 32 + lane; };
   if (partial)
 #pragma unroll
     for (int i = 0; i < NV; i++)
 #pragma unroll
-      for (int j = 0; j < V; j++) mine[word(i, j)] = mine[C + word(i, j)] = 0.f;
+      for (int j = 0; j < V; j++)
+#pragma unroll
+        for (int q = 0; q < P; q++) mine[q * C + word(i, j)] = 0.f;
   for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
     float n[NV][V], dn[NV][V];
     int4 dx_raw[NV];
@@ -176,19 +182,21 @@ __global__ void __launch_bounds__(256, NV <= 5 ? 2 : 1)
     for (int i = 0; i < NV; i++) {
       D* e = reinterpret_cast<D*>(&dx_raw[i]);
 #pragma unroll
-      for (int j = 0; j < V; j++)
+      for (int j = 0; j < V; j++) {
         e[j] = from_f<D>(to_f(e[j]) + r * (dn[i][j] - mean_dn - n[i][j] * mean_dn_n));
+        if (kColsum) mine[2 * C + word(i, j)] += to_f(e[j]);  // the value stored
+      }
       dx[i * 32 + lane] = dx_raw[i];
     }
   }
   if (!partial) return;
   __syncthreads();
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-    const int half = c / C, cc = c % C;
-    const int at = half * C + ((cc / (32 * V)) * V + cc % V) * 32 + (cc / V) % 32;
+  for (int c = threadIdx.x; c < P * C; c += blockDim.x) {
+    const int part = c / C, cc = c % C;
+    const int at = part * C + ((cc / (32 * V)) * V + cc % V) * 32 + (cc / V) % 32;
     float sum = acc[at];
-    for (int k = 1; k < warps; k++) sum += acc[size_t(k) * 2 * C + at];
-    partial[size_t(blockIdx.x) * 2 * C + c] = sum;
+    for (int k = 1; k < warps; k++) sum += acc[size_t(k) * P * C + at];
+    partial[size_t(blockIdx.x) * P * C + c] = sum;
   }
 }
 
@@ -254,30 +262,35 @@ __global__ void layernorm_dinp_kernel(D* dinp, const D* dout, const D* inp, cons
 }
 
 // grid (ceil(C/32), kRowChunks), block 32 x 8: the 8 warps split the chunk's rows and
-// combine through shared memory in a fixed order.
+// combine through shared memory in a fixed order. With dinp (the finished gradient), a
+// third partial row of its column sums: partial is [chunks][P C], P = 2 or 3.
 template <class D>
 __global__ void layernorm_dparams_partial_kernel(float* partial, const D* dout, const D* inp,
-                                                 const float* mean, const float* rstd, int N,
-                                                 int C) {
-  __shared__ float sw[8][32], sb[8][32];
-  const int c = blockIdx.x * 32 + threadIdx.x;
+                                                 const D* dinp, const float* mean,
+                                                 const float* rstd, int N, int C) {
+  __shared__ float sw[8][32], sb[8][32], sx[8][32];
+  const int c = blockIdx.x * 32 + threadIdx.x, P = dinp ? 3 : 2;
   const int rows_per_chunk = (N + gridDim.y - 1) / gridDim.y;
   const int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
-  float dw = 0.f, db = 0.f;
+  float dw = 0.f, db = 0.f, dx = 0.f;
   if (c < C) {
     for (int row = r0 + threadIdx.y; row < r1; row += blockDim.y) {
       const float dy = to_f(dout[size_t(row) * C + c]);
       dw += dy * (to_f(inp[size_t(row) * C + c]) - mean[row]) * rstd[row];
       db += dy;
+      if (dinp) dx += to_f(dinp[size_t(row) * C + c]);
     }
   }
   sw[threadIdx.y][threadIdx.x] = dw;
   sb[threadIdx.y][threadIdx.x] = db;
+  sx[threadIdx.y][threadIdx.x] = dx;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
-    for (int k = 1; k < blockDim.y; k++) dw += sw[k][threadIdx.x], db += sb[k][threadIdx.x];
-    partial[size_t(blockIdx.y) * 2 * C + c] = dw;
-    partial[size_t(blockIdx.y) * 2 * C + C + c] = db;
+    for (int k = 1; k < blockDim.y; k++)
+      dw += sw[k][threadIdx.x], db += sb[k][threadIdx.x], dx += sx[k][threadIdx.x];
+    float* row = partial + size_t(blockIdx.y) * P * C;
+    row[c] = dw, row[C + c] = db;
+    if (dinp) row[2 * C + c] = dx;
   }
 }
 
@@ -285,24 +298,29 @@ __global__ void layernorm_dparams_partial_kernel(float* partial, const D* dout, 
 // and combine in a fixed order. One thread per column over all rows was latency-bound,
 // and so were 8 warps: 19 us a call for d12's 256 x 1536 partials (ncu, H100; 24 calls
 // a step) with 24 blocks each walking 32 rows one load after another.
+// With colsum, partial rows are [3C] and the third sum is written (not added) to colsum.
 template <class D>
-__global__ void layernorm_dparams_final_kernel(D* dweight, D* dbias, const float* partial,
-                                               int chunks, int C) {
-  __shared__ float sw[32][32], sb[32][32];
-  const int c = blockIdx.x * 32 + threadIdx.x;
-  float dw = 0.f, db = 0.f;
+__global__ void layernorm_dparams_final_kernel(D* dweight, D* dbias, float* colsum,
+                                               const float* partial, int chunks, int C) {
+  __shared__ float sw[32][32], sb[32][32], sx[32][32];
+  const int c = blockIdx.x * 32 + threadIdx.x, P = colsum ? 3 : 2;
+  float dw = 0.f, db = 0.f, dx = 0.f;
   if (c < C)
     for (int k = threadIdx.y; k < chunks; k += blockDim.y) {
-      dw += partial[size_t(k) * 2 * C + c];
-      db += partial[size_t(k) * 2 * C + C + c];
+      const float* row = partial + size_t(k) * P * C;
+      dw += row[c], db += row[C + c];
+      if (colsum) dx += row[2 * C + c];
     }
   sw[threadIdx.y][threadIdx.x] = dw;
   sb[threadIdx.y][threadIdx.x] = db;
+  sx[threadIdx.y][threadIdx.x] = dx;
   __syncthreads();
   if (threadIdx.y != 0 || c >= C) return;
-  for (int k = 1; k < blockDim.y; k++) dw += sw[k][threadIdx.x], db += sb[k][threadIdx.x];
+  for (int k = 1; k < blockDim.y; k++)
+    dw += sw[k][threadIdx.x], db += sb[k][threadIdx.x], dx += sx[k][threadIdx.x];
   if (dweight) dweight[c] = from_f<D>(to_f(dweight[c]) + dw);
   if (dbias) dbias[c] = from_f<D>(to_f(dbias[c]) + db);
+  if (colsum) colsum[c] = dx;
 }
 
 // Calls f(std::integral_constant<int, nv>) for nv in 1 .. kMaxVecs.
@@ -340,15 +358,15 @@ void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D
 // after allowing it the dynamic shared memory it needs (over 48 KiB for C > 768, which
 // the runtime requires per device). Asked once per kernel and device rather than on each
 // of a step's calls: NV fixes C and so smem.
-template <class D, int NV>
+template <class D, int NV, bool kColsum>
 int backward_resident_blocks(size_t smem) {
   return once_per_device([smem](int device) {
     int sms = 0, per_sm = 0;
-    CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_vec_kernel<D, NV>,
+    CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_vec_kernel<D, NV, kColsum>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, layernorm_backward_vec_kernel<D, NV>, 256, smem));
+        &per_sm, layernorm_backward_vec_kernel<D, NV, kColsum>, 256, smem));
     return per_sm * sms;
   });
 }
@@ -368,26 +386,33 @@ void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rst
 }
 
 size_t layernorm_backward_scratch_bytes(int, int C) {
-  return size_t(kRowChunks) * 2 * C * sizeof(float);
+  return size_t(kRowChunks) * 3 * C * sizeof(float);  // dweight, dbias, dinp_colsum
 }
 
 template <class D>
 void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                         const D* weight, const float* mean, const float* rstd, int N, int C,
-                        void* scratch) {
-  const bool params = dweight || dbias;
-  if (N == 0 || (!dinp && !params)) return;
+                        void* scratch, float* dinp_colsum) {
+  if (dinp_colsum && !dinp) fail("internal: layernorm_backward's dinp_colsum needs dinp");
+  const bool sums = dweight || dbias || dinp_colsum;
+  if (N == 0 || (!dinp && !sums)) return;
   float* partial = static_cast<float*>(scratch);
   int chunks = kRowChunks;
   if (vector_path<D>(C, {dinp, dout, inp, weight})) {
-    const size_t smem = 8 * 2 * size_t(C) * sizeof(float);  // <= 128 KiB (C <= 2048)
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
       constexpr int NV = decltype(nv)::value;
-      // No more blocks than fit at once: a second, partial wave would double the time.
-      chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)),
-                                          backward_resident_blocks<D, NV>(smem)}));
-      layernorm_backward_vec_kernel<D, NV><<<chunks, 256, smem>>>(
-          dinp, params ? partial : nullptr, dout, inp, weight, mean, rstd, N, C);
+      auto launch = [&](auto colsum) {
+        constexpr bool kColsum = decltype(colsum)::value;
+        // <= 192 KiB (C <= 2048): 8 warps' dweight, dbias (and dinp) sums
+        const size_t smem = 8 * (kColsum ? 3 : 2) * size_t(C) * sizeof(float);
+        // No more blocks than fit at once: a second, partial wave would double the time.
+        chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)),
+                                            backward_resident_blocks<D, NV, kColsum>(smem)}));
+        layernorm_backward_vec_kernel<D, NV, kColsum><<<chunks, 256, smem>>>(
+            dinp, sums ? partial : nullptr, dout, inp, weight, mean, rstd, N, C);
+      };
+      if (dinp_colsum) launch(std::true_type{});
+      else launch(std::false_type{});
     });
     CUDA_CHECK_LAUNCH();
   } else {
@@ -395,15 +420,15 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
       layernorm_dinp_kernel<<<ceil_div(N, 8), 256>>>(dinp, dout, inp, weight, mean, rstd, N, C);
       CUDA_CHECK_LAUNCH();
     }
-    if (params) {
+    if (sums) {
       layernorm_dparams_partial_kernel<<<dim3(ceil_div(C, 32), kRowChunks), dim3(32, 8)>>>(
-          partial, dout, inp, mean, rstd, N, C);
+          partial, dout, inp, dinp_colsum ? dinp : nullptr, mean, rstd, N, C);
       CUDA_CHECK_LAUNCH();
     }
   }
-  if (!params) return;
-  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 32)>>>(dweight, dbias, partial,
-                                                                    chunks, C);
+  if (!sums) return;
+  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 32)>>>(dweight, dbias, dinp_colsum,
+                                                                    partial, chunks, C);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -413,7 +438,7 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
   template void residual_layernorm_forward<D>(D*, D*, float*, float*, const D*, const D*,    \
                                               const D*, const D*, int, int);                 \
   template void layernorm_backward<D>(D*, D*, D*, const D*, const D*, const D*, const float*, \
-                                      const float*, int, int, void*);
+                                      const float*, int, int, void*, float*);
 INSTANTIATE(float)
 INSTANTIATE(__nv_bfloat16)
 #undef INSTANTIATE

@@ -13,7 +13,15 @@
 // Tried (H100, same call, d12 B 16): BGRADB into fp32 scratch plus that add took the
 // matmul family from 16.69 to 17.19 ms a step (tools/bench_ops) and the step from
 // 34.3 / 34.2 to 34.3 / 34.4 ms: the epilogue slows the dweight GEMM by more than the
-// column-sum kernel costs.
+// column-sum kernel costs. Nor is DGELU_BGRAD (fc's bias gradient from fcproj's dinp
+// GEMM): a standalone timing (H100, d12's 3072 x 16384 x 768) put it at 0.47 ms against
+// DGELU's 0.15, and it offers no fp32 output. Where dout is a layernorm backward's dinp
+// (attproj's and fcproj's dout is the residual gradient), that kernel sums the columns
+// as it writes them (dout_colsum) and dbias only adds them.
+// Also tried and dropped (H100, same call, d12 / d24 B 16): the column sums, or the
+// dweight GEMM too, on a second stream beside this call's GEMMs: d12 31.7 / 31.6 ms a
+// step -> 31.6 / 31.8 (sums) and 31.5 / 31.3 (dweight too); d24 with recompute 82.8 ->
+// 83.2 / 83.2 and 83.9 / 84.0.
 // cuBLASLt's heuristic query costs tens of microseconds of host time, about as long as a
 // small GEMM runs, so its answer is kept per device and shape for the process. Together
 // the two took the non-classifier matmuls from 17.3 to 15.7 ms of a d12 B 16 T 1024 bf16
@@ -270,6 +278,13 @@ __global__ void bias_final_kernel(D* dbias, const float* partial, int chunks, in
   dbias[c] = from_f<D>(to_f(dbias[c]) + sum);
 }
 
+// dbias += colsum, a column sum the caller has already (layernorm_backward's dinp_colsum).
+template <class D>
+__global__ void add_colsum_kernel(D* dbias, const float* colsum, int OC) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c < OC) dbias[c] = from_f<D>(to_f(dbias[c]) + colsum[c]);
+}
+
 }  // namespace
 
 template <class D>
@@ -297,7 +312,8 @@ size_t matmul_backward_scratch_bytes(int, int OC) {
 
 template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
-                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch) {
+                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
+                     const float* dout_colsum) {
   if (N == 0) return;
   if (dinp) {
     // dinp^T[C,N] = weight^T[C,OC] (col-major C x OC as stored) @ dout^T[OC,N]
@@ -320,7 +336,10 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
     Gemm g{C, OC, N, false, true, C, OC, C, 1.f};
     must_run_gemm(lt, g, dweight, inp, dout);
   }
-  if (dbias) {
+  if (dbias && dout_colsum) {
+    add_colsum_kernel<<<ceil_div(OC, 256), 256>>>(dbias, dout_colsum, OC);
+    CUDA_CHECK_LAUNCH();
+  } else if (dbias) {
     float* partial = static_cast<float*>(scratch);
     constexpr int V = 16 / int(sizeof(D));
     const int groups = ceil_div(OC, 32 * V);
@@ -344,10 +363,11 @@ template void matmul_forward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bflo
                                             const __nv_bfloat16*, int, int, int);
 template void matmul_backward<float>(const Lt&, float*, float*, float*, const float*,
                                      const float*, const float*, const float*, int, int, int,
-                                     void*);
+                                     void*, const float*);
 template void matmul_backward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
                                              __nv_bfloat16*, const __nv_bfloat16*,
                                              const __nv_bfloat16*, const __nv_bfloat16*,
-                                             const __nv_bfloat16*, int, int, int, void*);
+                                             const __nv_bfloat16*, int, int, int, void*,
+                                             const float*);
 
 }  // namespace gpt2::cuda

@@ -56,6 +56,7 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute r
       {"dbtc", BTC * E},
       {"dfch", BTC * 4 * E},
       {"dqkv", BTC * 3 * E},
+      {"dresidual_colsum", C * S},
   };
   return p;
 }
@@ -147,6 +148,7 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, R
   act(residual3_, "residual3"), act(lnf_, "lnf"), act(lnf_stats_, "lnf_stats");
   act(logits_, "logits"), act(losses_, "losses"), act(scratch_, "scratch");
   act(dresidual_, "dresidual"), act(dbtc_, "dbtc"), act(dfch_, "dfch"), act(dqkv_, "dqkv");
+  act(dresidual_colsum_, "dresidual_colsum");
   host_losses_.resize(size_t(B) * T_);
 }
 
@@ -307,10 +309,14 @@ void GPT2<T>::backward(GradSink<T>& sink) {
   T* dbtc = dbtc_.get();  // d(lnf), left by the forward's classifier chunks
   T* dwte = dwte_;        // holds the classifier's part already, unless late_wte_grad
   dev_.zero(dresidual, size_t(BT) * C * sizeof(T));
+  // Each layernorm backward below leaves colsum(dresidual) in `colsum`, and the matmul
+  // whose dout dresidual is next (fcproj, attproj) takes its bias gradient from there
+  // instead of reading dresidual again.
+  Stat<T>* colsum = dresidual_colsum_.get();
   const Stat<T>* lnf_mean = lnf_stats_.get();
   ops_.layernorm_backward(dresidual, grad(K::lnfw), grad(K::lnfb), dbtc,
                           layer(c.num_layers - 1).residual3, param(K::lnfw), lnf_mean,
-                          lnf_mean + BT, BT, C);
+                          lnf_mean + BT, BT, C, colsum);
   ready(K::lnfw), ready(K::lnfb);
 
   for (int l = c.num_layers - 1; l >= 0; l--) {
@@ -327,24 +333,25 @@ void GPT2<T>::backward(GradSink<T>& sink) {
 
     // dresidual holds d(residual3[l]); the residual adds pass it straight through.
     ops_.matmul_backward(dfch_.get(), grad(K::fcprojw, l), grad(K::fcprojb, l), dresidual,
-                         y.fch_gelu, param(K::fcprojw, l), y.fch, BT, 4 * C, C);
+                         y.fch_gelu, param(K::fcprojw, l), y.fch, BT, 4 * C, C, colsum);
     ready(K::fcprojw, l), ready(K::fcprojb, l);
     ops_.matmul_backward(dbtc, grad(K::fcw, l), grad(K::fcb, l), dfch_.get(), y.ln2,
                          param(K::fcw, l), nullptr, BT, C, 4 * C);
     ready(K::fcw, l), ready(K::fcb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln2w, l), grad(K::ln2b, l), dbtc, y.residual2,
-                            param(K::ln2w, l), y.ln2_mean, y.ln2_rstd, BT, C);
+                            param(K::ln2w, l), y.ln2_mean, y.ln2_rstd, BT, C, colsum);
     ready(K::ln2w, l), ready(K::ln2b, l);
     // dresidual now holds d(residual2[l]).
     ops_.matmul_backward(dbtc, grad(K::attprojw, l), grad(K::attprojb, l), dresidual, y.atty,
-                         param(K::attprojw, l), nullptr, BT, C, C);
+                         param(K::attprojw, l), nullptr, BT, C, C, colsum);
     ready(K::attprojw, l), ready(K::attprojb, l);
     ops_.attention_backward(dqkv_.get(), dbtc, y.qkv, y.atty, y.lse, B, Tn, C, NH);
     ops_.matmul_backward(dbtc, grad(K::qkvw, l), grad(K::qkvb, l), dqkv_.get(), y.ln1,
                          param(K::qkvw, l), nullptr, BT, C, 3 * C);
     ready(K::qkvw, l), ready(K::qkvb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln1w, l), grad(K::ln1b, l), dbtc, residual,
-                            param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C);
+                            param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C,
+                            l > 0 ? colsum : nullptr);  // layer 0's feeds the encoder, no bias
     ready(K::ln1w, l), ready(K::ln1b, l);
   }
   if (late_wte_grad) {

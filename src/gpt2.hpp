@@ -120,7 +120,9 @@ class GPT2 {
   DeviceBuffer<int> inputs_, targets_;
   DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, residual2_, ln2_, fch_, fch_gelu_, residual3_,
       lnf_, logits_, scratch_;
-  DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_;
+  // dresidual_colsum_: the residual gradient's column sums, which each layernorm backward
+  // leaves for the next matmul_backward's bias (see backward()).
+  DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_, dresidual_colsum_;
   DeviceBuffer<T> dresidual_, dbtc_, dfch_, dqkv_;
   std::vector<Stat<T>> host_losses_;
   // The training forward's sink, its loss scale and its wte gradient, which backward

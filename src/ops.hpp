@@ -38,9 +38,13 @@ class Ops {
   // out = (inp - mean) * rstd * weight + bias, eps 1e-5, biased variance (as GPT-2).
   virtual void layernorm_forward(T* out, Stat<T>* mean, Stat<T>* rstd, const T* inp,
                                  const T* weight, const T* bias, int N, int C) = 0;
+  // dinp_colsum (optional, needs dinp): the column sums of dinp as it is left (after the
+  // add), for the bias gradient of the matmul whose dout dinp is (matmul_backward's
+  // dout_colsum): the pass over dinp that sum would need is one this kernel already makes.
   virtual void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout,
                                   const T* inp, const T* weight, const Stat<T>* mean,
-                                  const Stat<T>* rstd, int N, int C) = 0;
+                                  const Stat<T>* rstd, int N, int C,
+                                  Stat<T>* dinp_colsum = nullptr) = 0;
 
   // pre = inp @ weight^T + bias (bias may be null). If gelu_out is non-null the GELU
   // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre.
@@ -48,9 +52,11 @@ class Ops {
                               const T* bias, int N, int C, int OC) = 0;
   // dinp = dout @ weight, then, if pre_gelu is non-null, dinp *= gelu'(pre_gelu)
   // (the backward of the GELU that produced this matmul's input from pre_gelu).
-  // dweight += dout^T @ inp, dbias += colsum(dout).
+  // dweight += dout^T @ inp, dbias += colsum(dout), or += dout_colsum where the caller
+  // has that sum already (layernorm_backward's dinp_colsum).
   virtual void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
-                               const T* weight, const T* pre_gelu, int N, int C, int OC) = 0;
+                               const T* weight, const T* pre_gelu, int N, int C, int OC,
+                               const Stat<T>* dout_colsum = nullptr) = 0;
 
   // Causal self-attention. qkv[B,T,3C] holds q, k, v (each [NH, HS] per token);
   // out[B,T,C]; lse[B,NH,T] = logsumexp of each query's scaled scores, kept for the

@@ -71,6 +71,41 @@ TEST_CASE("layernorm backward matches finite differences and accumulates") {
   for (int c = 0; c < C; c++) CHECK(db[c] == Approx(g0_b[c] + 2 * once_b[c]));
 }
 
+TEST_CASE("layernorm backward's dinp_colsum is the column sums of dinp as left") {
+  const int N = 9, C = 70;
+  std::mt19937 rng(11);
+  const Vec inp = random_vec(size_t(N) * C, rng, 2.0), w = random_vec(C, rng),
+            b = random_vec(C, rng), dout = random_vec(inp.size(), rng),
+            dinp0 = random_vec(inp.size(), rng);
+  Vec out(inp.size()), mean(N), rstd(N);
+  ref::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N,
+                         C);
+  Vec dinp = dinp0, colsum(C, 7.0);
+  ref::layernorm_backward<double>(dinp.data(), nullptr, nullptr, dout.data(),
+                          inp.data(), w.data(), mean.data(), rstd.data(), N, C, colsum.data());
+  Vec plain = dinp0;  // without the sums: the same dinp
+  ref::layernorm_backward<double>(plain.data(), nullptr, nullptr, dout.data(),
+                          inp.data(), w.data(), mean.data(), rstd.data(), N, C);
+  CHECK(dinp == plain);
+  for (int c = 0; c < C; c++) {
+    double s = 0;  // the accumulated gradient, not just this call's part
+    for (int i = 0; i < N; i++) s += dinp[size_t(i) * C + c];
+    CHECK(colsum[c] == s);
+  }
+  // CpuOps: the same sums rounded to float, so its matmul's dbias is unchanged bit for bit.
+  const auto inp_f = to_float(inp), w_f = to_float(w), dout_f = to_float(dout);
+  const auto mean_f = to_float(mean), rstd_f = to_float(rstd);
+  std::vector<float> dinp_f = to_float(dinp0), colsum_f(C, 7.f);
+  CpuOps ops;
+  ops.layernorm_backward(dinp_f.data(), nullptr, nullptr, dout_f.data(), inp_f.data(), w_f.data(),
+                         mean_f.data(), rstd_f.data(), N, C, colsum_f.data());
+  for (int c = 0; c < C; c++) {
+    double s = 0;
+    for (int i = 0; i < N; i++) s += dinp_f[size_t(i) * C + c];
+    CHECK(colsum_f[c] == float(s));
+  }
+}
+
 TEST_CASE("CpuOps layernorm matches the double reference, for any thread count") {
   // C = 520 spans nine of the backward's 64-column blocks, the last one partial;
   // N * C is above kParallelMinWork, so the loops really run threaded.
@@ -154,5 +189,23 @@ TEMPLATE_TEST_CASE("CudaOps layernorm matches the reference (odd sizes, accumula
     CHECK(rel_err(gpu.download(d_dinp, dinp.size()), dinp) <= tolerance<TestType>());
     CHECK(rel_err(gpu.download(d_dw, C), dw) <= tolerance<TestType>());
     CHECK(rel_err(gpu.download(d_db, C), db) <= tolerance<TestType>());
+
+    // Again with dinp_colsum, from the same starting gradients: the same dinp bit for bit
+    // (rows do not depend on the sums), dweight/dbias to the reference (their partial rows
+    // may be fewer, with more shared memory per block), and the column sums of the dinp it
+    // stored, summed here in double: fp32 sums of the same values, so within 1e-5.
+    auto d_dinp2 = gpu.upload<TestType>(dinp0), d_dw2 = gpu.upload<TestType>(dw0),
+         d_db2 = gpu.upload<TestType>(db0);
+    auto d_colsum = gpu.upload<float>(Vec(C, 7.0));  // overwritten
+    ops->layernorm_backward(d_dinp2.get(), d_dw2.get(), d_db2.get(), d_dout.get(), d_inp.get(),
+                            d_w.get(), d_mean_f.get(), d_rstd_f.get(), N, C, d_colsum.get());
+    const Vec dinp2 = gpu.download(d_dinp2, dinp.size());
+    CHECK(dinp2 == gpu.download(d_dinp, dinp.size()));
+    CHECK(rel_err(gpu.download(d_dw2, C), dw) <= tolerance<TestType>());
+    CHECK(rel_err(gpu.download(d_db2, C), db) <= tolerance<TestType>());
+    Vec sums(C, 0.0);
+    for (int i = 0; i < N; i++)
+      for (int c = 0; c < C; c++) sums[c] += dinp2[size_t(i) * C + c];
+    CHECK(rel_err(gpu.download(d_colsum, C), sums) <= 1e-5);
   }
 }

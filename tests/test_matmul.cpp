@@ -99,6 +99,40 @@ TEST_CASE("matmul backward through the input's GELU matches finite differences")
   CHECK(e < 1e-6);
 }
 
+TEST_CASE("matmul backward adds a given dout_colsum as dbias and leaves the rest alone") {
+  const int N = 6, C = 5, OC = 7;
+  std::mt19937 rng(3);
+  const Vec inp = random_vec(size_t(N) * C, rng), w = random_vec(size_t(OC) * C, rng),
+            dout = random_vec(size_t(N) * OC, rng), db0 = random_vec(OC, rng);
+  Vec colsum(OC);
+  ref::column_sums(colsum.data(), dout.data(), N, OC);
+  // The reference: given its own sums, the same dbias bit for bit; given others, db0 + them.
+  Vec dinp(size_t(N) * C), dw(w.size(), 0.0), db = db0;
+  ref::matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                       static_cast<const double*>(nullptr), N, C, OC);
+  Vec dinp2(dinp.size()), dw2(w.size(), 0.0), db2 = db0;
+  ref::matmul_backward(dinp2.data(), dw2.data(), db2.data(), dout.data(), inp.data(), w.data(),
+                       static_cast<const double*>(nullptr), N, C, OC, colsum.data());
+  CHECK(db2 == db);
+  CHECK(dinp2 == dinp);
+  CHECK(dw2 == dw);
+  const Vec other = random_vec(OC, rng);
+  Vec db3 = db0;
+  ref::matmul_backward<double>(nullptr, nullptr, db3.data(), dout.data(),
+                       inp.data(), w.data(), nullptr, N, C, OC, other.data());
+  for (int o = 0; o < OC; o++) CHECK(db3[o] == db0[o] + other[o]);
+  // CpuOps likewise.
+  const auto inp_f = to_float(inp), w_f = to_float(w), dout_f = to_float(dout);
+  std::vector<float> colsum_f(OC), dbf = to_float(db0), dbf2 = to_float(db0);
+  ref::column_sums(colsum_f.data(), dout_f.data(), N, OC);
+  CpuOps ops;
+  ops.matmul_backward(nullptr, nullptr, dbf.data(), dout_f.data(), inp_f.data(), w_f.data(),
+                      nullptr, N, C, OC);
+  ops.matmul_backward(nullptr, nullptr, dbf2.data(), dout_f.data(), inp_f.data(), w_f.data(),
+                      nullptr, N, C, OC, colsum_f.data());
+  CHECK(dbf2 == dbf);
+}
+
 TEST_CASE("CpuOps matmul (Eigen) matches the double loops and repeats bit for bit") {
   // Big enough for Eigen's blocked, threaded GEMM; odd sizes exercise its edges.
   const int N = 67, C = 96, OC = 130;
@@ -246,5 +280,15 @@ TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, D
     ref::matmul_backward<R>(dinp.data(), nullptr, nullptr, as<R>(dout).data(), as<R>(inp).data(),
                             as<R>(w).data(), nullptr, s.N, s.C, s.OC);
     CHECK(rel_err(gpu.download(d_dinp, nin), dinp) <= tol);
+    // A given dout_colsum (fp32) is what dbias gets, rounded once: not colsum(dout).
+    const Vec sums = random_vec(s.OC, rng, 10.0);
+    auto d_sums = gpu.upload<float>(sums);
+    db = as<R>(gpu.download(d_db, s.OC));
+    const Vec sums_f = rounded<float>(sums);
+    ops->matmul_backward(nullptr, nullptr, d_db.get(), d_dout.get(), d_inp.get(), d_w.get(),
+                         nullptr, s.N, s.C, s.OC, d_sums.get());
+    Vec want(s.OC);
+    for (int o = 0; o < s.OC; o++) want[o] = double(db[o]) + sums_f[o];
+    CHECK(rel_err(gpu.download(d_db, s.OC), want) <= tol);
   }
 }

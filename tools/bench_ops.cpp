@@ -38,8 +38,9 @@ class ProfiledOps final : public Ops<T> {
     time("layernorm", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C); });
   }
   void layernorm_backward(T* di, T* dw, T* db, const T* d, const T* i, const T* w,
-                          const Stat<T>* m, const Stat<T>* r, int N, int C) override {
-    time("layernorm", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C); });
+                          const Stat<T>* m, const Stat<T>* r, int N, int C,
+                          Stat<T>* cs = nullptr) override {
+    time("layernorm", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, cs); });
   }
   void matmul_forward(T* o, T* g, const T* i, const T* w, const T* b, int N, int C,
                       int OC) override {
@@ -48,9 +49,9 @@ class ProfiledOps final : public Ops<T> {
     });
   }
   void matmul_backward(T* di, T* dw, T* db, const T* d, const T* i, const T* w, const T* pg,
-                       int N, int C, int OC) override {
+                       int N, int C, int OC, const Stat<T>* cs = nullptr) override {
     time(OC > 4 * C ? "matmul (classifier)" : "matmul", [&] {
-      in_.matmul_backward(di, dw, db, d, i, w, pg, N, C, OC);
+      in_.matmul_backward(di, dw, db, d, i, w, pg, N, C, OC, cs);
     });
   }
   void attention_forward(T* o, Stat<T>* l, const T* q, int B, int T_, int C, int NH) override {

@@ -33,8 +33,8 @@ void CpuOps::layernorm_forward(float* out, float* mean, float* rstd, const float
 
 void CpuOps::layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                 const float* inp, const float* weight, const float* mean,
-                                const float* rstd, int N, int C) {
-  ref::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+                                const float* rstd, int N, int C, float* dinp_colsum) {
+  ref::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, dinp_colsum);
 }
 
 void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
@@ -47,7 +47,7 @@ void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const
 
 void CpuOps::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                              const float* inp, const float* weight, const float* pre_gelu,
-                             int N, int C, int OC) {
+                             int N, int C, int OC, const float* dout_colsum) {
   const ConstMap dy(dout, N, OC);
   if (dinp) {
     Map(dinp, N, C).noalias() = dy * ConstMap(weight, OC, C);
@@ -55,11 +55,9 @@ void CpuOps::matmul_backward(float* dinp, float* dweight, float* dbias, const fl
   }
   if (dweight) Map(dweight, OC, C).noalias() += dy.transpose() * ConstMap(inp, N, C);
   if (dbias) {
-    // Column sums in double, rows in order: N * OC adds, too few to thread.
-    std::vector<double> sum(OC, 0.0);
-    for (int n = 0; n < N; n++)
-      for (int o = 0; o < OC; o++) sum[o] += dout[size_t(n) * OC + o];
-    for (int o = 0; o < OC; o++) dbias[o] += float(sum[o]);
+    std::vector<float> sum(OC);
+    if (!dout_colsum) ref::column_sums(sum.data(), dout, N, OC);
+    for (int o = 0; o < OC; o++) dbias[o] += dout_colsum ? dout_colsum[o] : sum[o];
   }
 }
 

@@ -18,12 +18,13 @@ class CpuOps final : public Ops<float> {
                          const float* weight, const float* bias, int N, int C) override;
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
-                          const float* rstd, int N, int C) override;
+                          const float* rstd, int N, int C,
+                          float* dinp_colsum = nullptr) override;
   void matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
                       const float* bias, int N, int C, int OC) override;
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, const float* pre_gelu, int N,
-                       int C, int OC) override;
+                       int C, int OC, const float* dout_colsum = nullptr) override;
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T_, int C,
                          int NH) override;
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,

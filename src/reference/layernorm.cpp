@@ -37,7 +37,8 @@ void layernorm_forward(S* out, S* mean, S* rstd, const S* inp, const S* weight, 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
 template <class S>
 void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
-                        const S* weight, const S* mean, const S* rstd, int N, int C) {
+                        const S* weight, const S* mean, const S* rstd, int N, int C,
+                        S* dinp_colsum) {
   if (dinp) {
 #pragma omp parallel for schedule(static) if (size_t(N) * C >= kParallelMinWork)
     for (int i = 0; i < N; i++) {
@@ -57,6 +58,7 @@ void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* i
         dx[c] += S(s * (g - g_mean - (x[c] - m) * s * gx_mean));
       }
     }
+    if (dinp_colsum) column_sums(dinp_colsum, dinp, N, C);
   }
   if (!dweight && !dbias) return;
   const int blocks = (C + kColumnBlock - 1) / kColumnBlock;
@@ -85,9 +87,10 @@ template void layernorm_forward<float>(float*, float*, float*, const float*, con
 template void layernorm_forward<double>(double*, double*, double*, const double*, const double*,
                                         const double*, int, int);
 template void layernorm_backward<float>(float*, float*, float*, const float*, const float*,
-                                        const float*, const float*, const float*, int, int);
+                                        const float*, const float*, const float*, int, int,
+                                        float*);
 template void layernorm_backward<double>(double*, double*, double*, const double*,
                                          const double*, const double*, const double*,
-                                         const double*, int, int);
+                                         const double*, int, int, double*);
 
 }  // namespace gpt2::ref

@@ -25,7 +25,8 @@ void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S*
 
 template <class S>
 void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
-                     const S* weight, const S* pre_gelu, int N, int C, int OC) {
+                     const S* weight, const S* pre_gelu, int N, int C, int OC,
+                     const S* dout_colsum) {
   if (dinp) {
 #pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
     for (int n = 0; n < N; n++) {
@@ -49,7 +50,7 @@ void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
         const S* x = inp + size_t(n) * C;
         for (size_t c = 0; c < dw.size(); c++) dw[c] += d * x[c];
       }
-      if (dbias) dbias[o] += S(db);
+      if (dbias) dbias[o] += dout_colsum ? dout_colsum[o] : S(db);
       for (size_t c = 0; c < dw.size(); c++) dweight[size_t(o) * C + c] += S(dw[c]);
     }
   }
@@ -59,9 +60,20 @@ template void matmul_forward<float>(float*, float*, const float*, const float*, 
                                     int, int, int);
 template void matmul_forward<double>(double*, double*, const double*, const double*,
                                      const double*, int, int, int);
+template <class S>
+void column_sums(S* out, const S* x, int N, int C) {
+  std::vector<double> sum(C, 0.0);
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < C; c++) sum[c] += x[size_t(n) * C + c];
+  for (int c = 0; c < C; c++) out[c] = S(sum[c]);
+}
+
 template void matmul_backward<float>(float*, float*, float*, const float*, const float*,
-                                     const float*, const float*, int, int, int);
+                                     const float*, const float*, int, int, int, const float*);
 template void matmul_backward<double>(double*, double*, double*, const double*, const double*,
-                                      const double*, const double*, int, int, int);
+                                      const double*, const double*, int, int, int,
+                                      const double*);
+template void column_sums<float>(float*, const float*, int, int);
+template void column_sums<double>(double*, const double*, int, int);
 
 }  // namespace gpt2::ref

@@ -25,7 +25,8 @@ void layernorm_forward(S* out, S* mean, S* rstd, const S* inp, const S* weight, 
                        int N, int C);
 template <class S>
 void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
-                        const S* weight, const S* mean, const S* rstd, int N, int C);
+                        const S* weight, const S* mean, const S* rstd, int N, int C,
+                        S* dinp_colsum = nullptr);
 
 // matmul.cpp
 template <class S>
@@ -33,7 +34,11 @@ void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S*
                     int C, int OC);
 template <class S>
 void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
-                     const S* weight, const S* pre_gelu, int N, int C, int OC);
+                     const S* weight, const S* pre_gelu, int N, int C, int OC,
+                     const S* dout_colsum = nullptr);
+// out[c] = sum over rows of x[n][c] (N x C), in double, rows in order: a bias gradient.
+template <class S>
+void column_sums(S* out, const S* x, int N, int C);
 
 // attention.cpp (lse may be null in forward when no backward follows)
 template <class S>

@@ -23,16 +23,18 @@ class RefOps final : public Ops<S> {
     ref::layernorm_forward(out, mean, rstd, inp, w, b, N, C);
   }
   void layernorm_backward(S* dinp, S* dw, S* db, const S* dout, const S* inp, const S* w,
-                          const S* mean, const S* rstd, int N, int C) override {
-    ref::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+                          const S* mean, const S* rstd, int N, int C,
+                          S* dinp_colsum = nullptr) override {
+    ref::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dinp_colsum);
   }
   void matmul_forward(S* out, S* gelu_out, const S* inp, const S* w, const S* b, int N, int C,
                       int OC) override {
     ref::matmul_forward(out, gelu_out, inp, w, b, N, C, OC);
   }
   void matmul_backward(S* dinp, S* dw, S* db, const S* dout, const S* inp, const S* w,
-                       const S* pre_gelu, int N, int C, int OC) override {
-    ref::matmul_backward(dinp, dw, db, dout, inp, w, pre_gelu, N, C, OC);
+                       const S* pre_gelu, int N, int C, int OC,
+                       const S* dout_colsum = nullptr) override {
+    ref::matmul_backward(dinp, dw, db, dout, inp, w, pre_gelu, N, C, OC, dout_colsum);
   }
   void attention_forward(S* out, S* lse, const S* qkv, int B, int T_, int C, int NH) override {
     ref::attention_forward(out, lse, qkv, B, T_, C, NH);
