@@ -50,7 +50,19 @@
 // - a share of each tile's exps on the FMA pipe (2^frac by a degree-4 polynomial, 2^int
 //   added to the exponent bits) so MUFU and FMA split the load (H100): 1 of 8 column tiles
 //   0.138 / 0.420 ms, 2 of 8 0.141 / 0.424, against 0.134 / 0.416 all on MUFU: MUFU was
-//   not the limit, and each exp moved costs ~9 instructions instead of 1.
+//   not the limit, and each exp moved costs ~9 instructions instead of 1;
+// - (H100, bench_attention and bench_train in one call) the qkv bias gradient summed by
+//   dq and dkdv as they store their tiles (shuffles and a 4-warp shared-memory add per
+//   64 x 64 block, one partial row per tile, then a small reduction) in place of the
+//   matmul's column-sum kernel over dqkv: backward 0.336 -> 0.366 ms at B 16 NH 12, so
+//   the d12 step stayed at 31.7 / 31.6 -> 31.8 / 31.6 ms and d24 at 82.0 / 81.9;
+// - (H100) in the wgmma kernels, the A operands that stay for the whole kernel (Q in the
+//   forward and dq, dO in dq, K and V in dkdv) held in registers (wgmma with A from
+//   registers) instead of re-read from shared memory per tile, on the guess that shared
+//   memory bandwidth bounds these kernels: forward 0.109 -> 0.112 ms, backward 0.336 ->
+//   0.350 (dkdv then spilled at 3 blocks per SM; at 2 blocks 0.386). That build also
+//   disagreed with the reference, so the timing settles little, but nothing in it
+//   pointed at shared memory.
 #include "cuda_check.cuh"
 #include "kernels.cuh"
 
