@@ -21,7 +21,9 @@
 // Also tried and dropped (H100, same call, d12 / d24 B 16): the column sums, or the
 // dweight GEMM too, on a second stream beside this call's GEMMs: d12 31.7 / 31.6 ms a
 // step -> 31.6 / 31.8 (sums) and 31.5 / 31.3 (dweight too); d24 with recompute 82.8 ->
-// 83.2 / 83.2 and 83.9 / 84.0.
+// 83.2 / 83.2 and 83.9 / 84.0. And row chunks cut so that the vector kernel's grid is one
+// wave (at 128 chunks fc's 12 column groups make 1.45 waves, qkv's 9 make 1.09): d12
+// 31.2 / 31.5 -> 31.4 / 31.2 ms, d24 (11 recompute layers) 81.3 -> 80.9, within the noise.
 // cuBLASLt's heuristic query costs tens of microseconds of host time, about as long as a
 // small GEMM runs, so its answer is kept per device and shape for the process. Together
 // the two took the non-classifier matmuls from 17.3 to 15.7 ms of a d12 B 16 T 1024 bf16
