@@ -119,7 +119,7 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 
 // grid kRowChunks (at most), 256 threads; warp w of block k takes rows k * 8 + w, then
 // every 8 * gridDim.x. NV = C / (32 * V) vectors per lane. partial (if non-null) gets
-// [gridDim.x][P C], P = kParts: dweight sums, dbias sums, and with kColsum dinp's.
+// [gridDim.x][P C]: dweight sums, dbias sums, and with kColsum dinp's (P = 3, else 2).
 // The grid is at most one wave (layernorm_backward), so the number of partial rows, and
 // with it the order of the dweight/dbias sums, depends on the GPU's SM count: runs
 // repeat bit for bit on one kind of GPU, not across kinds.

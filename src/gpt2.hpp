@@ -61,8 +61,8 @@ class GPT2 {
   // and dlogits to add the classifier's part of wte's gradient. One more logits matmul
   // per step, so that wte's gradient need not exist during backward: it can live in
   // activation memory that is dead by then (wte_grad_home()).
-  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len, Recompute recompute,
-       int classifier_chunk = 0, bool late_wte_grad = false);
+  GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int batch, int seq_len,
+       Recompute recompute, int classifier_chunk = 0, bool late_wte_grad = false);
 
   const ParamTable table;
   const int batch, seq_len;

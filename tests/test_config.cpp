@@ -194,8 +194,10 @@ TEST_CASE("out-of-range values and bad enum choices say what is accepted") {
   check_error(error_of("", {"schedule.min_lr_fraction=1.5"}),
               {"schedule.min_lr_fraction", "[0, 1]", "1.5"});
   check_error(error_of("", {"train.recompute=3"}), {"train.recompute", "[0, 2]", "got 3"});
-  check_error(error_of("", {"train.recompute_layers=-2"}), {"train.recompute_layers", ">= -1", "got -2"});
-  check_error(error_of("", {"train.recompute_layers=1.5"}), {"train.recompute_layers", "integer", "1.5"});
+  check_error(error_of("", {"train.recompute_layers=-2"}),
+              {"train.recompute_layers", ">= -1", "got -2"});
+  check_error(error_of("", {"train.recompute_layers=1.5"}),
+              {"train.recompute_layers", "integer", "1.5"});
   check_error(error_of("", {"train.classifier_chunk=-8"}),
               {"train.classifier_chunk", ">= 0", "got -8"});
   check_error(error_of("", {"train.threads=-1"}), {"train.threads", "got -1"});
