@@ -233,7 +233,8 @@ __global__ void __launch_bounds__(kQ) attention_dq_kernel(D* dqkv, const D* dout
 template <int HS, class D>
 void forward_hs(D* out, float* lse, const D* qkv, int B, int T, int C, int NH) {
   const dim3 grid(ceil_div(T, kQ), NH, B);
-  attention_forward_kernel<D, HS><<<grid, kQ>>>(out, lse, qkv, T, C, NH, rsqrtf(float(HS)));
+  attention_forward_kernel<D, HS>
+      <<<grid, kQ, 0, compute_stream()>>>(out, lse, qkv, T, C, NH, rsqrtf(float(HS)));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -241,11 +242,11 @@ template <int HS, class D>
 void backward_hs(D* dqkv, const D* dout, const D* qkv, const float* lse, const float* delta,
                  int B, int T, int C, int NH) {
   const float scale = rsqrtf(float(HS));
-  attention_dkdv_kernel<D, HS><<<dim3(ceil_div(T, kKB), NH, B), kKB>>>(dqkv, dout, qkv, lse,
-                                                                       delta, T, C, NH, scale);
+  attention_dkdv_kernel<D, HS><<<dim3(ceil_div(T, kKB), NH, B), kKB, 0, compute_stream()>>>(
+      dqkv, dout, qkv, lse, delta, T, C, NH, scale);
   CUDA_CHECK_LAUNCH();
-  attention_dq_kernel<D, HS><<<dim3(ceil_div(T, kQ), NH, B), kQ>>>(dqkv, dout, qkv, lse, delta,
-                                                                   T, C, NH, scale);
+  attention_dq_kernel<D, HS><<<dim3(ceil_div(T, kQ), NH, B), kQ, 0, compute_stream()>>>(
+      dqkv, dout, qkv, lse, delta, T, C, NH, scale);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -269,8 +270,8 @@ int mma_head_size(int C, int NH) {
 
 template <class D>
 void delta_forward(float* delta, const D* dout, const D* out, int B, int T, int C, int NH) {
-  attention_delta_kernel<<<ceil_div(size_t(B) * T * NH, 8), 256>>>(delta, dout, out, B, T, C,
-                                                                   NH);
+  attention_delta_kernel<<<ceil_div(size_t(B) * T * NH, 8), 256, 0, compute_stream()>>>(
+      delta, dout, out, B, T, C, NH);
   CUDA_CHECK_LAUNCH();
 }
 

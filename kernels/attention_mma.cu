@@ -818,11 +818,12 @@ void attention_forward_mma(bf* out, float* lse, const bf* qkv, int B, int T, int
   const float scale_log2 = kLog2e * rsqrtf(float(kHS));
   if (allow_wgmma && attention_wgmma_available()) {
     const size_t smem = 5 * kRows * kHS * sizeof(bf);  // 40 KiB: Q, two K and two V tiles
-    forward_wgmma_kernel<<<grid_of(B, T, NH), kThreads, smem>>>(out, lse, qkv, T, C, NH,
-                                                                scale_log2);
+    forward_wgmma_kernel<<<grid_of(B, T, NH), kThreads, smem, compute_stream()>>>(
+        out, lse, qkv, T, C, NH, scale_log2);
   } else {
     const size_t smem = 5 * kTile * sizeof(bf);  // 45 KiB (Q, two K and two V buffers) < 48
-    forward_kernel<<<grid_of(B, T, NH), kThreads, smem>>>(out, lse, qkv, T, C, NH, scale_log2);
+    forward_kernel<<<grid_of(B, T, NH), kThreads, smem, compute_stream()>>>(out, lse, qkv, T, C, NH,
+                                                                            scale_log2);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -840,11 +841,11 @@ void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qk
                                     int(dq_w)));
     CUDA_CHECK(cudaFuncSetAttribute(dkdv_wgmma_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(dkdv_w)));
-    dq_wgmma_kernel<<<grid, kThreads, dq_w>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
-                                              scale * kLog2e);
+    dq_wgmma_kernel<<<grid, kThreads, dq_w, compute_stream()>>>(dqkv, delta, dout, qkv, out, lse, T,
+                                                                C, NH, scale, scale * kLog2e);
     CUDA_CHECK_LAUNCH();
-    dkdv_wgmma_kernel<<<grid, kThreads, dkdv_w>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
-                                                  scale * kLog2e);
+    dkdv_wgmma_kernel<<<grid, kThreads, dkdv_w, compute_stream()>>>(dqkv, dout, qkv, lse, delta, T,
+                                                                    C, NH, scale, scale * kLog2e);
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -856,11 +857,11 @@ void attention_backward_mma(bf* dqkv, float* delta, const bf* dout, const bf* qk
                                   int(dq_smem)));
   CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(dkdv_smem)));
-  dq_kernel<<<grid, kThreads, dq_smem>>>(dqkv, delta, dout, qkv, out, lse, T, C, NH, scale,
-                                      scale * kLog2e);
+  dq_kernel<<<grid, kThreads, dq_smem, compute_stream()>>>(dqkv, delta, dout, qkv, out, lse, T, C,
+                                                           NH, scale, scale * kLog2e);
   CUDA_CHECK_LAUNCH();
-  dkdv_kernel<<<grid, kThreads, dkdv_smem>>>(dqkv, dout, qkv, lse, delta, T, C, NH, scale,
-                                          scale * kLog2e);
+  dkdv_kernel<<<grid, kThreads, dkdv_smem, compute_stream()>>>(dqkv, dout, qkv, lse, delta, T, C,
+                                                               NH, scale, scale * kLog2e);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -176,11 +176,14 @@ void classifier(D* logits, float* losses, const int* targets, int N, int V, int 
     // trip through shared memory and cost occupancy.
     const size_t smem = kScratchBytes + size_t(V + W - 1) / W * sizeof(Pack<D, W>);
     if (dloss != 0.f && smem <= staged_smem_limit<D>())
-      classifier_staged_kernel<D><<<N, kThreads, smem>>>(logits, losses, targets, V, Vp, dloss);
+      classifier_staged_kernel<D>
+          <<<N, kThreads, smem, compute_stream()>>>(logits, losses, targets, V, Vp, dloss);
     else
-      classifier_kernel<D, W><<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);
+      classifier_kernel<D, W>
+          <<<N, kThreads, 0, compute_stream()>>>(logits, losses, targets, V, Vp, dloss);
   } else {
-    classifier_kernel<D, 1><<<N, kThreads>>>(logits, losses, targets, V, Vp, dloss);
+    classifier_kernel<D, 1>
+        <<<N, kThreads, 0, compute_stream()>>>(logits, losses, targets, V, Vp, dloss);
   }
   CUDA_CHECK_LAUNCH();
 }

@@ -80,8 +80,13 @@ auto once_per_device(const Make& make) {
   return results[device] = make(device);
 }
 
+// The stream every kernel, copy and cuBLASLt call of this host thread goes to: the
+// per-thread default stream. Unlike the legacy default stream a CUDA graph can capture
+// it (Device::replay), and it still orders itself after anything left on the legacy one.
+inline cudaStream_t compute_stream() { return cudaStreamPerThread; }
+
 // The stream the optimizer and gradient-arithmetic kernels (and their copies) run on.
-// The default stream, unless multi-GPU fused training moves each update behind its
+// The compute stream, unless multi-GPU fused training moves each update behind its
 // gradient's all-reduce on the communication stream, where it overlaps the rest of
 // backward. Per host thread; set through UpdateStreamScope.
 cudaStream_t update_stream();

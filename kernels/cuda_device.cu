@@ -44,18 +44,63 @@ PlanGpu plan_gpu() {
   return g;
 }
 
+class CudaReplay final : public Replay {
+ public:
+  ~CudaReplay() override {
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+  void run(const std::function<void()>& work) override {
+    const cudaStream_t s = cuda::compute_stream();
+    if (!exec_ && runs_++ > 0) record(work, s);
+    if (exec_) CUDA_CHECK(cudaGraphLaunch(exec_, s));
+    else work();
+  }
+  bool recorded() const override { return exec_ != nullptr; }
+
+ private:
+  // Thread-local capture mode: a call in `work` that cannot be recorded (cudaMalloc, a
+  // synchronizing copy) fails the capture instead of slipping past it.
+  void record(const std::function<void()>& work, cudaStream_t s) {
+    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    try {
+      work();
+    } catch (...) {
+      cudaStreamEndCapture(s, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) fail("CUDA error ", cudaGetErrorString(e), " instantiating a graph");
+  }
+  int runs_ = 0;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 class CudaDevice final : public Device {
  public:
   explicit CudaDevice(int gpu) : gpu_(gpu) { CUDA_CHECK(cudaSetDevice(gpu)); }
   bool is_cuda() const override { return true; }
   void to_host(void* host, const void* dev, size_t bytes) override {
-    CUDA_CHECK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
+    const cudaStream_t s = cuda::compute_stream();
+    CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
   }
+  // From pageable memory (what callers pass) the copy is staged before the call returns,
+  // so the host may reuse `host` at once; and unlike cudaMemcpy it does not wait for the
+  // work queued before it, which would leave the device idle at every step's inputs.
   void to_device(void* dev, const void* host, size_t bytes) override {
-    CUDA_CHECK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
+    CUDA_CHECK(
+        cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, cuda::compute_stream()));
   }
-  void zero(void* dev, size_t bytes) override { CUDA_CHECK(cudaMemset(dev, 0, bytes)); }
+  void zero(void* dev, size_t bytes) override {
+    CUDA_CHECK(cudaMemsetAsync(dev, 0, bytes, cuda::compute_stream()));
+  }
   void synchronize() override { CUDA_CHECK(cudaDeviceSynchronize()); }
+  std::unique_ptr<Replay> make_replay() override { return std::make_unique<CudaReplay>(); }
   size_t driver_bytes_in_use() const override {
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
@@ -82,7 +127,7 @@ thread_local cudaStream_t g_update_stream = nullptr;
 }
 
 namespace cuda {
-cudaStream_t update_stream() { return g_update_stream; }
+cudaStream_t update_stream() { return g_update_stream ? g_update_stream : compute_stream(); }
 UpdateStreamScope::UpdateStreamScope(cudaStream_t s) : saved_(g_update_stream) { g_update_stream = s; }
 UpdateStreamScope::~UpdateStreamScope() { g_update_stream = saved_; }
 void copy_to_host_on_update_stream(void* host, const void* dev, size_t bytes) {

@@ -67,7 +67,8 @@ template <class D>
 void encoder_forward(D* out, const int* inp, const D* wte, const D* wpe, int B, int T, int C) {
   const size_t n = size_t(B) * T * C;
   if (n == 0) return;
-  encoder_forward_kernel<<<ceil_div(n, 256), 256>>>(out, inp, wte, wpe, B * T, T, C);
+  encoder_forward_kernel<<<ceil_div(n, 256), 256, 0, compute_stream()>>>(out, inp, wte, wpe, B * T,
+                                                                         T, C);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -82,7 +83,8 @@ void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, in
   const int N = B * T;
   if (N == 0) return;
   if (dwpe) {
-    wpe_backward_kernel<<<ceil_div(size_t(T) * C, 256), 256>>>(dwpe, dout, B, T, C);
+    wpe_backward_kernel<<<ceil_div(size_t(T) * C, 256), 256, 0, compute_stream()>>>(dwpe, dout, B,
+                                                                                    T, C);
     CUDA_CHECK_LAUNCH();
   }
   if (!dwte) return;
@@ -93,10 +95,11 @@ void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, in
   int* rows = reinterpret_cast<int*>(p + 2 * arr);
   void* temp = p + 3 * arr;
   size_t temp_bytes = scratch_bytes - 3 * arr;
-  iota_kernel<<<ceil_div(N, 256), 256>>>(positions, N);
+  iota_kernel<<<ceil_div(N, 256), 256, 0, compute_stream()>>>(positions, N);
   CUDA_CHECK_LAUNCH();
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, inp, tokens, positions, rows, N));
-  wte_backward_kernel<<<N, 256>>>(dwte, dout, tokens, rows, N, C);
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, inp, tokens, positions, rows, N, 0,
+                                             int(sizeof(int) * 8), compute_stream()));
+  wte_backward_kernel<<<N, 256, 0, compute_stream()>>>(dwte, dout, tokens, rows, N, C);
   CUDA_CHECK_LAUNCH();
 }
 

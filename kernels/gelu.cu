@@ -67,16 +67,17 @@ template <class D> void gelu_forward(D* out, const D* inp, size_t n) {
   if (n == 0) return;
   if ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(inp)) % 16 == 0) {
     const size_t packs = n / (16 / sizeof(D));
-    gelu_forward_vec_kernel<<<ceil_div(std::max<size_t>(packs, 1), 256), 256>>>(out, inp, n);
+    gelu_forward_vec_kernel<<<ceil_div(std::max<size_t>(packs, 1), 256), 256, 0,
+                              compute_stream()>>>(out, inp, n);
   } else {
-    gelu_forward_kernel<<<ceil_div(n, 256), 256>>>(out, inp, n);
+    gelu_forward_kernel<<<ceil_div(n, 256), 256, 0, compute_stream()>>>(out, inp, n);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 template <class D> void gelu_backward(D* dinp, const D* inp, const D* dout, size_t n) {
   if (n == 0) return;
-  gelu_backward_kernel<<<ceil_div(n, 256), 256>>>(dinp, inp, dout, n);
+  gelu_backward_kernel<<<ceil_div(n, 256), 256, 0, compute_stream()>>>(dinp, inp, dout, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -2,7 +2,7 @@
 // the device element type D (float or __nv_bfloat16) and explicitly instantiated for
 // both in their file. CudaOps (cuda_ops.cu) is their only caller; it owns the cuBLASLt
 // handle and the scratch memory that some of them need (sized by *_scratch_bytes).
-// Everything runs on the default stream.
+// Everything runs on compute_stream().
 #pragma once
 #include <cublasLt.h>
 

@@ -345,12 +345,13 @@ void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D
   if (N == 0) return;
   if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}))
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
-      layernorm_forward_vec_kernel<D, decltype(nv)::value><<<ceil_div(N, 8), 256>>>(
-          out, mean, rstd, res_out, inp, add, weight, bias, N, C);
+      layernorm_forward_vec_kernel<D, decltype(nv)::value>
+          <<<ceil_div(N, 8), 256, 0, compute_stream()>>>(out, mean, rstd, res_out, inp, add, weight,
+                                                         bias, N, C);
     });
   else
-    layernorm_forward_kernel<<<ceil_div(N, 8), 256>>>(out, mean, rstd, res_out, inp, add,
-                                                      weight, bias, N, C);
+    layernorm_forward_kernel<<<ceil_div(N, 8), 256, 0, compute_stream()>>>(
+        out, mean, rstd, res_out, inp, add, weight, bias, N, C);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -408,7 +409,7 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
         // No more blocks than fit at once: a second, partial wave would double the time.
         chunks = std::max(1, std::min<int>({kRowChunks, int(ceil_div(N, 8)),
                                             backward_resident_blocks<D, NV, kColsum>(smem)}));
-        layernorm_backward_vec_kernel<D, NV, kColsum><<<chunks, 256, smem>>>(
+        layernorm_backward_vec_kernel<D, NV, kColsum><<<chunks, 256, smem, compute_stream()>>>(
             dinp, sums ? partial : nullptr, dout, inp, weight, mean, rstd, N, C);
       };
       if (dinp_colsum) launch(std::true_type{});
@@ -417,18 +418,20 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
     CUDA_CHECK_LAUNCH();
   } else {
     if (dinp) {
-      layernorm_dinp_kernel<<<ceil_div(N, 8), 256>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+      layernorm_dinp_kernel<<<ceil_div(N, 8), 256, 0, compute_stream()>>>(dinp, dout, inp, weight,
+                                                                          mean, rstd, N, C);
       CUDA_CHECK_LAUNCH();
     }
     if (sums) {
-      layernorm_dparams_partial_kernel<<<dim3(ceil_div(C, 32), kRowChunks), dim3(32, 8)>>>(
+      layernorm_dparams_partial_kernel<<<dim3(ceil_div(C, 32), kRowChunks), dim3(32, 8), 0,
+                                         compute_stream()>>>(
           partial, dout, inp, dinp_colsum ? dinp : nullptr, mean, rstd, N, C);
       CUDA_CHECK_LAUNCH();
     }
   }
   if (!sums) return;
-  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 32)>>>(dweight, dbias, dinp_colsum,
-                                                                    partial, chunks, C);
+  layernorm_dparams_final_kernel<<<ceil_div(C, 32), dim3(32, 32), 0, compute_stream()>>>(
+      dweight, dbias, dinp_colsum, partial, chunks, C);
   CUDA_CHECK_LAUNCH();
 }
 

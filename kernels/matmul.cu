@@ -145,7 +145,7 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   if (choice.found) {
     const float alpha = 1.f;
     CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
-                                &choice.algo, lt.workspace, lt.workspace_bytes, 0));
+                                &choice.algo, lt.workspace, lt.workspace_bytes, compute_stream()));
   }
   cublasLtMatrixLayoutDestroy(ld);
   cublasLtMatrixLayoutDestroy(lb);
@@ -339,7 +339,7 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
     must_run_gemm(lt, g, dweight, inp, dout);
   }
   if (dbias && dout_colsum) {
-    add_colsum_kernel<<<ceil_div(OC, 256), 256>>>(dbias, dout_colsum, OC);
+    add_colsum_kernel<<<ceil_div(OC, 256), 256, 0, compute_stream()>>>(dbias, dout_colsum, OC);
     CUDA_CHECK_LAUNCH();
   } else if (dbias) {
     float* partial = static_cast<float*>(scratch);
@@ -347,13 +347,16 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
     const int groups = ceil_div(OC, 32 * V);
     if (OC % V == 0 && groups <= kMaxBiasGroups &&
         reinterpret_cast<uintptr_t>(dout) % 16 == 0 && reinterpret_cast<uintptr_t>(partial) % 16 == 0) {
-      bias_partial_vec_kernel<<<dim3(groups, kRowChunks), dim3(32, 8)>>>(partial, dbias, dout, N, OC);
+      bias_partial_vec_kernel<<<dim3(groups, kRowChunks), dim3(32, 8), 0, compute_stream()>>>(
+          partial, dbias, dout, N, OC);
       CUDA_CHECK_LAUNCH();
       return;
     }
-    bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8)>>>(partial, dout, N, OC);
+    bias_partial_kernel<<<dim3(ceil_div(OC, 32), kRowChunks), dim3(32, 8), 0, compute_stream()>>>(
+        partial, dout, N, OC);
     CUDA_CHECK_LAUNCH();
-    bias_final_kernel<<<ceil_div(OC, 32), dim3(32, 8)>>>(dbias, partial, kRowChunks, OC);
+    bias_final_kernel<<<ceil_div(OC, 32), dim3(32, 8), 0, compute_stream()>>>(dbias, partial,
+                                                                              kRowChunks, OC);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -1,7 +1,7 @@
 // Comm over NCCL (src/comm.hpp): one communicator per process, one GPU per rank.
-// The communication stream is created non-blocking, so the legacy default stream (where
-// forward and backward run) does not serialize with it; ordering between the two is
-// only ever by events. Gradients are averaged with ncclAvg in their own dtype (bf16
+// The communication stream is created non-blocking, so the legacy default stream does not
+// serialize it with the compute stream (where forward and backward run); ordering between
+// the two is only ever by events. Gradients are averaged with ncclAvg in their own dtype (bf16
 // gradients as ncclBfloat16), in place.
 //
 // TRAIN_GPT2_SKIP_GRAD_REDUCE=1 turns reduce_grads (and ZeRO-1's reduce_to and
@@ -104,11 +104,13 @@ class NcclComm final : public Comm {
   }
 
   void mark(int slot) override { CUDA_CHECK(cudaEventRecord(marks_[slot], stream_)); }
-  void wait_mark(int slot) override { CUDA_CHECK(cudaStreamWaitEvent(0, marks_[slot], 0)); }
+  void wait_mark(int slot) override {
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), marks_[slot], 0));
+  }
 
   void join() override {
     CUDA_CHECK(cudaEventRecord(done_, stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(0, done_, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), done_, 0));
   }
 
  private:
@@ -126,7 +128,7 @@ class NcclComm final : public Comm {
   }
   // The communication stream goes on only after what the compute stream queued so far.
   void after_compute() {
-    CUDA_CHECK(cudaEventRecord(produced_, 0));
+    CUDA_CHECK(cudaEventRecord(produced_, cuda::compute_stream()));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, produced_, 0));
   }
   int rank_, world_;

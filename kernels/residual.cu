@@ -16,7 +16,7 @@ __global__ void residual_forward_kernel(D* out, const D* a, const D* b, size_t n
 
 template <class D> void residual_forward(D* out, const D* a, const D* b, size_t n) {
   if (n == 0) return;
-  residual_forward_kernel<<<ceil_div(n, 256), 256>>>(out, a, b, n);
+  residual_forward_kernel<<<ceil_div(n, 256), 256, 0, compute_stream()>>>(out, a, b, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -57,7 +57,7 @@ inline const char* kDefaultConfig = R"json({
     "seed": 1337, "device": "auto", "precision": "auto", "master_weights": true,
     "grad_accum_steps": 1, "grad_clip": null, "grad_clip_value": 0.0, "two_pass_clip": false,
     "recompute": 0, "recompute_layers": -1, "classifier_chunk": 0, "nan_policy": "stop",
-    "threads": 0, "zero1": true, "late_wte_grad": false
+    "threads": 0, "zero1": true, "late_wte_grad": false, "cuda_graph": true
   },
   "eval": {"every": 100, "batches": 8},
   "sample": {"every": 0, "tokens": 64, "prompt": "", "temperature": 1.0, "top_k": 40},

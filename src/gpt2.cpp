@@ -194,12 +194,11 @@ std::vector<float> GPT2<T>::get_params() const {
 }
 
 template <class T>
-void GPT2<T>::forward_to_lnf(const int* inputs) {
+void GPT2<T>::forward_to_lnf() {
   using K = ParamKind;
   const ModelConfig& c = table.cfg;
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
   train_sink_ = nullptr;  // the activations backward would use are overwritten
-  dev_.to_device(inputs_.get(), inputs, BT * sizeof(int));
   ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
   ops_.layernorm_forward(layer(0).ln1, layer(0).ln1_mean, layer(0).ln1_rstd, encoded_.get(),
                          param(K::ln1w, 0), param(K::ln1b, 0), BT, C);
@@ -233,17 +232,19 @@ void GPT2<T>::forward_to_lnf(const int* inputs) {
 }
 
 template <class T>
-void GPT2<T>::start_forward(const int* inputs, const int* targets, float dloss,
-                             GradSink<T>* sink) {
-  if (!targets) fail("internal: GPT2::start_forward needs targets (forward_logits samples)");
+void GPT2<T>::load_batch(const int* inputs, const int* targets) {
+  if (!targets) fail("internal: GPT2::load_batch needs targets (forward_logits samples)");
+  const size_t bytes = size_t(batch) * seq_len * sizeof(int);
+  dev_.to_device(inputs_.get(), inputs, bytes);
+  dev_.to_device(targets_.get(), targets, bytes);
+}
+
+template <class T>
+void GPT2<T>::queue_forward(float dloss, GradSink<T>* sink) {
   if ((sink != nullptr) != (dloss != 0.0f))
-    fail("internal: GPT2::start_forward trains with a sink and dloss != 0, or evaluates with "
-         "neither");
-  const int BT = batch * seq_len;
-  // A copy from pageable host memory waits for the device: done here, next to the
-  // inputs' copy, it does not wait for the layers' work queued by forward_to_lnf.
-  dev_.to_device(targets_.get(), targets, BT * sizeof(int));
-  forward_to_lnf(inputs);
+    fail("internal: GPT2::queue_forward trains with a sink and dloss != 0, or evaluates "
+         "with neither");
+  forward_to_lnf();
   T* dwte = sink && !late_wte_grad ? sink->grad(table.get(ParamKind::wte)) : nullptr;
   classify(dloss, sink != nullptr, dwte);
   train_sink_ = sink, dwte_ = dwte, dloss_ = dloss;
@@ -282,7 +283,8 @@ std::vector<float> GPT2<T>::forward_logits(const int* inputs, int row) {
   const ModelConfig& c = table.cfg;
   if (row < 0 || row >= batch * seq_len)
     fail("internal: forward_logits row ", row, " outside [0, ", batch * seq_len, ")");
-  forward_to_lnf(inputs);
+  dev_.to_device(inputs_.get(), inputs, size_t(batch) * seq_len * sizeof(int));
+  forward_to_lnf();
   ops_.matmul_forward(logits_.get(), nullptr, lnf_.get() + size_t(row) * c.channels,
                       param(ParamKind::wte), nullptr, 1, c.channels, c.padded_vocab_size);
   std::vector<T> h(c.vocab_size);

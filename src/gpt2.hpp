@@ -90,7 +90,15 @@ class GPT2 {
   // the last forward's mean loss; backward leaves it alone (with late_wte_grad it
   // rewrites the same values).
   void start_forward(const int* inputs, const int* targets, float dloss,
-                     GradSink<T>* sink = nullptr);
+                     GradSink<T>* sink = nullptr) {
+    load_batch(inputs, targets);
+    queue_forward(dloss, sink);
+  }
+  // start_forward in two: the batch's copy to the device, then the forward over the
+  // batch on the device. queue_forward + backward queue the same device work on the same
+  // buffers at every step, what Device::make_replay records.
+  void load_batch(const int* inputs, const int* targets);
+  void queue_forward(float dloss, GradSink<T>* sink = nullptr);
   double loss();
   void backward(GradSink<T>& sink);
   // Runs the forward over inputs and returns the logits of one row (b * seq_len + t)
@@ -107,7 +115,7 @@ class GPT2 {
     Stat<T> *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;
   };
   Layer layer(int l);
-  void forward_to_lnf(const int* inputs);  // encoder, layers, final layernorm
+  void forward_to_lnf();  // encoder, layers, final layernorm, over inputs_
   // The classifier over all B*T rows, chunk by chunk: logits and dlogits in logits_, the
   // losses in losses_; with dlnf, d(lnf) into dbtc_, and with dwte non-null, wte's
   // classifier gradient added there.

@@ -5,7 +5,9 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 namespace gpt2 {
@@ -27,6 +29,21 @@ struct MemoryLedger {
 };
 
 // A compute device's memory: CPU (aligned host memory) or one CUDA GPU.
+// Device work queued the same way again and again: a training step's forward and
+// backward. run(work) queues what `work` queues. A CUDA device runs `work` directly the
+// first time (one-time setup such as lazy allocations happens then), records it into a
+// CUDA graph the second time, and from then on launches that graph without calling
+// `work`: one launch instead of some 400, and shorter gaps between the kernels. So
+// `work` must queue the same operations on the same buffers each time and leave no host
+// state that a later call relies on; what changes between calls (inputs, targets) must
+// be in device memory, copied outside `work`.
+class Replay {
+ public:
+  virtual ~Replay() = default;
+  virtual void run(const std::function<void()>& work) { work(); }
+  virtual bool recorded() const { return false; }  // run() launches a recording now
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -38,6 +55,8 @@ class Device {
   virtual void to_device(void* dev, const void* host, size_t bytes) = 0;
   virtual void zero(void* dev, size_t bytes) = 0;
   virtual void synchronize() {}
+  // A Replay for work queued on this device; other devices just run it.
+  virtual std::unique_ptr<Replay> make_replay() { return std::make_unique<Replay>(); }
   // Bytes in use on the device as its driver sees them (cudaMemGetInfo: total - free,
   // which includes the CUDA context and other processes); 0 where not applicable (CPU).
   virtual size_t driver_bytes_in_use() const { return 0; }

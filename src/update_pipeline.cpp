@@ -260,6 +260,7 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   else
     full_ = std::make_unique<FullSink>(model.table, dev, comm);
   if (zero1_) full_->owners = &owners_;
+  if (!fused_ && comm.world() == 1 && tr["cuda_graph"].get<bool>()) replay_ = dev.make_replay();
   const size_t n = size_t(model.batch) * model.seq_len;
   inputs_.resize(n), targets_.resize(n);
 }
@@ -346,9 +347,14 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
-      model_.start_forward(inputs_.data(), targets_.data(), dloss, full_.get());
+      model_.load_batch(inputs_.data(), targets_.data());
       full_->reducing = comm_.world() > 1 && micro == accum_ - 1;
-      model_.backward(*full_);
+      auto pass = [&] {
+        model_.queue_forward(dloss, full_.get());
+        model_.backward(*full_);
+      };
+      if (replay_) replay_->run(pass);
+      else pass();
       if (micro == accum_ - 1) full_->flush();
       const double loss = comm_.mean(model_.loss());
       if (!loss_ok(loss)) {

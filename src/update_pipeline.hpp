@@ -125,6 +125,8 @@ class UpdatePipeline {
   StepResult step(int64_t t, float lr, const std::function<void(int*, int*)>& next_batch);
 
   bool fused() const { return fused_; }
+  // Whether steps now launch a recorded forward + backward (train.cuda_graph).
+  bool replaying() const { return replay_ && replay_->recorded(); }
 
  private:
   class FullSink;
@@ -147,6 +149,11 @@ class UpdatePipeline {
   DeviceBuffer<float> master_;
   std::unique_ptr<FullSink> full_;
   std::unique_ptr<FusedSink> fused_sink_;
+  // after_backward on one device with train.cuda_graph: each micro-step's forward +
+  // backward, recorded once and replayed (see Replay). Null otherwise: fused updates
+  // take the step's lr as a kernel argument, and data parallelism queues its
+  // all-reduces only on a step's last micro-step.
+  std::unique_ptr<Replay> replay_;
   std::vector<int> inputs_, targets_;
 };
 
