@@ -42,15 +42,18 @@ class CudaOps final : public Ops<T> {
     const size_t bytes = cuda::encoder_backward_scratch_bytes(B * T_);
     cuda::encoder_backward(d(dwte), d(dwpe), d(dout), inp, B, T_, C, scratch(bytes), bytes);
   }
+  // C a multiple of 8 keeps the padded rows 16-byte aligned for the vector kernels and
+  // cuBLASLt.
+  bool pads_rows(int C) const override { return cuda_pads_rows(C); }
   void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
-                         const T* bias, int N, int C) override {
-    cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C);
+                         const T* bias, int N, int C, bool padded = false) override {
+    cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C, ld(C, padded));
   }
   void residual_layernorm_forward(T* residual_out, T* out, float* mean, float* rstd,
                                   const T* a, const T* b, const T* weight, const T* bias, int N,
-                                  int C) override {
+                                  int C, bool padded = false) override {
     cuda::residual_layernorm_forward(d(residual_out), d(out), mean, rstd, d(a), d(b), d(weight),
-                                     d(bias), N, C);
+                                     d(bias), N, C, ld(C, padded));
   }
   void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                           const T* weight, const float* mean, const float* rstd, int N, int C,
@@ -60,17 +63,20 @@ class CudaOps final : public Ops<T> {
                              rstd, N, C, s, dinp_colsum);
   }
   void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight, const T* bias, int N,
-                      int C, int OC) override {
-    cuda::matmul_forward(lt_, d(out), d(gelu_out), d(inp), d(weight), d(bias), N, C, OC);
+                      int C, int OC, bool padded = false) override {
+    cuda::matmul_forward(lt_, d(out), d(gelu_out), d(inp), d(weight), d(bias), N, C, OC,
+                         ld(C, padded));
   }
   void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                        const T* weight, const T* pre_gelu, int N, int C, int OC,
-                       const float* dout_colsum = nullptr) override {
-    // Only a dbias summed here needs scratch (the classifier's matmul, with the vocabulary
-    // as OC, has none).
-    void* s = dbias && !dout_colsum ? scratch(cuda::matmul_backward_scratch_bytes(N, OC)) : nullptr;
+                       const float* dout_colsum = nullptr, bool padded = false) override {
+    // Only a dbias computed here needs scratch (the classifier's matmul, with the
+    // vocabulary as OC, has none): partial sums, or the padded GEMM's output.
+    const bool sums = dbias && !dout_colsum;
+    void* s = sums ? scratch(cuda::matmul_backward_scratch_bytes(N, C, OC, padded && dweight))
+                   : nullptr;
     cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
-                          d(pre_gelu), N, C, OC, s, dout_colsum);
+                          d(pre_gelu), N, C, OC, s, dout_colsum, ld(C, padded));
   }
   void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
                          int NH) override {
@@ -96,6 +102,10 @@ class CudaOps final : public Ops<T> {
   }
 
  private:
+  static int ld(int C, bool padded) {
+    if (padded && !cuda_pads_rows(C)) fail("internal: ones-padded rows with C = ", C);
+    return padded ? C + kOnesPad : C;
+  }
   static D* d(T* p) { return cuda::dev_ptr(p); }
   static const D* d(const T* p) { return cuda::dev_ptr(p); }
 
@@ -118,13 +128,14 @@ class CudaOps final : public Ops<T> {
 size_t cuda_kernel_scratch_bytes(const ModelConfig& cfg, int B, int T, const PlanGpu& gpu) {
   const int C = cfg.channels, N = B * T;
   // GPT2::backward's calls that take scratch: layernorm_backward at (N, C); matmul_backward
-  // with dbias at OC = C (attproj, fcproj), 3C (qkv), 4C (fc); attention_backward; and
-  // encoder_backward. scratch() frees the old buffer before it allocates a larger one,
-  // so the ledger's workspace peak holds only the largest.
+  // with dbias at OC = 3C (qkv), 4C (fc), on ones-padded rows where the GPU pads them
+  // (attproj's and fcproj's dbias come from the layernorm backward's column sums);
+  // attention_backward; and encoder_backward. scratch() frees the old buffer before it
+  // allocates a larger one, so the ledger's workspace peak holds only the largest.
+  const bool padded = cuda_pads_rows(C);
   size_t bytes = std::max({cuda::layernorm_backward_scratch_bytes(N, C),
-                           cuda::matmul_backward_scratch_bytes(N, C),
-                           cuda::matmul_backward_scratch_bytes(N, 3 * C),
-                           cuda::matmul_backward_scratch_bytes(N, 4 * C),
+                           cuda::matmul_backward_scratch_bytes(N, C, 3 * C, padded),
+                           cuda::matmul_backward_scratch_bytes(N, C, 4 * C, padded),
                            cuda::attention_backward_scratch_bytes(B, T, cfg.num_heads)});
   if (gpu.present) bytes = std::max(bytes, cuda::encoder_backward_scratch_bytes(N));
   return bytes;

@@ -10,6 +10,7 @@
 
 #include "cuda_common.cuh"
 #include "error.hpp"
+#include "ops.hpp"
 
 #define CUBLAS_CHECK(call)                                                             \
   do {                                                                                 \
@@ -29,20 +30,22 @@ template <class D>
 void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, int T, int C,
                       void* scratch, size_t scratch_bytes);
 
-// layernorm.cu
+// layernorm.cu. `ldo`: out's row stride; past C the rows are ones-padded (src/ops.hpp).
 template <class D>
 void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
-                       const D* bias, int N, int C);
+                       const D* bias, int N, int C, int ldo);
 template <class D>
 void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rstd, const D* a,
-                                const D* b, const D* weight, const D* bias, int N, int C);
+                                const D* b, const D* weight, const D* bias, int N, int C,
+                                int ldo);
 size_t layernorm_backward_scratch_bytes(int N, int C);
 template <class D>
 void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                         const D* weight, const float* mean, const float* rstd, int N, int C,
                         void* scratch, float* dinp_colsum = nullptr);
 
-// matmul.cu. `workspace` is cuBLASLt's; `scratch` holds dbias partial sums.
+// matmul.cu. `workspace` is cuBLASLt's; `scratch` holds dbias partial sums, or with
+// ones-padded input rows (`ld_inp` = C + kOnesPad) the dweight GEMM's fp32 output.
 struct Lt {
   cublasLtHandle_t handle;
   void* workspace;
@@ -50,12 +53,12 @@ struct Lt {
 };
 template <class D>
 void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
-                    const D* bias, int N, int C, int OC);
-size_t matmul_backward_scratch_bytes(int N, int OC);
+                    const D* bias, int N, int C, int OC, int ld_inp);
+size_t matmul_backward_scratch_bytes(int N, int C, int OC, bool padded);
 template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                      const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
-                     const float* dout_colsum = nullptr);
+                     const float* dout_colsum, int ld_inp);
 
 // attention.cu. attention_forward/backward run the tensor-core kernels of
 // attention_mma.cu for bf16 with head size 64, else the exact FMA kernels; the _fma entry

@@ -20,6 +20,8 @@
 // - dinp_colsum (optional): the column sums of dinp as written, a third partial row
 //   beside dweight's and dbias's: the bias gradient of the matmul whose dout this dinp
 //   is (attproj's, fcproj's), which would otherwise read the whole N x C dinp again.
+// Ones-padded output (src/ops.hpp): rows of ldo > C elements, the pad written as 1, 0, ...
+// by the row's first lanes.
 // Measured (tools/bench_ops, d12 B 16 T 1024 bf16, H200): layernorm + residual went from
 // 4.5 + 1.1 ms to 3.0 ms per step with the fused add and the fused dweight/dbias partials;
 // on an H100, one wave for the backward (see its kernel) took it from 3.46 to 2.80 ms.
@@ -45,6 +47,12 @@ bool vector_path(int C, std::initializer_list<const void*> rows) {
   return C % (32 * vec_elems<D>()) == 0 && C / (32 * vec_elems<D>()) <= kMaxVecs;
 }
 
+// Lanes 0 .. ldo - C - 1 write a padded row's tail: 1, then zeros.
+template <class D>
+__device__ __forceinline__ void write_pad(D* y, int C, int ldo, int lane) {
+  if (lane < ldo - C) y[C + lane] = from_f<D>(lane == 0 ? 1.f : 0.f);
+}
+
 // Loads lane's vectors of one row into x (as float).
 template <class D, int NV>
 __device__ __forceinline__ void load_row(float (&x)[NV][vec_elems<D>()], const D* row, int nv,
@@ -67,7 +75,8 @@ __device__ __forceinline__ void load_row(float (&x)[NV][vec_elems<D>()], const D
 template <class D, int NV>
 __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rstd_out,
                                              D* res_out, const D* inp, const D* add,
-                                             const D* weight, const D* bias, int N, int C) {
+                                             const D* weight, const D* bias, int N, int C,
+                                             int ldo) {
   constexpr int V = vec_elems<D>();
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
@@ -97,7 +106,8 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
 #pragma unroll
     for (int j = 0; j < V; j++) var += (x[i][j] - mean) * (x[i][j] - mean);
   const float rstd = rsqrtf(warp_sum(var) / C + 1e-5f);
-  int4* y = reinterpret_cast<int4*>(out + size_t(row) * C);
+  D* const out_row = out + size_t(row) * ldo;
+  int4* y = reinterpret_cast<int4*>(out_row);
 #pragma unroll
   for (int i = 0; i < NV; i++) {
     const int4 raw_w = reinterpret_cast<const int4*>(weight)[i * 32 + lane];
@@ -111,6 +121,7 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
       e[j] = from_f<D>((x[i][j] - mean) * rstd * to_f(w[j]) + (bias ? to_f(b[j]) : 0.f));
     y[i * 32 + lane] = raw;
   }
+  write_pad(out_row, C, ldo, lane);
   if (lane == 0) {
     if (mean_out) mean_out[row] = mean;
     if (rstd_out) rstd_out[row] = rstd;
@@ -203,7 +214,7 @@ __global__ void __launch_bounds__(256, NV <= 5 ? 2 : 1)
 template <class D>
 __global__ void layernorm_forward_kernel(D* out, float* mean_out, float* rstd_out, D* res_out,
                                          const D* inp, const D* add, const D* weight,
-                                         const D* bias, int N, int C) {
+                                         const D* bias, int N, int C, int ldo) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const D* x = inp + size_t(row) * C;
@@ -227,11 +238,12 @@ __global__ void layernorm_forward_kernel(D* out, float* mean_out, float* rstd_ou
     var += d * d;
   }
   const float rstd = rsqrtf(warp_sum(var) / C + 1e-5f);
-  D* y = out + size_t(row) * C;
+  D* y = out + size_t(row) * ldo;
   for (int c = lane; c < C; c += 32) {
     const float n = (to_f(x[c]) - mean) * rstd;
     y[c] = from_f<D>(n * to_f(weight[c]) + (bias ? to_f(bias[c]) : 0.f));
   }
+  write_pad(y, C, ldo, lane);
   if (lane == 0) {
     if (mean_out) mean_out[row] = mean;
     if (rstd_out) rstd_out[row] = rstd;
@@ -341,17 +353,18 @@ static_assert(kMaxVecs == 8, "with_vecs enumerates 1 .. kMaxVecs");
 
 template <class D>
 void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D* add,
-             const D* weight, const D* bias, int N, int C) {
+             const D* weight, const D* bias, int N, int C, int ldo) {
   if (N == 0) return;
-  if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}))
+  // A padded row stays 16-byte aligned (kOnesPad elements of bf16 are 16 bytes).
+  if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}) && ldo * sizeof(D) % 16 == 0)
     with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
       layernorm_forward_vec_kernel<D, decltype(nv)::value>
           <<<ceil_div(N, 8), 256, 0, compute_stream()>>>(out, mean, rstd, res_out, inp, add, weight,
-                                                         bias, N, C);
+                                                         bias, N, C, ldo);
     });
   else
     layernorm_forward_kernel<<<ceil_div(N, 8), 256, 0, compute_stream()>>>(
-        out, mean, rstd, res_out, inp, add, weight, bias, N, C);
+        out, mean, rstd, res_out, inp, add, weight, bias, N, C, ldo);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -376,14 +389,15 @@ int backward_resident_blocks(size_t smem) {
 
 template <class D>
 void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
-                       const D* bias, int N, int C) {
-  forward<D>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C);
+                       const D* bias, int N, int C, int ldo) {
+  forward<D>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C, ldo);
 }
 
 template <class D>
 void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rstd, const D* a,
-                                const D* b, const D* weight, const D* bias, int N, int C) {
-  forward<D>(residual_out, out, mean, rstd, a, b, weight, bias, N, C);
+                                const D* b, const D* weight, const D* bias, int N, int C,
+                                int ldo) {
+  forward<D>(residual_out, out, mean, rstd, a, b, weight, bias, N, C, ldo);
 }
 
 size_t layernorm_backward_scratch_bytes(int, int C) {
@@ -437,9 +451,9 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
 
 #define INSTANTIATE(D)                                                                       \
   template void layernorm_forward<D>(D*, float*, float*, const D*, const D*, const D*, int,  \
-                                     int);                                                   \
+                                     int, int);                                              \
   template void residual_layernorm_forward<D>(D*, D*, float*, float*, const D*, const D*,    \
-                                              const D*, const D*, int, int);                 \
+                                              const D*, const D*, int, int, int);            \
   template void layernorm_backward<D>(D*, D*, D*, const D*, const D*, const D*, const float*, \
                                       const float*, int, int, void*, float*);
 INSTANTIATE(float)

@@ -18,6 +18,10 @@
 // DGELU's 0.15, and it offers no fp32 output. Where dout is a layernorm backward's dinp
 // (attproj's and fcproj's dout is the residual gradient), that kernel sums the columns
 // as it writes them (dout_colsum) and dbias only adds them.
+// Where inp is ones-padded (src/ops.hpp: qkv's and fc's, the layernorm outputs), dbias
+// comes out of the dweight GEMM itself, as the product of dout with the column of ones:
+// the GEMM grows from C to C + 8 rows and writes fp32 scratch, which a small kernel adds
+// to dweight and dbias, instead of a pass over dout.
 // Also tried and dropped (H100, same call, d12 / d24 B 16): the column sums, or the
 // dweight GEMM too, on a second stream beside this call's GEMMs: d12 31.7 / 31.6 ms a
 // step -> 31.6 / 31.8 (sums) and 31.5 / 31.3 (dweight too); d24 with recompute 82.8 ->
@@ -78,14 +82,15 @@ struct Choice {
   bool found;
   cublasLtMatmulAlgo_t algo;
 };
-Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmulDesc_t desc,
-                   cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                   cublasLtMatrixLayout_t ld, const uint32_t (&align)[3]) {
+Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cudaDataType_t to,
+                   cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t la,
+                   cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t ld,
+                   const uint32_t (&align)[3]) {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   // Everything the heuristic sees: shapes, layouts, epilogue, workspace, operand
   // alignment (A, B, C = D), not beta.
-  const auto key = std::make_tuple(device, int(t), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
+  const auto key = std::make_tuple(device, int(t), int(to), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
                                    g.ldd, int(g.epilogue), g.bias != nullptr, g.ldaux,
                                    lt.workspace_bytes, align[0], align[1], align[2]);
   static std::mutex mutex;
@@ -114,10 +119,11 @@ Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cublasLtMatmul
   return cache[key] = c;
 }
 
-// Runs the GEMM; returns false (doing nothing) if cuBLASLt has no algorithm for it.
-template <class D>
-bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
-  const cudaDataType_t t = cuda_type<D>();
+// Runs the GEMM; returns false (doing nothing) if cuBLASLt has no algorithm for it. The
+// output (C = D) is of type O, the operands of type D.
+template <class D, class O>
+bool run_gemm(const Lt& lt, const Gemm& g, O* d, const D* a, const D* b) {
+  const cudaDataType_t t = cuda_type<D>(), to = cuda_type<O>();
   cublasLtMatmulDesc_t desc;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t opa = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -139,9 +145,9 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   cublasLtMatrixLayout_t la, lb, ld;
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, t, g.m, g.n, g.ldd));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, to, g.m, g.n, g.ldd));
   const uint32_t align[3] = {alignment(a), alignment(b), alignment(d)};
-  const Choice choice = choose_algo(lt, g, t, desc, la, lb, ld, align);
+  const Choice choice = choose_algo(lt, g, t, to, desc, la, lb, ld, align);
   if (choice.found) {
     const float alpha = 1.f;
     CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
@@ -154,8 +160,8 @@ bool run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
   return choice.found;
 }
 
-template <class D>
-void must_run_gemm(const Lt& lt, const Gemm& g, D* d, const D* a, const D* b) {
+template <class D, class O>
+void must_run_gemm(const Lt& lt, const Gemm& g, O* d, const D* a, const D* b) {
   if (!run_gemm(lt, g, d, a, b))
     fail("cuBLASLt found no algorithm for a ", g.m, "x", g.n, "x", g.k,
          " matmul (check that the model's channel sizes are positive)");
@@ -280,6 +286,24 @@ __global__ void bias_final_kernel(D* dbias, const float* partial, int chunks, in
   dbias[c] = from_f<D>(to_f(dbias[c]) + sum);
 }
 
+// dweight[OC, C] += wb[:, :C] and dbias += wb[:, C], from the fp32 [dweight | dbias] rows
+// (row stride ld) of the GEMM over ones-padded input. grid ceil(OC C / 4 / 256), 256
+// threads, 4 columns a thread (C is a multiple of 8 where rows are padded).
+template <class D>
+__global__ void add_weight_bias_kernel(D* dweight, D* dbias, const float* wb, int OC, int C,
+                                       int ld) {
+  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x, q = C / 4;
+  if (i >= size_t(OC) * q) return;
+  const int oc = int(i / q), c = int(i % q) * 4;
+  const float* row = wb + size_t(oc) * ld;
+  const float4 s = *reinterpret_cast<const float4*>(row + c);
+  D* w = dweight + size_t(oc) * C + c;
+  const float add[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+  for (int j = 0; j < 4; j++) w[j] = from_f<D>(to_f(w[j]) + add[j]);
+  if (c == 0) dbias[oc] = from_f<D>(to_f(dbias[oc]) + row[C]);
+}
+
 // dbias += colsum, a column sum the caller has already (layernorm_backward's dinp_colsum).
 template <class D>
 __global__ void add_colsum_kernel(D* dbias, const float* colsum, int OC) {
@@ -291,10 +315,10 @@ __global__ void add_colsum_kernel(D* dbias, const float* colsum, int OC) {
 
 template <class D>
 void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
-                    const D* bias, int N, int C, int OC) {
+                    const D* bias, int N, int C, int OC, int ld_inp) {
   if (N == 0 || OC == 0) return;
   // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
-  Gemm g{OC, N, C, true, false, C, C, OC, 0.f};
+  Gemm g{OC, N, C, true, false, C, ld_inp, OC, 0.f};
   g.bias = bias;
   if (gelu_out) {
     Gemm ge = g;
@@ -308,14 +332,14 @@ void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* we
   if (gelu_out) gelu_forward(gelu_out, out, size_t(N) * OC);
 }
 
-size_t matmul_backward_scratch_bytes(int, int OC) {
-  return size_t(kRowChunks) * OC * sizeof(float);
+size_t matmul_backward_scratch_bytes(int, int C, int OC, bool padded) {
+  return (padded ? size_t(C + kOnesPad) : size_t(kRowChunks)) * OC * sizeof(float);
 }
 
 template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                      const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
-                     const float* dout_colsum) {
+                     const float* dout_colsum, int ld_inp) {
   if (N == 0) return;
   if (dinp) {
     // dinp^T[C,N] = weight^T[C,OC] (col-major C x OC as stored) @ dout^T[OC,N]
@@ -333,9 +357,19 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
       if (pre_gelu) gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
     }
   }
+  if (dweight && dbias && !dout_colsum && ld_inp > C) {
+    // [dweight | dbias]^T[ld_inp, OC] = [inp, 1, 0..]^T @ dout: the row of ones sums dout's
+    // columns. Into fp32 scratch (the GEMM cannot put row C elsewhere), then added.
+    float* wb = static_cast<float*>(scratch);
+    must_run_gemm(lt, Gemm{ld_inp, OC, N, false, true, ld_inp, OC, ld_inp, 0.f}, wb, inp, dout);
+    add_weight_bias_kernel<<<ceil_div(size_t(OC) * C / 4, 256), 256, 0, compute_stream()>>>(
+        dweight, dbias, wb, OC, C, ld_inp);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (dweight) {
     // dweight^T[C,OC] += inp^T[C,N] @ dout[N,OC] (dout^T stored col-major OC x N, transposed)
-    Gemm g{C, OC, N, false, true, C, OC, C, 1.f};
+    Gemm g{C, OC, N, false, true, ld_inp, OC, C, 1.f};
     must_run_gemm(lt, g, dweight, inp, dout);
   }
   if (dbias && dout_colsum) {
@@ -362,17 +396,17 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
 }
 
 template void matmul_forward<float>(const Lt&, float*, float*, const float*, const float*,
-                                    const float*, int, int, int);
+                                    const float*, int, int, int, int);
 template void matmul_forward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
                                             const __nv_bfloat16*, const __nv_bfloat16*,
-                                            const __nv_bfloat16*, int, int, int);
+                                            const __nv_bfloat16*, int, int, int, int);
 template void matmul_backward<float>(const Lt&, float*, float*, float*, const float*,
                                      const float*, const float*, const float*, int, int, int,
-                                     void*, const float*);
+                                     void*, const float*, int);
 template void matmul_backward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
                                              __nv_bfloat16*, const __nv_bfloat16*,
                                              const __nv_bfloat16*, const __nv_bfloat16*,
                                              const __nv_bfloat16*, int, int, int, void*,
-                                             const float*);
+                                             const float*, int);
 
 }  // namespace gpt2::cuda

@@ -28,6 +28,11 @@ constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 
 template <class T> class GradOps;
 
+// Whether CudaOps stores layernorm outputs of width C as ones-padded rows (Ops::pads_rows,
+// src/ops.hpp): where C is a multiple of 8, so that the padded rows stay 16-byte aligned
+// for the vector kernels and cuBLASLt. Here, for the memory plan too.
+inline bool cuda_pads_rows(int C) { return C % 8 == 0; }
+
 // The GPU that the device-dependent workspace sizes below are computed for: this
 // process's first GPU when one answers; otherwise (`memory` on a machine without one) an
 // assumed H100/H200, whose 132 SMs size the factored optimizers' sweep partials. `note`

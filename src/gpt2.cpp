@@ -25,24 +25,26 @@ size_t slot(int l, int R) { return size_t(l < R ? 0 : l - R + (R > 0)); }
 }  // namespace
 
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute recompute,
-                               int classifier_chunk, size_t E, bool late_wte_grad) {
+                               int classifier_chunk, size_t E, bool late_wte_grad,
+                               bool padded_ln) {
   const size_t S = E == 8 ? 8 : 4;  // Stat<T>: double only for the double model
   const size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads,
                Vp = cfg.padded_vocab_size, BT = size_t(B) * T, BTC = BT * C;
   const size_t ln_layers = kept_buffers(L, recompute.ln(int(L))),
-               gelu_layers = kept_buffers(L, recompute.gelu(int(L)));
+               gelu_layers = kept_buffers(L, recompute.gelu(int(L))),
+               ln_row = C + (padded_ln ? kOnesPad : 0);
   ActivationPlan p;
   p.entries = {
       {"inputs", BT * 4},
       {"targets", BT * 4},
       {"encoded", BTC * E},
-      {"ln1", ln_layers * BTC * E},
+      {"ln1", ln_layers * BT * ln_row * E},
       {"ln1_stats", L * 2 * BT * S},
       {"qkv", L * BTC * 3 * E},
       {"atty", L * BTC * E},
       {"lse", L * B * NH * T * S},
       {"residual2", L * BTC * E},
-      {"ln2", ln_layers * BTC * E},
+      {"ln2", ln_layers * BT * ln_row * E},
       {"ln2_stats", L * 2 * BT * S},
       {"fch", std::max(L * BTC * 4, late_wte_grad ? Vp * C : 0) * E},
       {"fch_gelu", gelu_layers * BTC * 4 * E},
@@ -126,12 +128,14 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, R
       classifier_chunk(classifier_chunk_rows(chunk, B * T_, cfg, sizeof(T), dev.is_cuda())),
       late_wte_grad(late),
       ops_(ops),
-      dev_(dev) {
+      dev_(dev),
+      padded_(ops.pads_rows(cfg.channels)),
+      ln_row_(cfg.channels + (padded_ ? kOnesPad : 0)) {
   if (T_ > cfg.max_seq_len)
     fail("sequence length ", T_, " exceeds the model's max_seq_len ", cfg.max_seq_len);
   params_ = DeviceBuffer<T>(dev, table.total, MemCategory::params, "parameters");
   const ActivationPlan plan =
-      activation_plan(cfg, B, T_, rc, classifier_chunk, sizeof(T), late_wte_grad);
+      activation_plan(cfg, B, T_, rc, classifier_chunk, sizeof(T), late_wte_grad, padded_);
   auto bytes = [&](const char* name) {
     for (const auto& e : plan.entries)
       if (std::string(e.name) == name) return e.bytes;
@@ -154,14 +158,14 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, R
 
 template <class T>
 typename GPT2<T>::Layer GPT2<T>::layer(int l) {
-  const size_t BT = size_t(batch) * seq_len, BTC = BT * table.cfg.channels;
+  const size_t BT = size_t(batch) * seq_len, BTC = BT * table.cfg.channels, LN = BT * ln_row_;
   const int L = table.cfg.num_layers;
   const size_t ln = slot(l, recompute.ln(L)), gl = slot(l, recompute.gelu(L));
   const size_t lse = size_t(batch) * table.cfg.num_heads * seq_len;
   return Layer{
-      ln1_.get() + ln * BTC,          qkv_.get() + l * 3 * BTC,
+      ln1_.get() + ln * LN,           qkv_.get() + l * 3 * BTC,
       atty_.get() + l * BTC,          residual2_.get() + l * BTC,
-      ln2_.get() + ln * BTC,          fch_.get() + l * 4 * BTC,
+      ln2_.get() + ln * LN,           fch_.get() + l * 4 * BTC,
       fch_gelu_.get() + gl * 4 * BTC, residual3_.get() + l * BTC,
       ln1_stats_.get() + l * 2 * BT,  ln1_stats_.get() + l * 2 * BT + BT,
       ln2_stats_.get() + l * 2 * BT,  ln2_stats_.get() + l * 2 * BT + BT,
@@ -200,21 +204,23 @@ void GPT2<T>::forward_to_lnf() {
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
   train_sink_ = nullptr;  // the activations backward would use are overwritten
   ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
+  const bool pad = padded_;  // ln1 and ln2, the inputs of qkv and fc
   ops_.layernorm_forward(layer(0).ln1, layer(0).ln1_mean, layer(0).ln1_rstd, encoded_.get(),
-                         param(K::ln1w, 0), param(K::ln1b, 0), BT, C);
+                         param(K::ln1w, 0), param(K::ln1b, 0), BT, C, pad);
   Stat<T>* lnf_mean = lnf_stats_.get();
   for (int l = 0; l < c.num_layers; l++) {
     const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
     Layer y = layer(l);
     ops_.matmul_forward(y.qkv, nullptr, y.ln1, param(K::qkvw, l), param(K::qkvb, l), BT, C,
-                        3 * C);
+                        3 * C, pad);
     ops_.attention_forward(y.atty, y.lse, y.qkv, B, Tn, C, NH);
     ops_.matmul_forward(scratch_.get(), nullptr, y.atty, param(K::attprojw, l),
                         param(K::attprojb, l), BT, C, C);
     ops_.residual_layernorm_forward(y.residual2, y.ln2, y.ln2_mean, y.ln2_rstd, residual,
-                                    scratch_.get(), param(K::ln2w, l), param(K::ln2b, l), BT, C);
+                                    scratch_.get(), param(K::ln2w, l), param(K::ln2b, l), BT, C,
+                                    pad);
     ops_.matmul_forward(y.fch, y.fch_gelu, y.ln2, param(K::fcw, l), param(K::fcb, l), BT, C,
-                        4 * C);
+                        4 * C, pad);
     ops_.matmul_forward(scratch_.get(), nullptr, y.fch_gelu, param(K::fcprojw, l),
                         param(K::fcprojb, l), BT, 4 * C, C);
     // residual3, normalized by the next layer's ln1 or, after the last layer, by lnf.
@@ -222,7 +228,7 @@ void GPT2<T>::forward_to_lnf() {
       const Layer next = layer(l + 1);
       ops_.residual_layernorm_forward(y.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
                                       y.residual2, scratch_.get(), param(K::ln1w, l + 1),
-                                      param(K::ln1b, l + 1), BT, C);
+                                      param(K::ln1b, l + 1), BT, C, pad);
     } else {
       ops_.residual_layernorm_forward(y.residual3, lnf_.get(), lnf_mean, lnf_mean + BT,
                                       y.residual2, scratch_.get(), param(K::lnfw),
@@ -327,9 +333,9 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     // Recompute what the forward did not keep (train.recompute).
     if (l < recompute.ln(c.num_layers)) {
       ops_.layernorm_forward(y.ln1, y.ln1_mean, y.ln1_rstd, residual, param(K::ln1w, l),
-                             param(K::ln1b, l), BT, C);
+                             param(K::ln1b, l), BT, C, padded_);
       ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
-                             param(K::ln2b, l), BT, C);
+                             param(K::ln2b, l), BT, C, padded_);
     }
     if (l < recompute.gelu(c.num_layers)) ops_.gelu_forward(y.fch_gelu, y.fch, size_t(BT) * 4 * C);
 
@@ -338,7 +344,7 @@ void GPT2<T>::backward(GradSink<T>& sink) {
                          y.fch_gelu, param(K::fcprojw, l), y.fch, BT, 4 * C, C, colsum);
     ready(K::fcprojw, l), ready(K::fcprojb, l);
     ops_.matmul_backward(dbtc, grad(K::fcw, l), grad(K::fcb, l), dfch_.get(), y.ln2,
-                         param(K::fcw, l), nullptr, BT, C, 4 * C);
+                         param(K::fcw, l), nullptr, BT, C, 4 * C, nullptr, padded_);
     ready(K::fcw, l), ready(K::fcb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln2w, l), grad(K::ln2b, l), dbtc, y.residual2,
                             param(K::ln2w, l), y.ln2_mean, y.ln2_rstd, BT, C, colsum);
@@ -349,7 +355,7 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     ready(K::attprojw, l), ready(K::attprojb, l);
     ops_.attention_backward(dqkv_.get(), dbtc, y.qkv, y.atty, y.lse, B, Tn, C, NH);
     ops_.matmul_backward(dbtc, grad(K::qkvw, l), grad(K::qkvb, l), dqkv_.get(), y.ln1,
-                         param(K::qkvw, l), nullptr, BT, C, 3 * C);
+                         param(K::qkvw, l), nullptr, BT, C, 3 * C, nullptr, padded_);
     ready(K::qkvw, l), ready(K::qkvb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln1w, l), grad(K::ln1b, l), dbtc, residual,
                             param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C,

@@ -36,8 +36,10 @@ struct ActivationPlan {
 // classifier_chunk: rows of logits that exist at once (classifier_chunk_rows()).
 // late_wte_grad: wte's gradient lives in the fch buffer (dead once the layers' backward
 // is done), which grows to wte's size if it is smaller.
+// padded_ln: ln1 and ln2 are stored as ones-padded rows (Ops::pads_rows, src/ops.hpp).
 ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute recompute,
-                               int classifier_chunk, size_t elem_size, bool late_wte_grad);
+                               int classifier_chunk, size_t elem_size, bool late_wte_grad,
+                               bool padded_ln = false);
 
 // The classifier's row chunk for train.classifier_chunk = `requested` (0 = auto) over
 // `rows` = B*T rows: never more than `rows`. Auto on the GPU: the largest power of two
@@ -124,6 +126,11 @@ class GPT2 {
 
   Ops<T>& ops_;
   Device& dev_;
+  // ln1 and ln2 are ones-padded rows of ln_row_ = C + kOnesPad elements where the backend
+  // asks for it (Ops::pads_rows): qkv's and fc's backward then get dbias from the
+  // dweight GEMM.
+  const bool padded_;
+  const int ln_row_;
   DeviceBuffer<T> params_;
   DeviceBuffer<int> inputs_, targets_;
   DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, residual2_, ln2_, fch_, fch_gelu_, residual3_,

@@ -65,7 +65,8 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
   const int chunk = classifier_chunk_rows(tr["classifier_chunk"].get<int>(), B * T, table.cfg,
                                           p.elem_size, cuda);
   b[int(MemCategory::activations)] =
-      activation_plan(table.cfg, B, T, recompute_of(cfg), chunk, p.elem_size, late)
+      activation_plan(table.cfg, B, T, recompute_of(cfg), chunk, p.elem_size, late,
+                      cuda && cuda_pads_rows(table.cfg.channels))
           .total();
   b[int(MemCategory::workspace)] = cuda ? gpu_workspace_plan(cfg, table, world).total()
                                         : optimizer_workspace_bytes(cfg, table);

@@ -14,20 +14,37 @@
 //   layernorm_backward is ACCUMULATED (it carries the residual stream's gradient);
 //   every other dinp/dqkv/dlogits is OVERWRITTEN. Any gradient pointer may be null
 //   to skip that output.
+// - Ones-padded rows (`padded`): a layernorm output that feeds a biased matmul may be
+//   stored in rows of C + kOnesPad elements, its C values, then 1, then zeros, where the
+//   backend asks for it (pads_rows). layernorm_forward writes such rows; matmul_forward
+//   and matmul_backward read them. The column of ones lets matmul_backward take dbias
+//   from the dweight GEMM (dout^T @ [inp, 1] sums dout's columns as it multiplies),
+//   instead of reading the N x OC dout once more.
 #pragma once
 #include <cstddef>
 #include <type_traits>
+
+#include "error.hpp"
 
 namespace gpt2 {
 
 template <class T>
 using Stat = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+constexpr int kOnesPad = 8;  // 16 bytes of bf16: the padded rows stay 16-byte aligned
+
+// For a backend without padded rows (it never asks for them).
+inline void require_unpadded(bool padded, const char* op) {
+  if (padded) fail("internal: ", op, " got ones-padded rows, which this backend does not use");
+}
+
 template <class T>
 class Ops {
  public:
   using Elem = T;
   virtual ~Ops() = default;
+  // Whether the model should store layernorm outputs of width C as ones-padded rows.
+  virtual bool pads_rows(int C) const { return false; }
 
   // out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]
   virtual void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe,
@@ -37,7 +54,8 @@ class Ops {
 
   // out = (inp - mean) * rstd * weight + bias, eps 1e-5, biased variance (as GPT-2).
   virtual void layernorm_forward(T* out, Stat<T>* mean, Stat<T>* rstd, const T* inp,
-                                 const T* weight, const T* bias, int N, int C) = 0;
+                                 const T* weight, const T* bias, int N, int C,
+                                 bool padded = false) = 0;
   // dinp_colsum (optional, needs dinp): the column sums of dinp as it is left (after the
   // add), for the bias gradient of the matmul whose dout dinp is (matmul_backward's
   // dout_colsum): the pass over dinp that sum would need is one this kernel already makes.
@@ -49,14 +67,14 @@ class Ops {
   // pre = inp @ weight^T + bias (bias may be null). If gelu_out is non-null the GELU
   // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre.
   virtual void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight,
-                              const T* bias, int N, int C, int OC) = 0;
+                              const T* bias, int N, int C, int OC, bool padded = false) = 0;
   // dinp = dout @ weight, then, if pre_gelu is non-null, dinp *= gelu'(pre_gelu)
   // (the backward of the GELU that produced this matmul's input from pre_gelu).
   // dweight += dout^T @ inp, dbias += colsum(dout), or += dout_colsum where the caller
   // has that sum already (layernorm_backward's dinp_colsum).
   virtual void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                                const T* weight, const T* pre_gelu, int N, int C, int OC,
-                               const Stat<T>* dout_colsum = nullptr) = 0;
+                               const Stat<T>* dout_colsum = nullptr, bool padded = false) = 0;
 
   // Causal self-attention. qkv[B,T,3C] holds q, k, v (each [NH, HS] per token);
   // out[B,T,C]; lse[B,NH,T] = logsumexp of each query's scaled scores, kept for the
@@ -78,7 +96,8 @@ class Ops {
   // pass over the rows instead of two (llm.c's fused_residual_forward).
   virtual void residual_layernorm_forward(T* residual_out, T* out, Stat<T>* mean,
                                           Stat<T>* rstd, const T* a, const T* b,
-                                          const T* weight, const T* bias, int N, int C) = 0;
+                                          const T* weight, const T* bias, int N, int C,
+                                          bool padded = false) = 0;
 
   // Fused softmax + cross-entropy over logits[N, Vp] of which the first V columns are
   // real: losses[i] = -log softmax(logits[i, :V])[targets[i]]. If dloss != 0, logits is

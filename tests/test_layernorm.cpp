@@ -174,6 +174,20 @@ TEMPLATE_TEST_CASE("CudaOps layernorm matches the reference (odd sizes, accumula
     CHECK(rel_err(gpu.download(d_out, out.size()), out) <= tolerance<TestType>());
     CHECK(rel_err(gpu.download(d_mean, N), mean) <= stat_tolerance<TestType>());
     CHECK(rel_err(gpu.download(d_rstd, N), rstd) <= stat_tolerance<TestType>());
+    // Ones-padded rows (src/ops.hpp), where the GPU pads them: the same values bit for bit,
+    // then 1, 0, ..., 0 over what was there.
+    if (ops->pads_rows(C)) {
+      const int P = C + kOnesPad;
+      auto d_pad = gpu.upload<TestType>(Vec(size_t(N) * P, 7.0));
+      ops->layernorm_forward(d_pad.get(), nullptr, nullptr, d_inp.get(), d_w.get(), d_b.get(),
+                             N, C, true);
+      const Vec plain = gpu.download(d_out, inp.size()), pad = gpu.download(d_pad, size_t(N) * P);
+      size_t differ = 0;
+      for (int i = 0; i < N; i++)
+        for (int c = 0; c < P; c++)
+          differ += pad[size_t(i) * P + c] != (c < C ? plain[size_t(i) * C + c] : c == C);
+      CHECK(differ == 0);
+    }
 
     // Both sides get the same fp32 statistics, as the model passes them on.
     const Vec mean_f = rounded<float>(to_double(mean)), rstd_f = rounded<float>(to_double(rstd));

@@ -179,6 +179,11 @@ TEST_CASE("CpuOps matmul (Eigen) matches the double loops and repeats bit for bi
                       nullptr, N, C, OC);
   CHECK(rel_err(out_nb_f, out_nb) < 1e-5);
   CHECK(dw_f == first.dw);
+  // The CPU keeps rows contiguous: it never asks for ones-padded rows, and refuses them.
+  CHECK_FALSE(ops.pads_rows(C));
+  CHECK_THROWS_WITH(ops.matmul_forward(out_nb_f.data(), nullptr, inp_f.data(), w_f.data(),
+                                       nullptr, N, C, OC, true),
+                    Catch::Contains("ones-padded"));
 }
 
 TEST_CASE("CpuOps matmul speed at GPT-2 124M's MLP shape", "[.][bench]") {
@@ -290,5 +295,54 @@ TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, D
     Vec want(s.OC);
     for (int o = 0; o < s.OC; o++) want[o] = double(db[o]) + sums_f[o];
     CHECK(rel_err(gpu.download(d_db, s.OC), want) <= tol);
+  }
+}
+
+TEMPLATE_TEST_CASE("CudaOps matmul on ones-padded input rows: dbias from the dweight GEMM",
+                   "[gpu]", float, bf16) {
+  // The input as layernorm_forward leaves it with `padded` (src/ops.hpp): rows of C + 8,
+  // the values, then 1, 0, ... The forward reads past the padding; the backward's dweight
+  // and dbias come from one GEMM over it, added to the given gradients with one rounding.
+  using R = RefScalar<TestType>;
+  constexpr double tol = tolerance<TestType>();
+  Gpu gpu;
+  auto ops = make_cuda_ops<TestType>(*gpu.dev);
+  struct Shape { int N, C, OC; };
+  for (const Shape s : {Shape{37, 72, 200}, Shape{5, 16, 8}, Shape{64, 768, 3072}}) {
+    INFO("N " << s.N << " C " << s.C << " OC " << s.OC);
+    REQUIRE(ops->pads_rows(s.C));
+    std::mt19937 rng(s.N * 3 + s.C + s.OC);
+    const int P = s.C + kOnesPad;
+    const size_t nin = size_t(s.N) * s.C, nout = size_t(s.N) * s.OC;
+    const Vec inp = rounded<TestType>(random_vec(nin, rng)),
+              w = rounded<TestType>(random_vec(size_t(s.OC) * s.C, rng, 0.1)),
+              b = rounded<TestType>(random_vec(s.OC, rng)),
+              dout = rounded<TestType>(random_vec(nout, rng)),
+              dw0 = rounded<TestType>(random_vec(w.size(), rng)),
+              db0 = rounded<TestType>(random_vec(s.OC, rng));
+    Vec padded(size_t(s.N) * P, 0.0);
+    for (int i = 0; i < s.N; i++) {
+      for (int c = 0; c < s.C; c++) padded[size_t(i) * P + c] = inp[size_t(i) * s.C + c];
+      padded[size_t(i) * P + s.C] = 1.0;
+    }
+    auto d_inp = gpu.upload<TestType>(padded), d_w = gpu.upload<TestType>(w),
+         d_b = gpu.upload<TestType>(b), d_out = gpu.zeros<TestType>(nout);
+    ops->matmul_forward(d_out.get(), nullptr, d_inp.get(), d_w.get(), d_b.get(), s.N, s.C, s.OC,
+                        true);
+    std::vector<R> out(nout);
+    ref::matmul_forward<R>(out.data(), nullptr, as<R>(inp).data(), as<R>(w).data(),
+                           as<R>(b).data(), s.N, s.C, s.OC);
+    CHECK(rel_err(gpu.download(d_out, nout), out) <= tol);
+
+    auto d_dout = gpu.upload<TestType>(dout), d_dinp = gpu.zeros<TestType>(nin),
+         d_dw = gpu.upload<TestType>(dw0), d_db = gpu.upload<TestType>(db0);
+    ops->matmul_backward(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(),
+                         d_w.get(), nullptr, s.N, s.C, s.OC, nullptr, true);
+    std::vector<R> dinp(nin), dw = as<R>(dw0), db = as<R>(db0);
+    ref::matmul_backward<R>(dinp.data(), dw.data(), db.data(), as<R>(dout).data(),
+                            as<R>(inp).data(), as<R>(w).data(), nullptr, s.N, s.C, s.OC);
+    CHECK(rel_err(gpu.download(d_dinp, nin), dinp) <= tol);
+    CHECK(rel_err(gpu.download(d_dw, w.size()), dw) <= tol);
+    CHECK(rel_err(gpu.download(d_db, s.OC), db) <= tol);
   }
 }

@@ -33,25 +33,27 @@ class ProfiledOps final : public Ops<T> {
   void encoder_backward(T* a, T* b, const T* d, const int* i, int B, int T_, int C) override {
     time("encoder", [&] { in_.encoder_backward(a, b, d, i, B, T_, C); });
   }
+  bool pads_rows(int C) const override { return in_.pads_rows(C); }
   void layernorm_forward(T* o, Stat<T>* m, Stat<T>* r, const T* i, const T* w, const T* b, int N,
-                         int C) override {
-    time("layernorm", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C); });
+                         int C, bool p = false) override {
+    time("layernorm", [&] { in_.layernorm_forward(o, m, r, i, w, b, N, C, p); });
   }
   void layernorm_backward(T* di, T* dw, T* db, const T* d, const T* i, const T* w,
                           const Stat<T>* m, const Stat<T>* r, int N, int C,
                           Stat<T>* cs = nullptr) override {
     time("layernorm", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, cs); });
   }
-  void matmul_forward(T* o, T* g, const T* i, const T* w, const T* b, int N, int C,
-                      int OC) override {
+  void matmul_forward(T* o, T* g, const T* i, const T* w, const T* b, int N, int C, int OC,
+                      bool p = false) override {
     time(OC > 4 * C ? "matmul (classifier)" : "matmul", [&] {
-      in_.matmul_forward(o, g, i, w, b, N, C, OC);
+      in_.matmul_forward(o, g, i, w, b, N, C, OC, p);
     });
   }
   void matmul_backward(T* di, T* dw, T* db, const T* d, const T* i, const T* w, const T* pg,
-                       int N, int C, int OC, const Stat<T>* cs = nullptr) override {
+                       int N, int C, int OC, const Stat<T>* cs = nullptr,
+                       bool p = false) override {
     time(OC > 4 * C ? "matmul (classifier)" : "matmul", [&] {
-      in_.matmul_backward(di, dw, db, d, i, w, pg, N, C, OC, cs);
+      in_.matmul_backward(di, dw, db, d, i, w, pg, N, C, OC, cs, p);
     });
   }
   void attention_forward(T* o, Stat<T>* l, const T* q, int B, int T_, int C, int NH) override {
@@ -71,8 +73,10 @@ class ProfiledOps final : public Ops<T> {
     time("residual", [&] { in_.residual_forward(o, a, b, n); });
   }
   void residual_layernorm_forward(T* ro, T* o, Stat<T>* m, Stat<T>* r, const T* a, const T* b,
-                                  const T* w, const T* bias, int N, int C) override {
-    time("layernorm", [&] { in_.residual_layernorm_forward(ro, o, m, r, a, b, w, bias, N, C); });
+                                  const T* w, const T* bias, int N, int C,
+                                  bool p = false) override {
+    time("layernorm",
+         [&] { in_.residual_layernorm_forward(ro, o, m, r, a, b, w, bias, N, C, p); });
   }
   void classifier(T* l, Stat<T>* ls, const int* t, int N, int V, int Vp, float d) override {
     time("classifier (softmax+CE)", [&] { in_.classifier(l, ls, t, N, V, Vp, d); });

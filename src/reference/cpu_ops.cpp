@@ -27,7 +27,9 @@ void CpuOps::encoder_backward(float* dwte, float* dwpe, const float* dout, const
 }
 
 void CpuOps::layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                               const float* weight, const float* bias, int N, int C) {
+                               const float* weight, const float* bias, int N, int C,
+                               bool padded) {
+  require_unpadded(padded, "layernorm_forward");
   ref::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
 }
 
@@ -38,7 +40,8 @@ void CpuOps::layernorm_backward(float* dinp, float* dweight, float* dbias, const
 }
 
 void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
-                            const float* bias, int N, int C, int OC) {
+                            const float* bias, int N, int C, int OC, bool padded) {
+  require_unpadded(padded, "matmul_forward");
   Map y(out, N, OC);
   y.noalias() = ConstMap(inp, N, C) * ConstMap(weight, OC, C).transpose();
   if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
@@ -47,7 +50,8 @@ void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const
 
 void CpuOps::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                              const float* inp, const float* weight, const float* pre_gelu,
-                             int N, int C, int OC, const float* dout_colsum) {
+                             int N, int C, int OC, const float* dout_colsum, bool padded) {
+  require_unpadded(padded, "matmul_backward");
   const ConstMap dy(dout, N, OC);
   if (dinp) {
     Map(dinp, N, C).noalias() = dy * ConstMap(weight, OC, C);
@@ -86,7 +90,9 @@ void CpuOps::residual_forward(float* out, const float* a, const float* b, size_t
 
 void CpuOps::residual_layernorm_forward(float* residual_out, float* out, float* mean,
                                         float* rstd, const float* a, const float* b,
-                                        const float* weight, const float* bias, int N, int C) {
+                                        const float* weight, const float* bias, int N, int C,
+                                        bool padded) {
+  require_unpadded(padded, "residual_layernorm_forward");
   ref::residual_layernorm_forward(residual_out, out, mean, rstd, a, b, weight, bias, N, C);
 }
 

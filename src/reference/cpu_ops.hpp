@@ -15,16 +15,18 @@ class CpuOps final : public Ops<float> {
   void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B,
                         int T_, int C) override;
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                         const float* weight, const float* bias, int N, int C) override;
+                         const float* weight, const float* bias, int N, int C,
+                         bool padded = false) override;
   void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                           const float* inp, const float* weight, const float* mean,
                           const float* rstd, int N, int C,
                           float* dinp_colsum = nullptr) override;
   void matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
-                      const float* bias, int N, int C, int OC) override;
+                      const float* bias, int N, int C, int OC, bool padded = false) override;
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, const float* pre_gelu, int N,
-                       int C, int OC, const float* dout_colsum = nullptr) override;
+                       int C, int OC, const float* dout_colsum = nullptr,
+                       bool padded = false) override;
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T_, int C,
                          int NH) override;
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -34,7 +36,7 @@ class CpuOps final : public Ops<float> {
   void residual_forward(float* out, const float* a, const float* b, size_t n) override;
   void residual_layernorm_forward(float* residual_out, float* out, float* mean, float* rstd,
                                   const float* a, const float* b, const float* weight,
-                                  const float* bias, int N, int C) override;
+                                  const float* bias, int N, int C, bool padded = false) override;
   void classifier(float* logits, float* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override;
 };

@@ -19,7 +19,8 @@ class RefOps final : public Ops<S> {
     ref::encoder_backward(dwte, dwpe, dout, inp, B, T_, C);
   }
   void layernorm_forward(S* out, S* mean, S* rstd, const S* inp, const S* w, const S* b,
-                         int N, int C) override {
+                         int N, int C, bool padded = false) override {
+    require_unpadded(padded, "layernorm_forward");
     ref::layernorm_forward(out, mean, rstd, inp, w, b, N, C);
   }
   void layernorm_backward(S* dinp, S* dw, S* db, const S* dout, const S* inp, const S* w,
@@ -28,12 +29,14 @@ class RefOps final : public Ops<S> {
     ref::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dinp_colsum);
   }
   void matmul_forward(S* out, S* gelu_out, const S* inp, const S* w, const S* b, int N, int C,
-                      int OC) override {
+                      int OC, bool padded = false) override {
+    require_unpadded(padded, "matmul_forward");
     ref::matmul_forward(out, gelu_out, inp, w, b, N, C, OC);
   }
   void matmul_backward(S* dinp, S* dw, S* db, const S* dout, const S* inp, const S* w,
                        const S* pre_gelu, int N, int C, int OC,
-                       const S* dout_colsum = nullptr) override {
+                       const S* dout_colsum = nullptr, bool padded = false) override {
+    require_unpadded(padded, "matmul_backward");
     ref::matmul_backward(dinp, dw, db, dout, inp, w, pre_gelu, N, C, OC, dout_colsum);
   }
   void attention_forward(S* out, S* lse, const S* qkv, int B, int T_, int C, int NH) override {
@@ -51,7 +54,9 @@ class RefOps final : public Ops<S> {
     ref::residual_forward(out, a, b, n);
   }
   void residual_layernorm_forward(S* res, S* out, S* mean, S* rstd, const S* a, const S* b,
-                                  const S* w, const S* bias, int N, int C) override {
+                                  const S* w, const S* bias, int N, int C,
+                                  bool padded = false) override {
+    require_unpadded(padded, "residual_layernorm_forward");
     ref::residual_layernorm_forward(res, out, mean, rstd, a, b, w, bias, N, C);
   }
   void classifier(S* logits, S* losses, const int* targets, int N, int V, int Vp,
