@@ -17,7 +17,7 @@ using json = nlohmann::json;
 // could only clip with a second backward (train.two_pass_clip). "update": "auto" means fused for
 // lomo/adalomo and after_backward otherwise. train.classifier_chunk: rows of B*T whose
 // logits exist at once (the classifier runs chunk by chunk); 0 = auto (GPU: the largest
-// power of two within 256 MiB of logits, CPU: 256; the GPU rounds a chunk down to a
+// power of two within 512 MiB of logits, CPU: 256; the GPU rounds a chunk down to a
 // multiple of 8). train.zero1: with several ranks, after_backward updates shard the
 // optimizer state (ZeRO-1: each tensor's state on one rank, which updates it and sends
 // the new weights); fused updates happen inside backward on every rank, so zero1 left at

@@ -43,7 +43,7 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute r
 
 // The classifier's row chunk for train.classifier_chunk = `requested` (0 = auto) over
 // `rows` = B*T rows: never more than `rows`. Auto on the GPU: the largest power of two
-// whose logits stay within 256 MiB (2048 rows of bf16 at Vp = 50304); on the CPU, 256.
+// whose logits stay within 512 MiB (4096 rows of bf16 at Vp = 50304); on the CPU, 256.
 // On the GPU a requested chunk is rounded down to a multiple of 8 rows (at least 8).
 int classifier_chunk_rows(int requested, int rows, const ModelConfig& cfg, size_t elem_size,
                           bool cuda);

@@ -5,8 +5,9 @@
 #   bench    bench_ops (per-op time), bench_attention, bench_optimizers, bench_matmul
 #            (cuBLASLt's first heuristic choice against its other candidates), and bench_train:
 #            d12/d24 x B 16/32/64 AdamW (issue 6's table), then d12 B16 fused AdaLomo
-#            without master weights, recompute 1 (issue 7's memory goal) beside AdamW,
-#            and d24 B16 AdamW with recompute 1 (issue 6's memory bound)
+#            without master weights, recompute 1, 2048-row classifier chunks (issue 7's
+#            memory goal) beside AdamW, and d24 B16 AdamW recomputing 12 layers' GELU
+#            (configs/gpt2-345m.json, under issue 6's memory bound)
 #   memory   tools/memory_table.sh 16 and `memory --table adapprox --measure`
 #   compare  d12, 200 steps per optimizer on Brown (needs data/brown and data/gpt2)
 #   dp       tools/bench_dp.sh (2 GPUs)
@@ -37,11 +38,13 @@ if [[ $suite == *bench* ]]; then
     > "$out/bench_adamw_d12.log" 2>&1
   timeout 120 $bin/bench_train --models 12 --batches 16 --steps 13 \
     --set optimizer.name=adalomo --set optimizer.update=fused --set optimizer.lr=0.1 \
-    --set train.master_weights=false --set train.recompute=1 > "$out/bench_adalomo_lowmem.log" 2>&1
+    --set train.master_weights=false --set train.recompute=1 --set train.classifier_chunk=2048 \
+    > "$out/bench_adalomo_lowmem.log" 2>&1
   tail -n 3 "$out/bench_adamw_d12.log" "$out/bench_adalomo_lowmem.log"
-  # d24 B16 under llm.c's 17.4 GiB (issue 6): GELU recompute, llm.c's own default.
+  # d24 B16 under llm.c's 17.4 GiB (issue 6): GELU recompute in configs/gpt2-345m.json's
+  # first 12 layers.
   timeout 120 $bin/bench_train --models 24 --batches 16 --steps 13 --set train.recompute=1 \
-    > "$out/bench_d24_recompute.log" 2>&1
+    --set train.recompute_layers=12 > "$out/bench_d24_recompute.log" 2>&1
   tail -n 1 "$out/bench_d24_recompute.log"
 fi
 if [[ $suite == *memory* ]]; then
