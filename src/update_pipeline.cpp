@@ -342,8 +342,14 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
   if (!fused_) {
     full_->zero();
     // Nothing changes a weight before the update below, so the loss is read (a host
-    // sync) only after backward is queued: the device goes from forward to backward
-    // without waiting for the host, and a non-finite loss still stops the step in time.
+    // sync) only after backward, and on the last micro-step the gradient norms, are
+    // queued: the device goes from forward to backward to the norms without waiting for
+    // the host, and a non-finite loss still stops the step in time. (A skipped step's
+    // norms are overwritten by the next step's.)
+    auto mine = [&](const ParamSpec& p) { return !zero1_ || owners_[p.id] == comm_.rank(); };
+    std::vector<GradSlice<T>> slices;
+    for (const ParamSpec& p : model_.table.params)
+      if (mine(p)) slices.push_back({full_->grad(p), p.numel, p.id});
     double loss_sum = 0;
     for (int micro = 0; micro < accum_; micro++) {
       next_batch(inputs_.data(), targets_.data());
@@ -355,7 +361,11 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       };
       if (replay_) replay_->run(pass);
       else pass();
-      if (micro == accum_ - 1) full_->flush();
+      if (micro == accum_ - 1) {
+        full_->flush();
+        comm_.join();
+        gops_.sum_squares(slices);
+      }
       const double loss = comm_.mean(model_.loss());
       if (!loss_ok(loss)) {
         comm_.join();
@@ -363,12 +373,6 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       }
       loss_sum += loss;
     }
-    comm_.join();
-    auto mine = [&](const ParamSpec& p) { return !zero1_ || owners_[p.id] == comm_.rank(); };
-    std::vector<GradSlice<T>> slices;
-    for (const ParamSpec& p : model_.table.params)
-      if (mine(p)) slices.push_back({full_->grad(p), p.numel, p.id});
-    gops_.sum_squares(slices);
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
     update(slices);
