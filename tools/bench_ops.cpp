@@ -109,8 +109,10 @@ int main(int argc, char** argv) {
   app.add_option("--set", sets, "any config key");
   CLI11_PARSE(app, argc, argv);
   try {
+    // Each op is timed between device synchronizations, which a CUDA graph's capture
+    // does not allow (and a replayed step would not time at all): no graph.
     std::vector<std::string> o = {"model.depth=" + model.substr(1), cat("data.batch_size=", batch),
-                                  cat("data.seq_len=", seq)};
+                                  cat("data.seq_len=", seq), "train.cuda_graph=false"};
     o.insert(o.end(), sets.begin(), sets.end());
     const json cfg = load_config("", o);
     with_backend(cfg, 0, [&](auto& be) {
