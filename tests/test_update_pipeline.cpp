@@ -98,6 +98,36 @@ std::vector<float> train_steps(const json& cfg, int steps) {
   return train_steps(run, steps);
 }
 
+// CpuRun's GPU twin: batch 2 x 8 on GPU 0, the CUDA optimizer, weights from init_params.
+template <class T>
+struct GpuRun {
+  std::unique_ptr<Device> dev = make_cuda_device(0);
+  std::unique_ptr<Ops<T>> ops = make_cuda_ops<T>(*dev);
+  GPT2<T> model;
+  std::unique_ptr<Optimizer<T>> opt;
+  std::unique_ptr<GradOps<T>> gops;
+  UpdatePipeline<T> pipe;
+  explicit GpuRun(const json& cfg)
+      : model(model_config(cfg), *ops, *dev, 2, 8, 0, 0,
+              cfg["train"]["late_wte_grad"].get<bool>()),
+        opt(make_cuda_optimizer<T>(cfg, model.table, *dev, 5)),
+        gops(make_cuda_grad_ops<T>(model.table.params.size(), *dev)),
+        pipe(cfg, model, *opt, *gops, *dev) {
+    pipe.set_weights(init_params(model.table, 1));
+  }
+  // `steps` steps at lr 1e-2 on a fixed stream of random batches; their losses.
+  std::vector<float> train(int steps) {
+    std::mt19937 rng(17);
+    std::uniform_int_distribution<int> tok(0, 49);
+    auto batch = [&](int* in, int* tg) {
+      for (int i = 0; i < 16; i++) in[i] = tok(rng), tg[i] = tok(rng);
+    };
+    std::vector<float> losses;
+    for (int t = 1; t <= steps; t++) losses.push_back(pipe.step(t, 1e-2f, batch).loss);
+    return losses;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("fused and after_backward updates give bit-identical weights after 20 steps") {
@@ -253,20 +283,9 @@ TEST_CASE("on the GPU, fused and after_backward updates agree after 20 steps", "
                                    "train.grad_clip=0", "train.device=\"cuda\"",
                                    "train.precision=\"fp32\"", "model.channels=64",
                                    late ? "train.late_wte_grad=true" : "train.late_wte_grad=false"});
-      std::unique_ptr<Device> dev = make_cuda_device(0);
-      auto ops = make_cuda_ops<float>(*dev);
-      GPT2<float> model(model_config(cfg), *ops, *dev, 2, 8, 0, 0, late);
-      auto opt = make_cuda_optimizer<float>(cfg, model.table, *dev, 5);
-      auto gops = make_cuda_grad_ops<float>(model.table.params.size(), *dev);
-      UpdatePipeline<float> pipe(cfg, model, *opt, *gops, *dev);
-      pipe.set_weights(init_params(model.table, 1));
-      std::mt19937 rng(17);
-      std::uniform_int_distribution<int> tok(0, 49);
-      for (int t = 1; t <= 20; t++)
-        pipe.step(t, 1e-2f, [&](int* in, int* tg) {
-          for (int i = 0; i < 16; i++) in[i] = tok(rng), tg[i] = tok(rng);
-        });
-      return pipe.weights();
+      GpuRun<float> r(cfg);
+      r.train(20);
+      return r.pipe.weights();
     };
     auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
       double num = 0, den = 0;
@@ -295,21 +314,10 @@ TEST_CASE("on the GPU, train.cuda_graph changes no weight and no loss", "[gpu]")
         tiny("adamw", {"optimizer.update=\"after_backward\"", "train.device=\"cuda\"",
                        "train.precision=\"bf16\"", "model.channels=64", "train.grad_accum_steps=2",
                        std::string("train.cuda_graph=") + (graph ? "true" : "false")});
-    std::unique_ptr<Device> dev = make_cuda_device(0);
-    auto ops = make_cuda_ops<bf16>(*dev);
-    GPT2<bf16> model(model_config(cfg), *ops, *dev, 2, 8, 0);
-    auto opt = make_cuda_optimizer<bf16>(cfg, model.table, *dev, 5);
-    auto gops = make_cuda_grad_ops<bf16>(model.table.params.size(), *dev);
-    UpdatePipeline<bf16> pipe(cfg, model, *opt, *gops, *dev);
-    pipe.set_weights(init_params(model.table, 1));
-    std::mt19937 rng(17);
-    std::uniform_int_distribution<int> tok(0, 49);
-    auto batch = [&](int* in, int* tg) {
-      for (int i = 0; i < 16; i++) in[i] = tok(rng), tg[i] = tok(rng);
-    };
-    for (int t = 1; t <= 6; t++) losses->push_back(pipe.step(t, 1e-2f, batch).loss);
-    CHECK(pipe.replaying() == graph);
-    return pipe.weights();
+    GpuRun<bf16> r(cfg);
+    *losses = r.train(6);
+    CHECK(r.pipe.replaying() == graph);
+    return r.pipe.weights();
   };
   std::vector<float> loss_graph, loss_plain;
   const std::vector<float> graph = run(true, &loss_graph), plain = run(false, &loss_plain);
