@@ -109,6 +109,9 @@ class CudaOps final : public Ops<T> {
   static D* d(T* p) { return cuda::dev_ptr(p); }
   static const D* d(const T* p) { return cuda::dev_ptr(p); }
 
+  // Grows during the first training step, which calls every op a step calls; a step that
+  // Replay records (the second) finds it at its final size. Growing it later would leave
+  // such a recording pointing at freed memory, so nothing may ask for more afterwards.
   void* scratch(size_t bytes) {
     if (bytes > scratch_.bytes()) {
       scratch_ = DeviceBuffer<char>();  // free the old buffer before allocating the new one
