@@ -131,8 +131,9 @@ cudaStream_t update_stream() { return g_update_stream ? g_update_stream : comput
 UpdateStreamScope::UpdateStreamScope(cudaStream_t s) : saved_(g_update_stream) { g_update_stream = s; }
 UpdateStreamScope::~UpdateStreamScope() { g_update_stream = saved_; }
 void copy_to_host_on_update_stream(void* host, const void* dev, size_t bytes) {
-  CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, g_update_stream));
-  CUDA_CHECK(cudaStreamSynchronize(g_update_stream));
+  const cudaStream_t s = update_stream();
+  CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
 }
 }  // namespace cuda
 

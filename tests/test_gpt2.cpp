@@ -409,9 +409,11 @@ TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient"
 
   std::unique_ptr<Device> gpu = make_cuda_device(0);
   std::unique_ptr<Ops<float>> cuda = make_cuda_ops<float>(*gpu);
-  for (int chunk : {0, 8}) {  // auto (all 14 rows at once), and chunks of 8 and 6
-    INFO("classifier chunk " << chunk);
-    GPT2<float> a(c, *cuda, *gpu, B, T, 0, chunk);
+  // Classifier chunks: auto (all 14 rows at once), and 8 and 6; recompute level 2 rewrites
+  // the (ones-padded, C = 64) layernorm outputs in backward.
+  for (const auto [chunk, rc] : {std::pair{0, 0}, std::pair{8, 0}, std::pair{8, 2}}) {
+    INFO("classifier chunk " << chunk << ", train.recompute " << rc);
+    GPT2<float> a(c, *cuda, *gpu, B, T, Recompute(rc), chunk);
     a.set_params(w);
     DeviceSink<float> ga(a.table, *gpu);
     const double la = a.forward(b.inputs.data(), b.targets.data(), 1.0f / (B * T), &ga);
@@ -428,8 +430,9 @@ TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient"
 TEST_CASE("a recorded forward + backward replays the queued one bit for bit, batch after batch",
           "[gpu]") {
   // bf16 with GELU recompute and three classifier chunks: most of the kernels a training
-  // step launches. Each batch is loaded outside the recorded work, so a recording that
-  // kept a stale input (or skipped an op) gives another loss or gradient.
+  // step launches. Each batch is loaded outside the recorded work, and another batch's
+  // evaluation overwrites the activations and losses just before, so a recording that
+  // kept a stale input or skipped an op gives another loss or gradient.
   ModelConfig c = tiny_config();
   c.channels = 64, c.num_heads = 2;
   const int B = 2, T = 7;
@@ -448,6 +451,8 @@ TEST_CASE("a recorded forward + backward replays the queued one bit for bit, bat
     m.queue_forward(dloss, &queued);
     m.backward(queued);
     const double loss = m.loss();
+    const Batch other = random_batch(B * T, c.vocab_size, 90 + step);
+    m.forward(other.inputs.data(), other.targets.data(), 0.0f);
     m.load_batch(b.inputs.data(), b.targets.data());
     gpu->zero(sink.buf.get(), sink.buf.bytes());
     replay->run([&] {
