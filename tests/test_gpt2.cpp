@@ -411,7 +411,7 @@ TEST_CASE("GPU fp32 model matches the double reference: loss and every gradient"
   std::unique_ptr<Ops<float>> cuda = make_cuda_ops<float>(*gpu);
   // Classifier chunks: auto (all 14 rows at once), and 8 and 6; recompute level 2 rewrites
   // the (ones-padded, C = 64) layernorm outputs in backward.
-  for (const auto [chunk, rc] : {std::pair{0, 0}, std::pair{8, 0}, std::pair{8, 2}}) {
+  for (const auto& [chunk, rc] : {std::pair{0, 0}, std::pair{8, 0}, std::pair{8, 2}}) {
     INFO("classifier chunk " << chunk << ", train.recompute " << rc);
     GPT2<float> a(c, *cuda, *gpu, B, T, Recompute(rc), chunk);
     a.set_params(w);
