@@ -3,8 +3,8 @@
 // gradient is averaged over ranks before the optimizer sees it, and host values (loss,
 // val loss) are summed over ranks before anyone acts on them.
 //
-// Two streams on the GPU: the compute stream (the default stream, where forward and
-// backward run) and a communication stream. reduce_grads queues the all-reduce on the
+// Two streams on the GPU: the compute stream (the per-thread default stream, where
+// forward and backward run) and a communication stream. reduce_grads queues the all-reduce on the
 // communication stream behind everything the compute stream has queued so far, so
 // backward goes on while the reduction (and, in fused mode, the update that
 // on_comm_stream puts behind it) runs. join() makes the compute stream wait for all of it.
