@@ -44,10 +44,14 @@ PlanGpu plan_gpu() {
   return g;
 }
 
+// `recordings` counts the device's live recordings (Device::holds_recording).
 class CudaReplay final : public Replay {
  public:
+  explicit CudaReplay(int& recordings) : recordings_(recordings) {}
   ~CudaReplay() override {
-    if (exec_) cudaGraphExecDestroy(exec_);
+    if (!exec_) return;
+    cudaGraphExecDestroy(exec_);
+    recordings_--;
   }
   void run(const std::function<void()>& work) override {
     const cudaStream_t s = cuda::compute_stream();
@@ -75,7 +79,9 @@ class CudaReplay final : public Replay {
     const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
     cudaGraphDestroy(graph);
     if (e != cudaSuccess) fail("CUDA error ", cudaGetErrorString(e), " instantiating a graph");
+    recordings_++;
   }
+  int& recordings_;
   int runs_ = 0;
   cudaGraphExec_t exec_ = nullptr;
 };
@@ -100,7 +106,10 @@ class CudaDevice final : public Device {
     CUDA_CHECK(cudaMemsetAsync(dev, 0, bytes, cuda::compute_stream()));
   }
   void synchronize() override { CUDA_CHECK(cudaDeviceSynchronize()); }
-  std::unique_ptr<Replay> make_replay() override { return std::make_unique<CudaReplay>(); }
+  std::unique_ptr<Replay> make_replay() override {
+    return std::make_unique<CudaReplay>(recordings_);
+  }
+  bool holds_recording() const override { return recordings_ > 0; }
   size_t driver_bytes_in_use() const override {
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
@@ -120,6 +129,7 @@ class CudaDevice final : public Device {
 
  private:
   int gpu_;
+  int recordings_ = 0;
 };
 
 namespace {

@@ -111,9 +111,12 @@ class CudaOps final : public Ops<T> {
 
   // Grows during the first training step, which calls every op a step calls; a step that
   // Replay records (the second) finds it at its final size. Growing it later would leave
-  // such a recording pointing at freed memory, so nothing may ask for more afterwards.
+  // such a recording pointing at freed memory, hence the check.
   void* scratch(size_t bytes) {
     if (bytes > scratch_.bytes()) {
+      if (dev_.holds_recording())
+        fail("internal: kernel scratch would grow from ", scratch_.bytes(), " to ", bytes,
+             " bytes after a CUDA graph recorded work that uses it (set train.cuda_graph=false)");
       scratch_ = DeviceBuffer<char>();  // free the old buffer before allocating the new one
       scratch_ = DeviceBuffer<char>(dev_, bytes, MemCategory::workspace, "kernel scratch");
     }

@@ -57,6 +57,8 @@ class Device {
   virtual void synchronize() {}
   // A Replay for work queued on this device; other devices just run it.
   virtual std::unique_ptr<Replay> make_replay() { return std::make_unique<Replay>(); }
+  // Whether a Replay of this device holds recorded work: the buffers it uses must stay.
+  virtual bool holds_recording() const { return false; }
   // Bytes in use on the device as its driver sees them (cudaMemGetInfo: total - free,
   // which includes the CUDA context and other processes); 0 where not applicable (CPU).
   virtual size_t driver_bytes_in_use() const { return 0; }
