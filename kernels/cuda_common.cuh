@@ -82,7 +82,7 @@ auto once_per_device(const Make& make) {
 
 // The stream every kernel, copy and cuBLASLt call of this host thread goes to: the
 // per-thread default stream. Unlike the legacy default stream a CUDA graph can capture
-// it (Device::replay), and it still orders itself after anything left on the legacy one.
+// it (Device::make_replay), and it still orders itself after anything left on the legacy one.
 inline cudaStream_t compute_stream() { return cudaStreamPerThread; }
 
 // The stream the optimizer and gradient-arithmetic kernels (and their copies) run on.

@@ -72,11 +72,13 @@ class CudaOps final : public Ops<T> {
                        const float* dout_colsum = nullptr, bool padded = false) override {
     // Only a dbias computed here needs scratch (the classifier's matmul, with the
     // vocabulary as OC, has none): partial sums, or the padded GEMM's output.
-    const bool sums = dbias && !dout_colsum;
-    void* s = sums ? scratch(cuda::matmul_backward_scratch_bytes(N, C, OC, padded && dweight))
-                   : nullptr;
+    const int ldi = ld(C, padded);
+    const bool gemm = cuda::bias_from_dweight_gemm(dweight, dbias, dout_colsum, C, ldi);
+    void* s = dbias && !dout_colsum
+                  ? scratch(cuda::matmul_backward_scratch_bytes(N, C, OC, gemm))
+                  : nullptr;
     cuda::matmul_backward(lt_, d(dinp), d(dweight), d(dbias), d(dout), d(inp), d(weight),
-                          d(pre_gelu), N, C, OC, s, dout_colsum, ld(C, padded));
+                          d(pre_gelu), N, C, OC, s, dout_colsum, ldi);
   }
   void attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int C,
                          int NH) override {
@@ -138,7 +140,7 @@ size_t cuda_kernel_scratch_bytes(const ModelConfig& cfg, int B, int T, const Pla
   // (attproj's and fcproj's dbias come from the layernorm backward's column sums);
   // attention_backward; and encoder_backward. scratch() frees the old buffer before it
   // allocates a larger one, so the ledger's workspace peak holds only the largest.
-  const bool padded = cuda_pads_rows(C);
+  const bool padded = cuda_pads_rows(C);  // qkv's and fc's dbias then from the dweight GEMM
   size_t bytes = std::max({cuda::layernorm_backward_scratch_bytes(N, C),
                            cuda::matmul_backward_scratch_bytes(N, C, 3 * C, padded),
                            cuda::matmul_backward_scratch_bytes(N, C, 4 * C, padded),

@@ -54,7 +54,14 @@ struct Lt {
 template <class D>
 void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
                     const D* bias, int N, int C, int OC, int ld_inp);
-size_t matmul_backward_scratch_bytes(int N, int C, int OC, bool padded);
+// Whether matmul_backward takes dbias from the dweight GEMM: both wanted, no dout_colsum
+// given, and the input's rows ones-padded (ld_inp > C).
+inline bool bias_from_dweight_gemm(bool dweight, bool dbias, bool dout_colsum, int C,
+                                   int ld_inp) {
+  return dweight && dbias && !dout_colsum && ld_inp > C;
+}
+// bias_gemm: scratch for that GEMM's fp32 output, else for the column sums' partials.
+size_t matmul_backward_scratch_bytes(int N, int C, int OC, bool bias_gemm);
 template <class D>
 void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
                      const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,

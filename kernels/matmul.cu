@@ -332,8 +332,8 @@ void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* we
   if (gelu_out) gelu_forward(gelu_out, out, size_t(N) * OC);
 }
 
-size_t matmul_backward_scratch_bytes(int, int C, int OC, bool padded) {
-  return (padded ? size_t(C + kOnesPad) : size_t(kRowChunks)) * OC * sizeof(float);
+size_t matmul_backward_scratch_bytes(int, int C, int OC, bool bias_gemm) {
+  return (bias_gemm ? size_t(C + kOnesPad) : size_t(kRowChunks)) * OC * sizeof(float);
 }
 
 template <class D>
@@ -357,7 +357,7 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
       if (pre_gelu) gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
     }
   }
-  if (dweight && dbias && !dout_colsum && ld_inp > C) {
+  if (bias_from_dweight_gemm(dweight, dbias, dout_colsum, C, ld_inp)) {
     // [dweight | dbias]^T[ld_inp, OC] = [inp, 1, 0..]^T @ dout: the row of ones sums dout's
     // columns. Into fp32 scratch (the GEMM cannot put row C elsewhere), then added.
     float* wb = static_cast<float*>(scratch);

@@ -205,23 +205,22 @@ void GPT2<T>::forward_to_lnf() {
   const int B = batch, Tn = seq_len, C = c.channels, NH = c.num_heads, BT = B * Tn;
   train_sink_ = nullptr;  // the activations backward would use are overwritten
   ops_.encoder_forward(encoded_.get(), inputs_.get(), param(K::wte), param(K::wpe), B, Tn, C);
-  const bool pad = padded_;  // ln1 and ln2, the inputs of qkv and fc
   ops_.layernorm_forward(layer(0).ln1, layer(0).ln1_mean, layer(0).ln1_rstd, encoded_.get(),
-                         param(K::ln1w, 0), param(K::ln1b, 0), BT, C, pad);
+                         param(K::ln1w, 0), param(K::ln1b, 0), BT, C, padded_);
   Stat<T>* lnf_mean = lnf_stats_.get();
   for (int l = 0; l < c.num_layers; l++) {
     const T* residual = l == 0 ? encoded_.get() : layer(l - 1).residual3;
     Layer y = layer(l);
     ops_.matmul_forward(y.qkv, nullptr, y.ln1, param(K::qkvw, l), param(K::qkvb, l), BT, C,
-                        3 * C, pad);
+                        3 * C, padded_);
     ops_.attention_forward(y.atty, y.lse, y.qkv, B, Tn, C, NH);
     ops_.matmul_forward(scratch_.get(), nullptr, y.atty, param(K::attprojw, l),
                         param(K::attprojb, l), BT, C, C);
     ops_.residual_layernorm_forward(y.residual2, y.ln2, y.ln2_mean, y.ln2_rstd, residual,
                                     scratch_.get(), param(K::ln2w, l), param(K::ln2b, l), BT, C,
-                                    pad);
+                                    padded_);
     ops_.matmul_forward(y.fch, y.fch_gelu, y.ln2, param(K::fcw, l), param(K::fcb, l), BT, C,
-                        4 * C, pad);
+                        4 * C, padded_);
     ops_.matmul_forward(scratch_.get(), nullptr, y.fch_gelu, param(K::fcprojw, l),
                         param(K::fcprojb, l), BT, 4 * C, C);
     // residual3, normalized by the next layer's ln1 or, after the last layer, by lnf.
@@ -229,7 +228,7 @@ void GPT2<T>::forward_to_lnf() {
       const Layer next = layer(l + 1);
       ops_.residual_layernorm_forward(y.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
                                       y.residual2, scratch_.get(), param(K::ln1w, l + 1),
-                                      param(K::ln1b, l + 1), BT, C, pad);
+                                      param(K::ln1b, l + 1), BT, C, padded_);
     } else {
       ops_.residual_layernorm_forward(y.residual3, lnf_.get(), lnf_mean, lnf_mean + BT,
                                       y.residual2, scratch_.get(), param(K::lnfw),
