@@ -20,8 +20,9 @@ enum Slot { kSumW2, kSumU2, kSlots };
 // Each tensor's kSlots double sums, filled on the device by the sweeps.
 size_t scalar_slots(const ParamTable& table) { return kSlots * table.params.size(); }
 
+// rho is the step's (g_step.d[0]).
 struct StepArgs {
-  double rho, eps2, d, wd;
+  double eps2, d, wd;
   bool scale_parameter;
   float beta1;
 };
@@ -33,7 +34,8 @@ struct StepScalars {
 };
 __device__ __forceinline__ StepScalars step_scalars(const StepArgs& a, double sum_w2, double sum_u2,
                                                     size_t numel) {
-  const double alpha = a.scale_parameter ? a.rho * fmax(a.eps2, sqrt(sum_w2 / double(numel))) : a.rho;
+  const double rho = g_step.d[0];
+  const double alpha = a.scale_parameter ? rho * fmax(a.eps2, sqrt(sum_w2 / double(numel))) : rho;
   return {clip_divisor(sum_u2, numel, a.d), float(alpha), float(1.0 - alpha * a.wd)};
 }
 
@@ -47,6 +49,11 @@ struct AdafactorApply {
   const double* scal;
   StepArgs a;
   float* m1;
+  __device__ AdafactorApply now() const {
+    AdafactorApply f = *this;
+    f.w = w.now();
+    return f;
+  }
   __device__ StepScalars constants() const { return step_scalars(a, scal[kSumW2], scal[kSumU2], numel); }
   template <bool kVec>
   __device__ void apply(const StepScalars& k, int64_t i, int64_t j, int left) const {
@@ -80,10 +87,11 @@ struct AdafactorVector {
 };
 template <class D>
 __global__ void __launch_bounds__(kVectorThreads)
-    adafactor_vectors(const __grid_constant__ Jobs<AdafactorVector<D>> b, double beta2, double eps1) {
+    adafactor_vectors(const __grid_constant__ Jobs<AdafactorVector<D>> b, double eps1) {
   __shared__ double red[32];
   const AdafactorVector<D>& job = b.job[blockIdx.x];
-  const Weights<D>& w = job.w;
+  const double beta2 = g_step.d[1];
+  const Weights<D> w = job.w.now();
   const D* g = job.g;
   float *v = job.v, *m1 = job.m1;
   const size_t n = job.n;
@@ -136,12 +144,11 @@ class Adafactor final : public Optimizer<T> {
   }
 
   void begin_step(int64_t t, float lr) override {
-    t_ = t;
     const double inv_sqrt_t = 1.0 / std::sqrt(double(t));
-    rho_ = !rule_.relative_step ? lr
-           : rule_.warmup_init  ? std::min(1e-6 * t, inv_sqrt_t)
-                                : std::min(1e-2, inv_sqrt_t);
-    beta2_ = 1.0 - std::pow(double(t), rule_.decay_rate);
+    const double rho = !rule_.relative_step ? lr
+                       : rule_.warmup_init  ? std::min(1e-6 * t, inv_sqrt_t)
+                                            : std::min(1e-2, inv_sqrt_t);
+    set_step({t, lr, {0, 0}, {rho, 1.0 - std::pow(double(t), rule_.decay_rate)}});
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
@@ -156,11 +163,11 @@ class Adafactor final : public Optimizer<T> {
     std::vector<RunsJob<AdafactorApply<D>>> applies[2];
     for (const TensorUpdate<T>& u : us) {
       const ParamSpec& p = *u.p;
-      const Weights<D> w = weights(u.param, u.master, seed_, t_, p.id);
+      const Weights<D> w = weights(u.param, u.master, seed_, p.id);
       const D* g = dev_ptr<T>(u.grad);
       const optim::SecondMoment& s = moments_[p.id];
       float* m1 = m1_[p.id];
-      const StepArgs a{rho_, rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
+      const StepArgs a{rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
                        float(rule_.beta1)};
       if (!p.is_matrix()) {
         vectors.push_back({w, g, s.v, m1, p.numel, a});
@@ -170,7 +177,7 @@ class Adafactor final : public Optimizer<T> {
       const int vec = vectorizable(p.cols, {u.grad, u.master, u.param, m1});
       const Factored::Matrix x = fac_.matrix(p);
       stats[vec].push_back({GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)},
-                            x.s, x.parts, Ema{beta2_, s.r, s.c, x.rf, x.cf},
+                            x.s, x.parts, Ema{0, s.r, s.c, x.rf, x.cf, true},
                             rule_.scale_parameter ? sc + kSumW2 : nullptr});
       squares[vec].push_back({DirectionSquares<D>{g, x.rf, x.cf, p.cols}, x.s, x.parts, Ema{}, sc + kSumU2});
       applies[vec].push_back(Factored::runs_job(
@@ -178,7 +185,7 @@ class Adafactor final : public Optimizer<T> {
     }
     launch_jobs(vectors, [](const AdafactorVector<D>&) { return 1u; },
                 [&](const Jobs<AdafactorVector<D>>& b, unsigned grid) {
-                  adafactor_vectors<<<grid, kVectorThreads, 0, update_stream()>>>(b, beta2_, rule_.eps1);
+                  adafactor_vectors<<<grid, kVectorThreads, 0, update_stream()>>>(b, rule_.eps1);
                 });
     for (int vec = 0; vec < 2; vec++) {
       fac_.sweep(stats[vec], vec, true);
@@ -187,6 +194,7 @@ class Adafactor final : public Optimizer<T> {
     }
   }
 
+  bool replayable() const override { return true; }
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
  private:
@@ -198,8 +206,6 @@ class Adafactor final : public Optimizer<T> {
   DeviceBuffer<double> scal_;
   std::vector<optim::SecondMoment> moments_;
   std::vector<float*> m1_;
-  int64_t t_ = 0;
-  double rho_ = 0, beta2_ = 0;
 };
 
 bool flag(const json& cfg, const std::string& key) {

@@ -15,6 +15,7 @@
 namespace gpt2::cuda {
 namespace {
 
+// lr and the bias corrections come from g_step, wd and grad_scale from the job.
 struct AdamArgs {
   float beta1, beta2, eps, lr, wd, inv_bc1, inv_bc2, grad_scale;
 };
@@ -74,7 +75,8 @@ __global__ void adamw_kernel(const __grid_constant__ Jobs<AdamJob<D>> b, AdamArg
   const int k = job_of(b);
   const AdamJob<D>& j = b.job[k];
   a.wd = j.wd, a.grad_scale = j.grad_scale;
-  const Weights<D>& w = j.w;
+  a.lr = g_step.lr, a.inv_bc1 = g_step.f[0], a.inv_bc2 = g_step.f[1];
+  const Weights<D> w = j.w.now();
   const GridStride stride = job_stride(b, k);
   for (size_t q = stride.start; 4 * q < j.n; q += stride.step) {
     const size_t i0 = 4 * q;
@@ -116,10 +118,8 @@ class AdamW final : public Optimizer<T> {
   }
 
   void begin_step(int64_t t, float lr) override {
-    t_ = t;
-    lr_ = lr;
-    inv_bc1_ = float(1.0 / (1.0 - std::pow(beta1_, double(t))));
-    inv_bc2_ = float(1.0 / (1.0 - std::pow(beta2_, double(t))));
+    set_step({t, lr, {float(1.0 / (1.0 - std::pow(beta1_, double(t)))),
+                      float(1.0 / (1.0 - std::pow(beta2_, double(t))))}, {0, 0}});
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
@@ -134,10 +134,10 @@ class AdamW final : public Optimizer<T> {
       float *m = m_[p.id], *v = v_[p.id];
       const bool vec = aligned(u.master, 16) && aligned(m, 16) && aligned(v, 16) &&
                        aligned(u.param, 4 * sizeof(T)) && aligned(u.grad, 4 * sizeof(T));
-      jobs.push_back({weights(u.param, u.master, seed_, t_, p.id), dev_ptr(u.grad), m, v,
+      jobs.push_back({weights(u.param, u.master, seed_, p.id), dev_ptr(u.grad), m, v,
                       p.numel, float(common_.wd(p)), u.grad_scale, vec});
     }
-    const AdamArgs a{float(beta1_), float(beta2_), float(eps_), lr_, 0.f, inv_bc1_, inv_bc2_, 1.f};
+    const AdamArgs a{float(beta1_), float(beta2_), float(eps_), 0.f, 0.f, 0.f, 0.f, 1.f};
     launch_jobs(jobs, [](const AdamJob<D>& j) { return elementwise_blocks((j.n + 3) / 4); },
                 [&](const Jobs<AdamJob<D>>& b, unsigned grid) {
                   adamw_kernel<<<grid, kThreads, 0, update_stream()>>>(b, a);
@@ -145,6 +145,7 @@ class AdamW final : public Optimizer<T> {
   }
 
   bool scales_grads() const override { return true; }
+  bool replayable() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
@@ -154,8 +155,6 @@ class AdamW final : public Optimizer<T> {
   uint64_t seed_;
   optim::StateStore store_;
   std::vector<float*> m_, v_;
-  int64_t t_ = 0;
-  float lr_ = 0, inv_bc1_ = 1, inv_bc2_ = 1;
 };
 
 }  // namespace

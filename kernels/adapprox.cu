@@ -211,8 +211,9 @@ __global__ void clip_and_moment(float* Dir, float* m1, const double* sum_d2, siz
 }
 
 template <class D>
-__global__ void adapprox_apply(Weights<D> w, const float* S, const double* scal, bool guided,
+__global__ void adapprox_apply(Weights<D> step_w, const float* S, const double* scal, bool guided,
                                size_t n, float lr, float wd) {
+  const Weights<D> w = step_w.now();
   const float guide =
       guided ? float((1 + scal[kDot] / (sqrt(scal[kSumD2] * scal[kSumM2]) + 1e-12)) / 2) : 1.f;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -458,6 +459,7 @@ class Adapprox final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override {
     finish_deferred();
     t_ = t, lr_ = lr;
+    set_step({t, lr, {0, 0}, {0, 0}});  // the stochastic-rounding streams' step
     srsi_calls_ = 0;
   }
 
@@ -605,7 +607,7 @@ class Adapprox final : public Optimizer<T> {
       L.red.sum(Squares<float>{t.m1}, p.numel, s + kSumM2);
     }
     adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        weights(param, master, seed_, t_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
+        weights(param, master, seed_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
         float(common_.wd(p)));
     CUDA_CHECK_LAUNCH();
   }

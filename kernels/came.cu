@@ -48,12 +48,20 @@ struct CameMoment {
   }
 };
 
+// lr is the step's (g_step); now() also sets keep = 1 - lr wd (decoupled, raw lr).
 template <class D>
 struct CameApply {
   Weights<D> w;
   const float *m, *rf, *cf;
   int64_t n;
+  double wd;
   float lr, keep;
+  __device__ CameApply now() const {
+    CameApply f = *this;
+    f.w = w.now();
+    f.lr = g_step.lr, f.keep = float(1.0 - double(f.lr) * wd);
+    return f;
+  }
   __device__ int constants() const { return 0; }
   template <bool kVec>
   __device__ void apply(int, int64_t i, int64_t j, int left) const {
@@ -77,23 +85,23 @@ struct CameVector {
   const D* g;
   float *v, *m;
   size_t n;
-  float keep;
+  double wd;
 };
 struct CameVectorArgs {
   double beta2, eps1, d;
-  float beta1, lr;
+  float beta1;
 };
 template <class D>
 __global__ void __launch_bounds__(kVectorThreads)
     came_vectors(const __grid_constant__ Jobs<CameVector<D>> b, CameVectorArgs c) {
   __shared__ double red[32];
   const CameVector<D>& job = b.job[blockIdx.x];
-  const Weights<D>& w = job.w;
+  const Weights<D> w = job.w.now();
   const D* g = job.g;
   float *v = job.v, *m = job.m;
   const size_t n = job.n;
   const double beta2 = c.beta2, eps1 = c.eps1, d = c.d;
-  const float beta1 = c.beta1, lr = c.lr, keep = job.keep;
+  const float beta1 = c.beta1, lr = g_step.lr, keep = float(1.0 - double(lr) * job.wd);
   double u2 = 0;
   const auto first = [&](size_t i, float& x, float& vi, float& mi, float& y) {
     const double xd = to_f(g[i]);
@@ -152,7 +160,7 @@ class Came final : public Optimizer<T> {
     }
   }
 
-  void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
+  void begin_step(int64_t t, float lr) override { set_step({t, lr, {0, 0}, {0, 0}}); }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     update_many({{&p, param, master, grad}});
@@ -167,13 +175,13 @@ class Came final : public Optimizer<T> {
     std::vector<RunsJob<CameApply<D>>> applies[2];
     for (const TensorUpdate<T>& u : us) {
       const ParamSpec& p = *u.p;
-      const Weights<D> w = weights(u.param, u.master, seed_, t_, p.id);
+      const Weights<D> w = weights(u.param, u.master, seed_, p.id);
       const D* g = dev_ptr<T>(u.grad);
       const optim::SecondMoment& s = moments_[p.id];
       float* m = m_[p.id];
-      const float keep = float(1.0 - double(lr_) * common_.wd(p));  // decoupled, raw lr
+      const double wd = common_.wd(p);
       if (!p.is_matrix()) {
-        vectors.push_back({w, g, s.v, m, p.numel, keep});
+        vectors.push_back({w, g, s.v, m, p.numel, wd});
         continue;
       }
       double* sum_u2 = scal_.get() + kSlots * p.id + kSumU2;
@@ -187,9 +195,9 @@ class Came final : public Optimizer<T> {
           {CameMoment<D>{g, p.cols, p.numel, sum_u2, clip_, m, float(beta1_), float(eps2_), x.rf, x.cf},
            x.s, x.parts, Ema{beta3_, in.r, in.c, x.rf, x.cf}, nullptr});
       applies[vec].push_back(
-          Factored::runs_job(CameApply<D>{w, m, x.rf, x.cf, p.cols, lr_, keep}, p.rows, p.cols));
+          Factored::runs_job(CameApply<D>{w, m, x.rf, x.cf, p.cols, wd, 0, 0}, p.rows, p.cols));
     }
-    const CameVectorArgs c{beta2_, eps1_, clip_, float(beta1_), lr_};
+    const CameVectorArgs c{beta2_, eps1_, clip_, float(beta1_)};
     launch_jobs(vectors, [](const CameVector<D>&) { return 1u; },
                 [&](const Jobs<CameVector<D>>& b, unsigned grid) {
                   came_vectors<<<grid, kVectorThreads, 0, update_stream()>>>(b, c);
@@ -202,6 +210,7 @@ class Came final : public Optimizer<T> {
     }
   }
 
+  bool replayable() const override { return true; }
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
  private:
@@ -213,8 +222,6 @@ class Came final : public Optimizer<T> {
   DeviceBuffer<double> scal_;
   std::vector<optim::SecondMoment> moments_, instability_;
   std::vector<float*> m_;
-  int64_t t_ = 0;
-  float lr_ = 0;
 };
 
 }  // namespace

@@ -121,10 +121,13 @@ struct SweepParts {
 };
 // Where a statistic sweep leaves its EMAs: r <- beta r + (1 - beta) rowmean(X), c
 // likewise, and the factors rf_i = rsqrt(r_i / mean(r)), cf_j = rsqrt(c_j) (double,
-// rounded once, as the reference's factored_inv_sqrt_scale).
+// rounded once, as the reference's factored_inv_sqrt_scale). With step_beta, beta is
+// the step's (g_step.d[1], Adafactor's beta2_t) rather than a constant.
 struct Ema {
   double beta;
   float *r, *c, *rf, *cf;
+  bool step_beta = false;
+  __device__ double now() const { return step_beta ? g_step.d[1] : beta; }
 };
 
 // Stage "row chunk done" (its last tile): the chunk's rows, summed over the tiles in
@@ -137,7 +140,8 @@ __device__ __forceinline__ void finish_rows(const SweepShape& s, const SweepPart
   for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
     double t = 0;
     for (unsigned b = 0; b < s.tiles; b++) t += __ldcg(p.row + b * s.m + i);
-    const float ri = float(e.beta * e.r[i] + (1 - e.beta) * (t / double(s.n)));
+    const double beta = e.now();
+    const float ri = float(beta * e.r[i] + (1 - beta) * (t / double(s.n)));
     e.r[i] = ri;
     sum_r += ri;
   }
@@ -154,7 +158,8 @@ __device__ __forceinline__ void finish_cols(const SweepShape& s, const SweepPart
   double t = 0;
 #pragma unroll 8
   for (unsigned b = 0; b < s.chunks; b++) t += __ldcg(p.col + b * s.n + j);
-  const float cj = float(e.beta * e.c[j] + (1 - e.beta) * (t / double(s.m)));
+  const double beta = e.now();
+  const float cj = float(beta * e.c[j] + (1 - beta) * (t / double(s.m)));
   e.c[j] = cj;
   e.cf[j] = float(1.0 / sqrt(double(cj)));
 }
@@ -264,8 +269,9 @@ __global__ void __launch_bounds__(kSweepThreads) sweep(const __grid_constant__ J
   }
 }
 
-// One matrix's elementwise pass over its runs of 8: f.apply<kVec>(k, i, j, left), k =
-// f.constants() computed once per thread; grid-stride over the job's own blocks.
+// One matrix's elementwise pass over its runs of 8: f.apply<kVec>(k, i, j, left) on
+// f.now() (the step's copy: its weights' stochastic-rounding stream), k = f.constants()
+// computed once per thread; grid-stride over the job's own blocks.
 template <class F>
 struct RunsJob {
   F f;
@@ -277,12 +283,13 @@ template <class F, bool kVec>
 __global__ void runs(const __grid_constant__ Jobs<RunsJob<F>> b) {
   const int q = job_of(b);
   const RunsJob<F>& job = b.job[q];
-  const auto k = job.f.constants();
+  const F f = job.f.now();
+  const auto k = f.constants();
   const int64_t per_row = (job.n + kRun - 1) / kRun, total = job.m * per_row;
   for (int64_t r = int64_t(blockIdx.x - b.first[q]) * blockDim.x + threadIdx.x; r < total;
        r += int64_t(job.blocks) * blockDim.x) {
     const int64_t i = r / per_row, j = (r - i * per_row) * kRun;
-    job.f.template apply<kVec>(k, i, j, int(job.n - j < kRun ? job.n - j : kRun));
+    f.template apply<kVec>(k, i, j, int(job.n - j < kRun ? job.n - j : kRun));
   }
 }
 

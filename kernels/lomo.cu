@@ -14,16 +14,19 @@ struct LomoJob {
   Weights<D> w;
   const D* grad;
   size_t n;
-  float keep;  // 1 - lr * weight decay
+  double wd;
 };
 
+// lr from g_step (the step's, see optim_common.cuh).
 template <class D>
-__global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b, float lr) {
+__global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b) {
   const int k = job_of(b);
   const LomoJob<D>& j = b.job[k];
+  const float lr = g_step.lr, keep = float(1.0 - double(lr) * j.wd);  // 1 - lr * decay
+  const Weights<D> w = j.w.now();
   const GridStride stride = job_stride(b, k);
   for (size_t i = stride.start; i < j.n; i += stride.step)
-    j.w.store(i, j.w.load(i) * j.keep - lr * to_f(j.grad[i]));
+    w.store(i, w.load(i) * keep - lr * to_f(j.grad[i]));
 }
 
 template <class T>
@@ -31,7 +34,7 @@ class Lomo final : public Optimizer<T> {
  public:
   Lomo(const json& cfg, uint64_t seed) : common_(cfg), seed_(seed) {}
 
-  void begin_step(int64_t t, float lr) override { t_ = t, lr_ = lr; }
+  void begin_step(int64_t t, float lr) override { set_step({t, lr, {0, 0}, {0, 0}}); }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     update_many({{&p, param, master, grad}});
@@ -41,21 +44,20 @@ class Lomo final : public Optimizer<T> {
     using D = device_t<T>;
     std::vector<LomoJob<D>> jobs;
     for (const TensorUpdate<T>& u : us)
-      jobs.push_back({weights(u.param, u.master, seed_, t_, u.p->id), dev_ptr(u.grad), u.p->numel,
-                      float(1.0 - double(lr_) * common_.wd(*u.p))});
+      jobs.push_back({weights(u.param, u.master, seed_, u.p->id), dev_ptr(u.grad), u.p->numel,
+                      common_.wd(*u.p)});
     launch_jobs(jobs, [](const LomoJob<D>& j) { return elementwise_blocks(j.n); },
                 [&](const Jobs<LomoJob<D>>& b, unsigned grid) {
-                  lomo_kernel<<<grid, kThreads, 0, update_stream()>>>(b, lr_);
+                  lomo_kernel<<<grid, kThreads, 0, update_stream()>>>(b);
                 });
   }
 
+  bool replayable() const override { return true; }
   std::vector<StateBlob> state() override { return {}; }
 
  private:
   optim::Common common_;
   uint64_t seed_;
-  int64_t t_ = 0;
-  float lr_ = 0;
 };
 
 }  // namespace

@@ -31,15 +31,45 @@ __device__ __forceinline__ __nv_bfloat16 bf16_stochastic(float x, uint32_t bits)
   return __ushort_as_bfloat16(static_cast<unsigned short>(u >> 16));
 }
 
+// What changes from step to step (Optimizer::begin_step), which the update kernels read
+// from device memory rather than take as arguments: a recorded backward with fused
+// updates (Device::make_replay) then stays right at every step. One copy per translation
+// unit (an optimizer's kernels live in one) and device; begin_step rewrites it with
+// set_step on update_stream(), in order before the step's updates, and an optimizer's
+// kernels read only their own unit's copy. So two optimizers of one unit (AdaLomo and
+// Adafactor, or one kind in fp32 and bf16) must not interleave their steps: the last
+// begin_step would set the values for both. A run has one optimizer.
+struct StepValues {
+  int64_t t;   // the step, 1-based: the stochastic-rounding streams
+  float lr;
+  float f[2];  // the optimizer's own (AdamW: 1 / the bias corrections)
+  double d[2];  // (Adafactor: rho, beta2_t)
+};
+static __device__ StepValues g_step;
+static inline void set_step(const StepValues& s) {
+  // From pageable memory the copy is staged before the call returns.
+  CUDA_CHECK(cudaMemcpyToSymbolAsync(g_step, &s, sizeof s, 0, cudaMemcpyHostToDevice,
+                                     update_stream()));
+}
+
 // The weights one update writes. With a master copy the fp32 master is the truth and
 // the bf16 param its round-to-nearest; without one a bf16 param is read as fp32 and
 // written back stochastically rounded, the random bits a hash of (seed, step, tensor
-// id, element index) so a run is deterministic for its seed.
+// id, element index) so a run is deterministic for its seed. The step comes from
+// g_step: a kernel takes now() once before it stores.
 template <class D>
 struct Weights {
   D* param;
   float* master;
-  uint64_t stream;  // optim::mix_seed(seed, step, tensor id)
+  uint64_t seed;
+  int id;
+  uint64_t stream;  // optim::mix_seed(seed, step, tensor id), set by now()
+
+  __device__ Weights now() const {
+    Weights w = *this;
+    if (!master) w.stream = optim::mix_seed(seed, g_step.t, id) ^ 0x5352u;  // "SR"
+    return w;
+  }
 
   __device__ float load(size_t i) const { return master ? master[i] : to_f(param[i]); }
   __device__ void store(size_t i, float w) const {
@@ -54,8 +84,8 @@ struct Weights {
 };
 
 template <class T>
-Weights<device_t<T>> weights(T* param, float* master, uint64_t seed, int64_t step, int id) {
-  return {dev_ptr(param), master, optim::mix_seed(seed, step, id) ^ 0x5352u};  // "SR"
+Weights<device_t<T>> weights(T* param, float* master, uint64_t seed, int id) {
+  return {dev_ptr(param), master, seed, id, 0};
 }
 
 __device__ __forceinline__ double block_sum_d(double v, double* shared) {

@@ -58,6 +58,11 @@ class Optimizer {
   // itself; the others get gradients the pipeline has already scaled, in a pass of its
   // own over every gradient, and ignore it.
   virtual bool scales_grads() const { return false; }
+  // Whether a backward that calls update_many can be recorded once and replayed at later
+  // steps (Device::make_replay): the update kernels read the step's values (t, lr) from
+  // device memory, which begin_step rewrites, and never wait for the host. The CUDA
+  // optimizers but Adapprox (host round trips for its ranks) say yes.
+  virtual bool replayable() const { return false; }
   virtual std::vector<StateBlob> state() = 0;
   // What the last step did beyond the update itself, as (name, value) for the progress
   // line and the metrics log: Adapprox's mean rank and S-RSI count. Most say nothing.

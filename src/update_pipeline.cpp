@@ -260,7 +260,14 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   else
     full_ = std::make_unique<FullSink>(model.table, dev, comm);
   if (zero1_) full_->owners = &owners_;
-  if (!fused_ && comm.world() == 1 && tr["cuda_graph"].get<bool>()) replay_ = dev.make_replay();
+  if (comm.world() == 1 && tr["cuda_graph"].get<bool>()) {
+    if (!fused_) {
+      replay_ = dev.make_replay();
+    } else if (!two_pass_ && opt.replayable()) {
+      replay_ = dev.make_replay();
+      replay_backward_ = dev.make_replay();
+    }
+  }
   const size_t n = size_t(model.batch) * model.seq_len;
   inputs_.resize(n), targets_.resize(n);
 }
@@ -337,6 +344,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
   auto clip_coef = [&](double norm) {
     return clip_norm_ > 0 ? float(std::min(1.0, clip_norm_ / (norm + 1e-6))) : 1.0f;
   };
+  auto run = [](Replay* replay, const std::function<void()>& work) {
+    if (replay) replay->run(work);
+    else work();
+  };
   opt_.begin_step(t, lr);
 
   if (!fused_) {
@@ -355,12 +366,10 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       next_batch(inputs_.data(), targets_.data());
       model_.load_batch(inputs_.data(), targets_.data());
       full_->reducing = comm_.world() > 1 && micro == accum_ - 1;
-      auto pass = [&] {
+      run(replay_.get(), [&] {
         model_.queue_forward(dloss, full_.get());
         model_.backward(*full_);
-      };
-      if (replay_) replay_->run(pass);
-      else pass();
+      });
       if (micro == accum_ - 1) {
         full_->flush();
         comm_.join();
@@ -392,13 +401,20 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
   // the extra backward. The measuring pass changes no weight, so the second forward's
   // loss equals the first.
   next_batch(inputs_.data(), targets_.data());
+  model_.load_batch(inputs_.data(), targets_.data());
   auto forward = [&](bool measuring) {
     fused_sink_->measuring = measuring;
     fused_sink_->reset();
-    return comm_.mean(model_.forward(inputs_.data(), targets_.data(), dloss, fused_sink_.get()));
+    run(replay_.get(), [&] { model_.queue_forward(dloss, fused_sink_.get()); });
+    return comm_.mean(model_.loss());
   };
   const double loss = forward(two_pass_);
-  if (!loss_ok(loss)) return {float(loss), 0.0, true};
+  if (!loss_ok(loss)) {
+    // The forward ran (or was recorded) and the backward did not: start both recordings
+    // afresh, so that they are made in the same step again.
+    if (replay_backward_) replay_ = dev_.make_replay(), replay_backward_ = dev_.make_replay();
+    return {float(loss), 0.0, true};
+  }
   clip_coef_ = 1.0f;
   if (two_pass_) {
     model_.backward(*fused_sink_);  // measures the norm, updates nothing
@@ -406,7 +422,7 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     clip_coef_ = clip_coef(total_norm());
     forward(false);
   }
-  model_.backward(*fused_sink_);
+  run(replay_backward_.get(), [&] { model_.backward(*fused_sink_); });
   comm_.join();
   return {float(loss), total_norm(), false};
 }

@@ -125,8 +125,10 @@ class UpdatePipeline {
   StepResult step(int64_t t, float lr, const std::function<void(int*, int*)>& next_batch);
 
   bool fused() const { return fused_; }
-  // Whether steps now launch a recorded forward + backward (train.cuda_graph).
-  bool replaying() const { return replay_ && replay_->recorded(); }
+  // Whether steps now launch a recorded forward and backward (train.cuda_graph).
+  bool replaying() const {
+    return replay_ && replay_->recorded() && (!fused_ || replay_backward_->recorded());
+  }
 
  private:
   class FullSink;
@@ -149,11 +151,14 @@ class UpdatePipeline {
   DeviceBuffer<float> master_;
   std::unique_ptr<FullSink> full_;
   std::unique_ptr<FusedSink> fused_sink_;
-  // after_backward on one device with train.cuda_graph: each micro-step's forward +
-  // backward, recorded once and replayed (see Replay). Null otherwise: fused updates
-  // take the step's lr as a kernel argument, and data parallelism queues its
-  // all-reduces only on a step's last micro-step.
-  std::unique_ptr<Replay> replay_;
+  // With train.cuda_graph on one device, recorded once and replayed (see Replay):
+  // after_backward, each micro-step's forward + backward in replay_; fused, the forward
+  // in replay_ and the backward with its updates in replay_backward_, where the
+  // optimizer is replayable() and clipping takes no second pass (whose coefficient the
+  // host computes between the passes). The loss is read between them, so a non-finite
+  // one still stops the step before any update. Null otherwise: data parallelism queues
+  // its all-reduces only on a step's last micro-step.
+  std::unique_ptr<Replay> replay_, replay_backward_;
   std::vector<int> inputs_, targets_;
 };
 
