@@ -49,12 +49,6 @@ class CudaOps final : public Ops<T> {
                          const T* bias, int N, int C, bool padded = false) override {
     cuda::layernorm_forward(d(out), mean, rstd, d(inp), d(weight), d(bias), N, C, ld(C, padded));
   }
-  void residual_layernorm_forward(T* residual_out, T* out, float* mean, float* rstd,
-                                  const T* a, const T* b, const T* weight, const T* bias, int N,
-                                  int C, bool padded = false) override {
-    cuda::residual_layernorm_forward(d(residual_out), d(out), mean, rstd, d(a), d(b), d(weight),
-                                     d(bias), N, C, ld(C, padded));
-  }
   void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                           const T* weight, const float* mean, const float* rstd, int N, int C,
                           float* dinp_colsum = nullptr) override {
@@ -63,9 +57,9 @@ class CudaOps final : public Ops<T> {
                              rstd, N, C, s, dinp_colsum);
   }
   void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight, const T* bias, int N,
-                      int C, int OC, bool padded = false) override {
+                      int C, int OC, bool padded = false, const T* residual = nullptr) override {
     cuda::matmul_forward(lt_, d(out), d(gelu_out), d(inp), d(weight), d(bias), N, C, OC,
-                         ld(C, padded));
+                         ld(C, padded), d(residual));
   }
   void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                        const T* weight, const T* pre_gelu, int N, int C, int OC,
@@ -94,9 +88,6 @@ class CudaOps final : public Ops<T> {
   }
   void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) override {
     cuda::gelu_backward(d(dinp), d(inp), d(dout), n);
-  }
-  void residual_forward(T* out, const T* a, const T* b, size_t n) override {
-    cuda::residual_forward(d(out), d(a), d(b), n);
   }
   void classifier(T* logits, float* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override {

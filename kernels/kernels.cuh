@@ -34,10 +34,6 @@ void encoder_backward(D* dwte, D* dwpe, const D* dout, const int* inp, int B, in
 template <class D>
 void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
                        const D* bias, int N, int C, int ldo);
-template <class D>
-void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rstd, const D* a,
-                                const D* b, const D* weight, const D* bias, int N, int C,
-                                int ldo);
 size_t layernorm_backward_scratch_bytes(int N, int C);
 template <class D>
 void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
@@ -52,8 +48,8 @@ struct Lt {
   size_t workspace_bytes;
 };
 template <class D>
-void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
-                    const D* bias, int N, int C, int OC, int ld_inp);
+void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight, const D* bias,
+                    int N, int C, int OC, int ld_inp, const D* residual = nullptr);
 // Whether matmul_backward takes dbias from the dweight GEMM: both wanted, no dout_colsum
 // given, and the input's rows ones-padded (ld_inp > C).
 inline bool bias_from_dweight_gemm(bool dweight, bool dbias, bool dout_colsum, int C,
@@ -97,9 +93,6 @@ void attention_backward_mma(__nv_bfloat16* dqkv, float* delta, const __nv_bfloat
 // gelu.cu
 template <class D> void gelu_forward(D* out, const D* inp, size_t n);
 template <class D> void gelu_backward(D* dinp, const D* inp, const D* dout, size_t n);
-
-// residual.cu
-template <class D> void residual_forward(D* out, const D* a, const D* b, size_t n);
 
 // classifier.cu
 template <class D>

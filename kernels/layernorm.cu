@@ -1,13 +1,14 @@
-// LayerNorm over the last dim (eps 1e-5, biased variance) and its backward, and the
-// forward fused with the residual add before it (residual_layernorm_forward).
+// LayerNorm over the last dim (eps 1e-5, biased variance) and its backward.
 // Forward: one warp per row (8 rows per 256-thread block); mean, then variance of
 // (x - mean) in a second pass over the row, which avoids the cancellation of
 // E[x^2] - E[x]^2. When C is a multiple of 32 lanes x 16 bytes (768, 1024, 1280 ...)
 // the row lives in registers, loaded with 16-byte vectors: the scalar version kept too
 // few bytes in flight and ran at ~200 GB/s (12.7 ms of a 52.6 ms d12 step, H200,
-// tools/bench_ops); other C take the scalar path. The fused residual add stores
-// a + b rounded to D and normalizes that rounded row, so it equals residual_forward
-// followed by layernorm_forward bit for bit while reading the residual stream once.
+// tools/bench_ops); other C take the scalar path. The residual add before each
+// layernorm was fused in here (reading a and b, writing a + b and its norm); the
+// projection GEMM's epilogue adds it now (kernels/matmul.cu), so the sum is written
+// once and read once: H100, same call, d12 B 16 31.0 / 31.0 -> 30.7 / 30.8 ms a step,
+// d24 with 12 recompute layers 81.9 / 81.9 -> 81.9 / 82.0.
 // Backward:
 // - dinp (accumulated): one warp per row, the two row means of the standard formula
 //   dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * w.
@@ -23,7 +24,7 @@
 // Ones-padded output (src/ops.hpp): rows of ldo > C elements, the pad written as 1, 0, ...
 // by the row's first lanes.
 // Measured (tools/bench_ops, d12 B 16 T 1024 bf16, H200): layernorm + residual went from
-// 4.5 + 1.1 ms to 3.0 ms per step with the fused add and the fused dweight/dbias partials;
+// 4.5 + 1.1 ms to 3.0 ms per step with the then fused add and the fused dweight/dbias partials;
 // on an H100, one wave for the backward (see its kernel) took it from 3.46 to 2.80 ms.
 #include <algorithm>
 #include <cstdint>
@@ -68,13 +69,11 @@ __device__ __forceinline__ void load_row(float (&x)[NV][vec_elems<D>()], const D
   }
 }
 
-// If add is non-null, the row is inp + add, rounded to D and stored to res_out first.
 // NV = C / (32 V) vectors per lane, a template argument so the row takes exactly the
 // registers it needs: sized for the widest row, d12's kernel took 91 registers, two
 // 256-thread blocks per SM, and moved 1.97 TB/s (ncu, H100, 40 us a call).
 template <class D, int NV>
-__global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rstd_out,
-                                             D* res_out, const D* inp, const D* add,
+__global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rstd_out, const D* inp,
                                              const D* weight, const D* bias, int N, int C,
                                              int ldo) {
   constexpr int V = vec_elems<D>();
@@ -82,20 +81,11 @@ __global__ void layernorm_forward_vec_kernel(D* out, float* mean_out, float* rst
   if (row >= N) return;
   float x[NV][V];
   const int4* xv = reinterpret_cast<const int4*>(inp + size_t(row) * C);
-  const int4* av = reinterpret_cast<const int4*>(add + size_t(row) * C);
-  int4* rv = reinterpret_cast<int4*>(res_out + size_t(row) * C);
   float sum = 0.f;
 #pragma unroll
   for (int i = 0; i < NV; i++) {
-    int4 raw = xv[i * 32 + lane];
-    D* e = reinterpret_cast<D*>(&raw);
-    if (add) {
-      const int4 raw_a = av[i * 32 + lane];
-      const D* ea = reinterpret_cast<const D*>(&raw_a);
-#pragma unroll
-      for (int j = 0; j < V; j++) e[j] = from_f<D>(to_f(e[j]) + to_f(ea[j]));
-      rv[i * 32 + lane] = raw;
-    }
+    const int4 raw = xv[i * 32 + lane];
+    const D* e = reinterpret_cast<const D*>(&raw);
 #pragma unroll
     for (int j = 0; j < V; j++) sum += x[i][j] = to_f(e[j]);
   }
@@ -212,25 +202,13 @@ __global__ void __launch_bounds__(256, NV <= 5 ? 2 : 1)
 }
 
 template <class D>
-__global__ void layernorm_forward_kernel(D* out, float* mean_out, float* rstd_out, D* res_out,
-                                         const D* inp, const D* add, const D* weight,
-                                         const D* bias, int N, int C, int ldo) {
+__global__ void layernorm_forward_kernel(D* out, float* mean_out, float* rstd_out, const D* inp,
+                                         const D* weight, const D* bias, int N, int C, int ldo) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const D* x = inp + size_t(row) * C;
   float sum = 0.f;
-  if (add) {
-    // The lane re-reads only what it wrote itself, so no fence is needed.
-    D* res = res_out + size_t(row) * C;
-    const D* a = add + size_t(row) * C;
-    for (int c = lane; c < C; c += 32) {
-      res[c] = from_f<D>(to_f(x[c]) + to_f(a[c]));
-      sum += to_f(res[c]);
-    }
-    x = res;
-  } else {
-    for (int c = lane; c < C; c += 32) sum += to_f(x[c]);
-  }
+  for (int c = lane; c < C; c += 32) sum += to_f(x[c]);
   const float mean = warp_sum(sum) / C;
   float var = 0.f;
   for (int c = lane; c < C; c += 32) {
@@ -351,23 +329,6 @@ void with_vecs(int nv, F&& f) {
 }
 static_assert(kMaxVecs == 8, "with_vecs enumerates 1 .. kMaxVecs");
 
-template <class D>
-void forward(D* res_out, D* out, float* mean, float* rstd, const D* inp, const D* add,
-             const D* weight, const D* bias, int N, int C, int ldo) {
-  if (N == 0) return;
-  // A padded row stays 16-byte aligned (kOnesPad elements of bf16 are 16 bytes).
-  if (vector_path<D>(C, {res_out, out, inp, add, weight, bias}) && ldo * sizeof(D) % 16 == 0)
-    with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
-      layernorm_forward_vec_kernel<D, decltype(nv)::value>
-          <<<ceil_div(N, 8), 256, 0, compute_stream()>>>(out, mean, rstd, res_out, inp, add, weight,
-                                                         bias, N, C, ldo);
-    });
-  else
-    layernorm_forward_kernel<<<ceil_div(N, 8), 256, 0, compute_stream()>>>(
-        out, mean, rstd, res_out, inp, add, weight, bias, N, C, ldo);
-  CUDA_CHECK_LAUNCH();
-}
-
 // Blocks of the backward kernel that fit on the current GPU at once (occupancy x SMs),
 // after allowing it the dynamic shared memory it needs (over 48 KiB for C > 768, which
 // the runtime requires per device). Asked once per kernel and device rather than on each
@@ -390,14 +351,18 @@ int backward_resident_blocks(size_t smem) {
 template <class D>
 void layernorm_forward(D* out, float* mean, float* rstd, const D* inp, const D* weight,
                        const D* bias, int N, int C, int ldo) {
-  forward<D>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, N, C, ldo);
-}
-
-template <class D>
-void residual_layernorm_forward(D* residual_out, D* out, float* mean, float* rstd, const D* a,
-                                const D* b, const D* weight, const D* bias, int N, int C,
-                                int ldo) {
-  forward<D>(residual_out, out, mean, rstd, a, b, weight, bias, N, C, ldo);
+  if (N == 0) return;
+  // A padded row stays 16-byte aligned (kOnesPad elements of bf16 are 16 bytes).
+  if (vector_path<D>(C, {out, inp, weight, bias}) && ldo * sizeof(D) % 16 == 0)
+    with_vecs(C / (32 * vec_elems<D>()), [&](auto nv) {
+      layernorm_forward_vec_kernel<D, decltype(nv)::value>
+          <<<ceil_div(N, 8), 256, 0, compute_stream()>>>(out, mean, rstd, inp, weight, bias, N, C,
+                                                         ldo);
+    });
+  else
+    layernorm_forward_kernel<<<ceil_div(N, 8), 256, 0, compute_stream()>>>(out, mean, rstd, inp,
+                                                                           weight, bias, N, C, ldo);
+  CUDA_CHECK_LAUNCH();
 }
 
 size_t layernorm_backward_scratch_bytes(int, int C) {
@@ -449,12 +414,10 @@ void layernorm_backward(D* dinp, D* dweight, D* dbias, const D* dout, const D* i
   CUDA_CHECK_LAUNCH();
 }
 
-#define INSTANTIATE(D)                                                                       \
-  template void layernorm_forward<D>(D*, float*, float*, const D*, const D*, const D*, int,  \
-                                     int, int);                                              \
-  template void residual_layernorm_forward<D>(D*, D*, float*, float*, const D*, const D*,    \
-                                              const D*, const D*, int, int, int);            \
-  template void layernorm_backward<D>(D*, D*, D*, const D*, const D*, const D*, const float*, \
+#define INSTANTIATE(D)                                                                           \
+  template void layernorm_forward<D>(D*, float*, float*, const D*, const D*, const D*, int, int, \
+                                     int);                                                       \
+  template void layernorm_backward<D>(D*, D*, D*, const D*, const D*, const D*, const float*,    \
                                       const float*, int, int, void*, float*);
 INSTANTIATE(float)
 INSTANTIATE(__nv_bfloat16)

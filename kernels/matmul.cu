@@ -4,7 +4,10 @@
 // product is issued transposed (the comment at each call gives the column-major form).
 // Epilogues fold the elementwise neighbours into the GEMM: BIAS, GELU_AUX_BIAS (writes
 // gelu(pre) and keeps pre as the aux output) and DGELU (dinp *= gelu'(pre_gelu)), each
-// saving a full read and write of an N x OC activation. Where cuBLASLt offers no
+// saving a full read and write of an N x OC activation; the projections that end a block
+// (attproj, fcproj) take the residual stream as C with beta = 1, so the sum is written
+// once, by the GEMM, instead of the product being written and read back by an add (see
+// kernels/layernorm.cu for what that measured). Where cuBLASLt offers no
 // algorithm for an epilogue (e.g. an aux leading dimension that is not a multiple of 8)
 // we fall back to the plain GEMM plus gelu.cu. BGRADB is not used for dbias: it
 // overwrites, while dbias accumulates, so it would need a scratch vector and an extra
@@ -40,6 +43,7 @@
 // operands in L2.
 // Precision: fp32 uses CUBLAS_COMPUTE_32F (no TF32), so it matches the reference to
 // fp32 rounding; bf16 keeps bf16 in/out with fp32 accumulation.
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -62,7 +66,8 @@ struct Gemm {
   int m, n, k;         // column-major D[m,n] = op(A)[m,k] op(B)[k,n]
   bool ta, tb;         // op = transpose
   int lda, ldb, ldd;
-  float beta;          // 1 accumulates into D
+  float beta;  // 1 adds C (D itself unless c is given)
+  const void* c = nullptr;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;
   void* aux = nullptr;
@@ -89,7 +94,7 @@ Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cudaDataType_t
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   // Everything the heuristic sees: shapes, layouts, epilogue, workspace, operand
-  // alignment (A, B, C = D), not beta.
+  // alignment (A, B, the lesser of C's and D's), not beta.
   const auto key = std::make_tuple(device, int(t), int(to), g.m, g.n, g.k, g.ta, g.tb, g.lda, g.ldb,
                                    g.ldd, int(g.epilogue), g.bias != nullptr, g.ldaux,
                                    lt.workspace_bytes, align[0], align[1], align[2]);
@@ -120,7 +125,7 @@ Choice choose_algo(const Lt& lt, const Gemm& g, cudaDataType_t t, cudaDataType_t
 }
 
 // Runs the GEMM; returns false (doing nothing) if cuBLASLt has no algorithm for it. The
-// output (C = D) is of type O, the operands of type D.
+// output D and C (D itself, or g.c) are of type O, the operands of type D.
 template <class D, class O>
 bool run_gemm(const Lt& lt, const Gemm& g, O* d, const D* a, const D* b) {
   const cudaDataType_t t = cuda_type<D>(), to = cuda_type<O>();
@@ -146,11 +151,12 @@ bool run_gemm(const Lt& lt, const Gemm& g, O* d, const D* a, const D* b) {
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, to, g.m, g.n, g.ldd));
-  const uint32_t align[3] = {alignment(a), alignment(b), alignment(d)};
+  const void* c = g.c ? g.c : d;
+  const uint32_t align[3] = {alignment(a), alignment(b), std::min(alignment(c), alignment(d))};
   const Choice choice = choose_algo(lt, g, t, to, desc, la, lb, ld, align);
   if (choice.found) {
     const float alpha = 1.f;
-    CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, d, ld, d, ld,
+    CUBLAS_CHECK(cublasLtMatmul(lt.handle, desc, &alpha, a, la, b, lb, &g.beta, c, ld, d, ld,
                                 &choice.algo, lt.workspace, lt.workspace_bytes, compute_stream()));
   }
   cublasLtMatrixLayoutDestroy(ld);
@@ -314,12 +320,14 @@ __global__ void add_colsum_kernel(D* dbias, const float* colsum, int OC) {
 }  // namespace
 
 template <class D>
-void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight,
-                    const D* bias, int N, int C, int OC, int ld_inp) {
+void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight, const D* bias,
+                    int N, int C, int OC, int ld_inp, const D* residual) {
   if (N == 0 || OC == 0) return;
+  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
   // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
-  Gemm g{OC, N, C, true, false, C, ld_inp, OC, 0.f};
-  g.bias = bias;
+  // (+ residual^T as C, with beta 1)
+  Gemm g{OC, N, C, true, false, C, ld_inp, OC, residual ? 1.f : 0.f};
+  g.bias = bias, g.c = residual;
   if (gelu_out) {
     Gemm ge = g;
     ge.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
@@ -396,10 +404,11 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
 }
 
 template void matmul_forward<float>(const Lt&, float*, float*, const float*, const float*,
-                                    const float*, int, int, int, int);
+                                    const float*, int, int, int, int, const float*);
 template void matmul_forward<__nv_bfloat16>(const Lt&, __nv_bfloat16*, __nv_bfloat16*,
                                             const __nv_bfloat16*, const __nv_bfloat16*,
-                                            const __nv_bfloat16*, int, int, int, int);
+                                            const __nv_bfloat16*, int, int, int, int,
+                                            const __nv_bfloat16*);
 template void matmul_backward<float>(const Lt&, float*, float*, float*, const float*,
                                      const float*, const float*, const float*, int, int, int,
                                      void*, const float*, int);

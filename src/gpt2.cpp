@@ -53,7 +53,6 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute r
       {"lnf_stats", 2 * BT * S},
       {"logits", size_t(classifier_chunk) * Vp * E},  // one chunk of rows
       {"losses", BT * S},
-      {"scratch", BTC * E},
       {"dresidual", BTC * E},
       {"dbtc", BTC * E},
       {"dfch", BTC * 4 * E},
@@ -151,7 +150,7 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, R
   act(lse_, "lse"), act(residual2_, "residual2"), act(ln2_, "ln2");
   act(ln2_stats_, "ln2_stats"), act(fch_, "fch"), act(fch_gelu_, "fch_gelu");
   act(residual3_, "residual3"), act(lnf_, "lnf"), act(lnf_stats_, "lnf_stats");
-  act(logits_, "logits"), act(losses_, "losses"), act(scratch_, "scratch");
+  act(logits_, "logits"), act(losses_, "losses");
   act(dresidual_, "dresidual"), act(dbtc_, "dbtc"), act(dfch_, "dfch"), act(dqkv_, "dqkv");
   act(dresidual_colsum_, "dresidual_colsum");
   host_losses_.resize(size_t(B) * T_);
@@ -214,25 +213,24 @@ void GPT2<T>::forward_to_lnf() {
     ops_.matmul_forward(y.qkv, nullptr, y.ln1, param(K::qkvw, l), param(K::qkvb, l), BT, C,
                         3 * C, padded_);
     ops_.attention_forward(y.atty, y.lse, y.qkv, B, Tn, C, NH);
-    ops_.matmul_forward(scratch_.get(), nullptr, y.atty, param(K::attprojw, l),
-                        param(K::attprojb, l), BT, C, C);
-    ops_.residual_layernorm_forward(y.residual2, y.ln2, y.ln2_mean, y.ln2_rstd, residual,
-                                    scratch_.get(), param(K::ln2w, l), param(K::ln2b, l), BT, C,
-                                    padded_);
+    // The block's projections add the residual stream in their GEMM's epilogue, so it is
+    // written once, as the sum, and the layernorm that follows reads one input.
+    ops_.matmul_forward(y.residual2, nullptr, y.atty, param(K::attprojw, l), param(K::attprojb, l),
+                        BT, C, C, false, residual);
+    ops_.layernorm_forward(y.ln2, y.ln2_mean, y.ln2_rstd, y.residual2, param(K::ln2w, l),
+                           param(K::ln2b, l), BT, C, padded_);
     ops_.matmul_forward(y.fch, y.fch_gelu, y.ln2, param(K::fcw, l), param(K::fcb, l), BT, C,
                         4 * C, padded_);
-    ops_.matmul_forward(scratch_.get(), nullptr, y.fch_gelu, param(K::fcprojw, l),
-                        param(K::fcprojb, l), BT, 4 * C, C);
+    ops_.matmul_forward(y.residual3, nullptr, y.fch_gelu, param(K::fcprojw, l),
+                        param(K::fcprojb, l), BT, 4 * C, C, false, y.residual2);
     // residual3, normalized by the next layer's ln1 or, after the last layer, by lnf.
     if (l + 1 < c.num_layers) {
       const Layer next = layer(l + 1);
-      ops_.residual_layernorm_forward(y.residual3, next.ln1, next.ln1_mean, next.ln1_rstd,
-                                      y.residual2, scratch_.get(), param(K::ln1w, l + 1),
-                                      param(K::ln1b, l + 1), BT, C, padded_);
+      ops_.layernorm_forward(next.ln1, next.ln1_mean, next.ln1_rstd, y.residual3,
+                             param(K::ln1w, l + 1), param(K::ln1b, l + 1), BT, C, padded_);
     } else {
-      ops_.residual_layernorm_forward(y.residual3, lnf_.get(), lnf_mean, lnf_mean + BT,
-                                      y.residual2, scratch_.get(), param(K::lnfw),
-                                      param(K::lnfb), BT, C);
+      ops_.layernorm_forward(lnf_.get(), lnf_mean, lnf_mean + BT, y.residual3, param(K::lnfw),
+                             param(K::lnfb), BT, C);
     }
   }
 }

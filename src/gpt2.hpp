@@ -133,8 +133,8 @@ class GPT2 {
   const int ln_row_;
   DeviceBuffer<T> params_;
   DeviceBuffer<int> inputs_, targets_;
-  DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, residual2_, ln2_, fch_, fch_gelu_, residual3_,
-      lnf_, logits_, scratch_;
+  DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, residual2_, ln2_, fch_, fch_gelu_, residual3_, lnf_,
+      logits_;
   // dresidual_colsum_: the residual gradient's column sums, which each layernorm backward
   // leaves for the next matmul_backward's bias (see backward()).
   DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_, dresidual_colsum_;

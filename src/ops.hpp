@@ -65,9 +65,12 @@ class Ops {
                                   Stat<T>* dinp_colsum = nullptr) = 0;
 
   // pre = inp @ weight^T + bias (bias may be null). If gelu_out is non-null the GELU
-  // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre.
-  virtual void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight,
-                              const T* bias, int N, int C, int OC, bool padded = false) = 0;
+  // epilogue also writes gelu_out = gelu(pre) (and `out` holds pre), else out = pre, or
+  // pre + residual where residual[N,OC] is given (the projections that end a block add
+  // the residual stream in the GEMM's epilogue; not with gelu_out).
+  virtual void matmul_forward(T* out, T* gelu_out, const T* inp, const T* weight, const T* bias,
+                              int N, int C, int OC, bool padded = false,
+                              const T* residual = nullptr) = 0;
   // dinp = dout @ weight, then, if pre_gelu is non-null, dinp *= gelu'(pre_gelu)
   // (the backward of the GELU that produced this matmul's input from pre_gelu).
   // dweight += dout^T @ inp, dbias += colsum(dout), or += dout_colsum where the caller
@@ -88,16 +91,6 @@ class Ops {
   virtual void gelu_forward(T* out, const T* inp, size_t n) = 0;
   // dinp = dout * gelu'(inp); dinp may alias dout.
   virtual void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) = 0;
-
-  // out = a + b (out may alias a or b).
-  virtual void residual_forward(T* out, const T* a, const T* b, size_t n) = 0;
-  // residual_out = a + b (stored as T, may alias a or b), then out = layernorm of the
-  // stored residual_out, exactly as residual_forward followed by layernorm_forward; one
-  // pass over the rows instead of two (llm.c's fused_residual_forward).
-  virtual void residual_layernorm_forward(T* residual_out, T* out, Stat<T>* mean,
-                                          Stat<T>* rstd, const T* a, const T* b,
-                                          const T* weight, const T* bias, int N, int C,
-                                          bool padded = false) = 0;
 
   // Fused softmax + cross-entropy over logits[N, Vp] of which the first V columns are
   // real: losses[i] = -log softmax(logits[i, :V])[targets[i]]. If dloss != 0, logits is

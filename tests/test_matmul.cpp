@@ -16,17 +16,23 @@
 using namespace gpt2;
 using namespace gpt2::test;
 
-TEST_CASE("matmul forward by hand: inp @ weight^T + bias") {
+TEST_CASE("matmul forward by hand: inp @ weight^T + bias (+ residual)") {
   const double inp[] = {1, 2, -1, 3};          // N = 2, C = 2
   const double w[] = {1, 0, 0, 1, 1, 1};       // OC = 3: rows e1, e2, e1 + e2
   const double bias[] = {0.5, 0, -1};
-  double out[6], gelu_out[6], no_bias[6];
+  const double residual[] = {1, -2, 0.25, 0, 4, -8};
+  double out[6], gelu_out[6], no_bias[6], with_residual[6];
   ref::matmul_forward(out, gelu_out, inp, w, bias, 2, 2, 3);
   const double want[] = {1.5, 2, 2, -0.5, 3, 1};
   for (int i = 0; i < 6; i++) CHECK(out[i] == want[i]);
   ref::matmul_forward<double>(no_bias, nullptr, inp, w, nullptr, 2, 2, 3);
   const double want_no_bias[] = {1, 2, 3, -1, 3, 2};
   for (int i = 0; i < 6; i++) CHECK(no_bias[i] == want_no_bias[i]);
+  ref::matmul_forward<double>(with_residual, nullptr, inp, w, bias, 2, 2, 3, residual);
+  const double want_residual[] = {2.5, 0, 2.25, -0.5, 7, -7};
+  for (int i = 0; i < 6; i++) CHECK(with_residual[i] == want_residual[i]);
+  CHECK_THROWS_WITH(ref::matmul_forward(out, gelu_out, inp, w, bias, 2, 2, 3, residual),
+                    Catch::Contains("only without GELU"));
   // The epilogue writes gelu(pre) and leaves pre in out; gelu(2) = 1.9545976941 and
   // gelu(-0.5) = -0.1542859902 (tanh form, worked out independently in Python).
   CHECK(gelu_out[1] == Approx(1.9545976941).epsilon(1e-9));
@@ -179,6 +185,20 @@ TEST_CASE("CpuOps matmul (Eigen) matches the double loops and repeats bit for bi
                       nullptr, N, C, OC);
   CHECK(rel_err(out_nb_f, out_nb) < 1e-5);
   CHECK(dw_f == first.dw);
+  // The residual added in the forward (the block's projections).
+  Vec out_res(out.size());
+  const Vec res = random_vec(out.size(), rng);
+  const auto res_f = to_float(res);
+  ref::matmul_forward<double>(out_res.data(), nullptr, inp.data(), w.data(), b.data(), N, C, OC,
+                              res.data());
+  std::vector<float> out_res_f(out.size());
+  ops.matmul_forward(out_res_f.data(), nullptr, inp_f.data(), w_f.data(), b_f.data(), N, C, OC,
+                     false, res_f.data());
+  CHECK(rel_err(out_res_f, out_res) < 1e-5);
+  std::vector<float> gelu_f(out.size());
+  CHECK_THROWS_WITH(ops.matmul_forward(out_res_f.data(), gelu_f.data(), inp_f.data(), w_f.data(),
+                                       b_f.data(), N, C, OC, false, res_f.data()),
+                    Catch::Contains("only without GELU"));
   // The CPU keeps rows contiguous: it never asks for ones-padded rows, and refuses them.
   CHECK_FALSE(ops.pads_rows(C));
   CHECK_THROWS_WITH(ops.matmul_forward(out_nb_f.data(), nullptr, inp_f.data(), w_f.data(),
@@ -254,6 +274,15 @@ TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, D
     ref::matmul_forward<R>(out.data(), nullptr, as<R>(inp).data(), as<R>(w).data(), nullptr,
                            s.N, s.C, s.OC);
     CHECK(rel_err(gpu.download(d_out, nout), out) <= tol);
+    // + residual, the epilogue's C operand with beta = 1 (into d_gelu: out and residual
+    // are different buffers in the model).
+    const Vec res = rounded<TestType>(random_vec(nout, rng));
+    auto d_res = gpu.upload<TestType>(res);
+    ops->matmul_forward(d_gelu.get(), nullptr, d_inp.get(), d_w.get(), d_b.get(), s.N, s.C, s.OC,
+                        false, d_res.get());
+    ref::matmul_forward<R>(out.data(), nullptr, as<R>(inp).data(), as<R>(w).data(), as<R>(b).data(),
+                           s.N, s.C, s.OC, as<R>(res).data());
+    CHECK(rel_err(gpu.download(d_gelu, nout), out) <= tolerance_twice_rounded<TestType>());
 
     auto d_dout = gpu.upload<TestType>(dout), d_pre = gpu.upload<TestType>(pre_gelu),
          d_dinp = gpu.upload<TestType>(random_vec(nin, rng)),  // overwritten

@@ -44,10 +44,9 @@ class ProfiledOps final : public Ops<T> {
     time("layernorm", [&] { in_.layernorm_backward(di, dw, db, d, i, w, m, r, N, C, cs); });
   }
   void matmul_forward(T* o, T* g, const T* i, const T* w, const T* b, int N, int C, int OC,
-                      bool p = false) override {
-    time(OC > 4 * C ? "matmul (classifier)" : "matmul", [&] {
-      in_.matmul_forward(o, g, i, w, b, N, C, OC, p);
-    });
+                      bool p = false, const T* res = nullptr) override {
+    time(OC > 4 * C ? "matmul (classifier)" : "matmul",
+         [&] { in_.matmul_forward(o, g, i, w, b, N, C, OC, p, res); });
   }
   void matmul_backward(T* di, T* dw, T* db, const T* d, const T* i, const T* w, const T* pg,
                        int N, int C, int OC, const Stat<T>* cs = nullptr,
@@ -68,15 +67,6 @@ class ProfiledOps final : public Ops<T> {
   }
   void gelu_backward(T* di, const T* i, const T* d, size_t n) override {
     time("gelu", [&] { in_.gelu_backward(di, i, d, n); });
-  }
-  void residual_forward(T* o, const T* a, const T* b, size_t n) override {
-    time("residual", [&] { in_.residual_forward(o, a, b, n); });
-  }
-  void residual_layernorm_forward(T* ro, T* o, Stat<T>* m, Stat<T>* r, const T* a, const T* b,
-                                  const T* w, const T* bias, int N, int C,
-                                  bool p = false) override {
-    time("layernorm",
-         [&] { in_.residual_layernorm_forward(ro, o, m, r, a, b, w, bias, N, C, p); });
   }
   void classifier(T* l, Stat<T>* ls, const int* t, int N, int V, int Vp, float d) override {
     time("classifier (softmax+CE)", [&] { in_.classifier(l, ls, t, N, V, Vp, d); });

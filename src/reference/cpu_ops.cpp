@@ -40,11 +40,14 @@ void CpuOps::layernorm_backward(float* dinp, float* dweight, float* dbias, const
 }
 
 void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
-                            const float* bias, int N, int C, int OC, bool padded) {
+                            const float* bias, int N, int C, int OC, bool padded,
+                            const float* residual) {
   require_unpadded(padded, "matmul_forward");
+  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
   Map y(out, N, OC);
   y.noalias() = ConstMap(inp, N, C) * ConstMap(weight, OC, C).transpose();
   if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+  if (residual) y += ConstMap(residual, N, OC);
   if (gelu_out) ref::gelu_forward(gelu_out, out, size_t(N) * OC);
 }
 
@@ -82,18 +85,6 @@ void CpuOps::gelu_forward(float* out, const float* inp, size_t n) {
 
 void CpuOps::gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   ref::gelu_backward(dinp, inp, dout, n);
-}
-
-void CpuOps::residual_forward(float* out, const float* a, const float* b, size_t n) {
-  ref::residual_forward(out, a, b, n);
-}
-
-void CpuOps::residual_layernorm_forward(float* residual_out, float* out, float* mean,
-                                        float* rstd, const float* a, const float* b,
-                                        const float* weight, const float* bias, int N, int C,
-                                        bool padded) {
-  require_unpadded(padded, "residual_layernorm_forward");
-  ref::residual_layernorm_forward(residual_out, out, mean, rstd, a, b, weight, bias, N, C);
 }
 
 void CpuOps::classifier(float* logits, float* losses, const int* targets, int N, int V, int Vp,

@@ -22,7 +22,8 @@ class CpuOps final : public Ops<float> {
                           const float* rstd, int N, int C,
                           float* dinp_colsum = nullptr) override;
   void matmul_forward(float* out, float* gelu_out, const float* inp, const float* weight,
-                      const float* bias, int N, int C, int OC, bool padded = false) override;
+                      const float* bias, int N, int C, int OC, bool padded = false,
+                      const float* residual = nullptr) override;
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, const float* pre_gelu, int N,
                        int C, int OC, const float* dout_colsum = nullptr,
@@ -33,10 +34,6 @@ class CpuOps final : public Ops<float> {
                           const float* lse, int B, int T_, int C, int NH) override;
   void gelu_forward(float* out, const float* inp, size_t n) override;
   void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override;
-  void residual_forward(float* out, const float* a, const float* b, size_t n) override;
-  void residual_layernorm_forward(float* residual_out, float* out, float* mean, float* rstd,
-                                  const float* a, const float* b, const float* weight,
-                                  const float* bias, int N, int C, bool padded = false) override;
   void classifier(float* logits, float* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override;
 };

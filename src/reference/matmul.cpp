@@ -3,13 +3,15 @@
 // OpenMP split (over rows of out, dinp and dweight) never changes the result.
 #include <vector>
 
+#include "error.hpp"
 #include "reference/ops_ref.hpp"
 
 namespace gpt2::ref {
 
 template <class S>
-void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N,
-                    int C, int OC) {
+void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N, int C,
+                    int OC, const S* residual) {
+  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
 #pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
   for (int n = 0; n < N; n++) {
     const S* x = inp + size_t(n) * C;
@@ -17,6 +19,7 @@ void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S*
       const S* w = weight + size_t(o) * C;
       double sum = bias ? double(bias[o]) : 0.0;
       for (int c = 0; c < C; c++) sum += double(x[c]) * w[c];
+      if (residual) sum += double(residual[size_t(n) * OC + o]);
       out[size_t(n) * OC + o] = S(sum);
       if (gelu_out) gelu_out[size_t(n) * OC + o] = S(gelu(sum));
     }
@@ -56,10 +59,10 @@ void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
   }
 }
 
-template void matmul_forward<float>(float*, float*, const float*, const float*, const float*,
-                                    int, int, int);
-template void matmul_forward<double>(double*, double*, const double*, const double*,
-                                     const double*, int, int, int);
+template void matmul_forward<float>(float*, float*, const float*, const float*, const float*, int,
+                                    int, int, const float*);
+template void matmul_forward<double>(double*, double*, const double*, const double*, const double*,
+                                     int, int, int, const double*);
 template <class S>
 void column_sums(S* out, const S* x, int N, int C) {
   std::vector<double> sum(C, 0.0);

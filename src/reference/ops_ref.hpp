@@ -30,8 +30,8 @@ void layernorm_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* i
 
 // matmul.cpp
 template <class S>
-void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N,
-                    int C, int OC);
+void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N, int C,
+                    int OC, const S* residual = nullptr);
 template <class S>
 void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
                      const S* weight, const S* pre_gelu, int N, int C, int OC,
@@ -52,14 +52,6 @@ template <class S>
 void gelu_forward(S* out, const S* inp, size_t n);
 template <class S>
 void gelu_backward(S* dinp, const S* inp, const S* dout, size_t n);
-
-// residual.cpp
-template <class S>
-void residual_forward(S* out, const S* a, const S* b, size_t n);
-// residual_out = a + b, then layernorm_forward of residual_out (see Ops).
-template <class S>
-void residual_layernorm_forward(S* residual_out, S* out, S* mean, S* rstd, const S* a,
-                                const S* b, const S* weight, const S* bias, int N, int C);
 
 // classifier.cpp. Throws gpt2::Error if a target is outside [0, V).
 template <class S>

@@ -29,9 +29,9 @@ class RefOps final : public Ops<S> {
     ref::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, dinp_colsum);
   }
   void matmul_forward(S* out, S* gelu_out, const S* inp, const S* w, const S* b, int N, int C,
-                      int OC, bool padded = false) override {
+                      int OC, bool padded = false, const S* residual = nullptr) override {
     require_unpadded(padded, "matmul_forward");
-    ref::matmul_forward(out, gelu_out, inp, w, b, N, C, OC);
+    ref::matmul_forward(out, gelu_out, inp, w, b, N, C, OC, residual);
   }
   void matmul_backward(S* dinp, S* dw, S* db, const S* dout, const S* inp, const S* w,
                        const S* pre_gelu, int N, int C, int OC,
@@ -49,15 +49,6 @@ class RefOps final : public Ops<S> {
   void gelu_forward(S* out, const S* inp, size_t n) override { ref::gelu_forward(out, inp, n); }
   void gelu_backward(S* dinp, const S* inp, const S* dout, size_t n) override {
     ref::gelu_backward(dinp, inp, dout, n);
-  }
-  void residual_forward(S* out, const S* a, const S* b, size_t n) override {
-    ref::residual_forward(out, a, b, n);
-  }
-  void residual_layernorm_forward(S* res, S* out, S* mean, S* rstd, const S* a, const S* b,
-                                  const S* w, const S* bias, int N, int C,
-                                  bool padded = false) override {
-    require_unpadded(padded, "residual_layernorm_forward");
-    ref::residual_layernorm_forward(res, out, mean, rstd, a, b, w, bias, N, C);
   }
   void classifier(S* logits, S* losses, const int* targets, int N, int V, int Vp,
                   float dloss) override {
