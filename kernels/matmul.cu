@@ -317,54 +317,10 @@ __global__ void add_colsum_kernel(D* dbias, const float* colsum, int OC) {
   if (c < OC) dbias[c] = from_f<D>(to_f(dbias[c]) + colsum[c]);
 }
 
-}  // namespace
-
+// matmul_backward's dweight and dbias.
 template <class D>
-void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight, const D* bias,
-                    int N, int C, int OC, int ld_inp, const D* residual) {
-  if (N == 0 || OC == 0) return;
-  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
-  // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
-  // (+ residual^T as C, with beta 1)
-  Gemm g{OC, N, C, true, false, C, ld_inp, OC, residual ? 1.f : 0.f};
-  g.bias = bias, g.c = residual;
-  if (gelu_out) {
-    Gemm ge = g;
-    ge.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
-    ge.aux = out;
-    ge.ldaux = OC;
-    if (run_gemm(lt, ge, gelu_out, weight, inp)) return;
-  }
-  g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-  must_run_gemm(lt, g, out, weight, inp);
-  if (gelu_out) gelu_forward(gelu_out, out, size_t(N) * OC);
-}
-
-size_t matmul_backward_scratch_bytes(int, int C, int OC, bool bias_gemm) {
-  return (bias_gemm ? size_t(C + kOnesPad) : size_t(kRowChunks)) * OC * sizeof(float);
-}
-
-template <class D>
-void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
-                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
-                     const float* dout_colsum, int ld_inp) {
-  if (N == 0) return;
-  if (dinp) {
-    // dinp^T[C,N] = weight^T[C,OC] (col-major C x OC as stored) @ dout^T[OC,N]
-    Gemm g{C, N, OC, false, false, C, OC, C, 0.f};
-    bool done = false;
-    if (pre_gelu) {
-      Gemm gd = g;
-      gd.epilogue = CUBLASLT_EPILOGUE_DGELU;
-      gd.aux = const_cast<D*>(pre_gelu);
-      gd.ldaux = C;
-      done = run_gemm(lt, gd, dinp, weight, dout);
-    }
-    if (!done) {
-      must_run_gemm(lt, g, dinp, weight, dout);
-      if (pre_gelu) gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
-    }
-  }
+void weight_grads(const Lt& lt, D* dweight, D* dbias, const D* dout, const D* inp, int N, int C,
+                  int OC, void* scratch, const float* dout_colsum, int ld_inp) {
   if (bias_from_dweight_gemm(dweight, dbias, dout_colsum, C, ld_inp)) {
     // [dweight | dbias]^T[ld_inp, OC] = [inp, 1, 0..]^T @ dout: the row of ones sums dout's
     // columns. Into fp32 scratch (the GEMM cannot put row C elsewhere), then added.
@@ -401,6 +357,54 @@ void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout,
                                                                               kRowChunks, OC);
     CUDA_CHECK_LAUNCH();
   }
+}
+
+}  // namespace
+
+template <class D>
+void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight, const D* bias,
+                    int N, int C, int OC, int ld_inp, const D* residual) {
+  if (N == 0 || OC == 0) return;
+  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
+  // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
+  // (+ residual^T as C, with beta 1)
+  Gemm g{OC, N, C, true, false, C, ld_inp, OC, residual ? 1.f : 0.f};
+  g.bias = bias, g.c = residual;
+  if (gelu_out) {
+    Gemm ge = g;
+    ge.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    ge.aux = out;
+    ge.ldaux = OC;
+    if (run_gemm(lt, ge, gelu_out, weight, inp)) return;
+  }
+  g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  must_run_gemm(lt, g, out, weight, inp);
+  if (gelu_out) gelu_forward(gelu_out, out, size_t(N) * OC);
+}
+
+size_t matmul_backward_scratch_bytes(int, int C, int OC, bool bias_gemm) {
+  return (bias_gemm ? size_t(C + kOnesPad) : size_t(kRowChunks)) * OC * sizeof(float);
+}
+
+// dweight and dbias first: dinp may then take inp's memory (src/ops.hpp).
+template <class D>
+void matmul_backward(const Lt& lt, D* dinp, D* dweight, D* dbias, const D* dout, const D* inp,
+                     const D* weight, const D* pre_gelu, int N, int C, int OC, void* scratch,
+                     const float* dout_colsum, int ld_inp) {
+  if (N == 0) return;
+  weight_grads(lt, dweight, dbias, dout, inp, N, C, OC, scratch, dout_colsum, ld_inp);
+  if (!dinp) return;
+  // dinp^T[C,N] = weight^T[C,OC] (col-major C x OC as stored) @ dout^T[OC,N]
+  Gemm g{C, N, OC, false, false, C, OC, C, 0.f};
+  if (pre_gelu) {
+    Gemm gd = g;
+    gd.epilogue = CUBLASLT_EPILOGUE_DGELU;
+    gd.aux = const_cast<D*>(pre_gelu);
+    gd.ldaux = C;
+    if (run_gemm(lt, gd, dinp, weight, dout)) return;
+  }
+  must_run_gemm(lt, g, dinp, weight, dout);
+  if (pre_gelu) gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
 }
 
 template void matmul_forward<float>(const Lt&, float*, float*, const float*, const float*,

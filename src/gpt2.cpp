@@ -55,8 +55,6 @@ ActivationPlan activation_plan(const ModelConfig& cfg, int B, int T, Recompute r
       {"losses", BT * S},
       {"dresidual", BTC * E},
       {"dbtc", BTC * E},
-      {"dfch", BTC * 4 * E},
-      {"dqkv", BTC * 3 * E},
       {"dresidual_colsum", C * S},
   };
   return p;
@@ -151,7 +149,7 @@ GPT2<T>::GPT2(const ModelConfig& cfg, Ops<T>& ops, Device& dev, int B, int T_, R
   act(ln2_stats_, "ln2_stats"), act(fch_, "fch"), act(fch_gelu_, "fch_gelu");
   act(residual3_, "residual3"), act(lnf_, "lnf"), act(lnf_stats_, "lnf_stats");
   act(logits_, "logits"), act(losses_, "losses");
-  act(dresidual_, "dresidual"), act(dbtc_, "dbtc"), act(dfch_, "dfch"), act(dqkv_, "dqkv");
+  act(dresidual_, "dresidual"), act(dbtc_, "dbtc");
   act(dresidual_colsum_, "dresidual_colsum");
   host_losses_.resize(size_t(B) * T_);
 }
@@ -338,11 +336,16 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     if (l < recompute.gelu(c.num_layers)) ops_.gelu_forward(y.fch_gelu, y.fch, size_t(BT) * 4 * C);
 
     // dresidual holds d(residual3[l]); the residual adds pass it straight through.
-    ops_.matmul_backward(dfch_.get(), grad(K::fcprojw, l), grad(K::fcprojb, l), dresidual,
-                         y.fch_gelu, param(K::fcprojw, l), y.fch, BT, 4 * C, C, colsum);
+    // Gradients the layer's own dead activations hold: d(fch) in fch_gelu (fcproj's
+    // backward reads its input before it writes dinp), d(qkv) in fch (read last by that
+    // same call, through DGELU).
+    T* dfch = y.fch_gelu;
+    T* dqkv = y.fch;
+    ops_.matmul_backward(dfch, grad(K::fcprojw, l), grad(K::fcprojb, l), dresidual, y.fch_gelu,
+                         param(K::fcprojw, l), y.fch, BT, 4 * C, C, colsum);
     ready(K::fcprojw, l), ready(K::fcprojb, l);
-    ops_.matmul_backward(dbtc, grad(K::fcw, l), grad(K::fcb, l), dfch_.get(), y.ln2,
-                         param(K::fcw, l), nullptr, BT, C, 4 * C, nullptr, padded_);
+    ops_.matmul_backward(dbtc, grad(K::fcw, l), grad(K::fcb, l), dfch, y.ln2, param(K::fcw, l),
+                         nullptr, BT, C, 4 * C, nullptr, padded_);
     ready(K::fcw, l), ready(K::fcb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln2w, l), grad(K::ln2b, l), dbtc, y.residual2,
                             param(K::ln2w, l), y.ln2_mean, y.ln2_rstd, BT, C, colsum);
@@ -351,9 +354,9 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     ops_.matmul_backward(dbtc, grad(K::attprojw, l), grad(K::attprojb, l), dresidual, y.atty,
                          param(K::attprojw, l), nullptr, BT, C, C, colsum);
     ready(K::attprojw, l), ready(K::attprojb, l);
-    ops_.attention_backward(dqkv_.get(), dbtc, y.qkv, y.atty, y.lse, B, Tn, C, NH);
-    ops_.matmul_backward(dbtc, grad(K::qkvw, l), grad(K::qkvb, l), dqkv_.get(), y.ln1,
-                         param(K::qkvw, l), nullptr, BT, C, 3 * C, nullptr, padded_);
+    ops_.attention_backward(dqkv, dbtc, y.qkv, y.atty, y.lse, B, Tn, C, NH);
+    ops_.matmul_backward(dbtc, grad(K::qkvw, l), grad(K::qkvb, l), dqkv, y.ln1, param(K::qkvw, l),
+                         nullptr, BT, C, 3 * C, nullptr, padded_);
     ready(K::qkvw, l), ready(K::qkvb, l);
     ops_.layernorm_backward(dresidual, grad(K::ln1w, l), grad(K::ln1b, l), dbtc, residual,
                             param(K::ln1w, l), y.ln1_mean, y.ln1_rstd, BT, C,
@@ -361,7 +364,7 @@ void GPT2<T>::backward(GradSink<T>& sink) {
     ready(K::ln1w, l), ready(K::ln1b, l);
   }
   if (late_wte_grad) {
-    // fch is free now (layer 0's fcproj backward was its last reader). Zeroed, then the
+    // fch is free now (layer 0's qkv backward was its last reader). Zeroed, then the
     // classifier's chunks, then the encoder: the order of the path without the key, so
     // the sums are bit-identical. Recomputing the chunks rewrites the same losses.
     dwte = grad(K::wte);

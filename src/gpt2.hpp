@@ -138,7 +138,7 @@ class GPT2 {
   // dresidual_colsum_: the residual gradient's column sums, which each layernorm backward
   // leaves for the next matmul_backward's bias (see backward()).
   DeviceBuffer<Stat<T>> ln1_stats_, ln2_stats_, lnf_stats_, lse_, losses_, dresidual_colsum_;
-  DeviceBuffer<T> dresidual_, dbtc_, dfch_, dqkv_;
+  DeviceBuffer<T> dresidual_, dbtc_;
   std::vector<Stat<T>> host_losses_;
   // The training forward's sink, its loss scale and its wte gradient, which backward
   // finishes.

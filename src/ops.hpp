@@ -74,7 +74,8 @@ class Ops {
   // dinp = dout @ weight, then, if pre_gelu is non-null, dinp *= gelu'(pre_gelu)
   // (the backward of the GELU that produced this matmul's input from pre_gelu).
   // dweight += dout^T @ inp, dbias += colsum(dout), or += dout_colsum where the caller
-  // has that sum already (layernorm_backward's dinp_colsum).
+  // has that sum already (layernorm_backward's dinp_colsum). dweight and dbias come
+  // first, so dinp may alias inp (the model's fcproj writes fc's dout over its input).
   virtual void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                                const T* weight, const T* pre_gelu, int N, int C, int OC,
                                const Stat<T>* dout_colsum = nullptr, bool padded = false) = 0;

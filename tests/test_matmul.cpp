@@ -174,6 +174,14 @@ TEST_CASE("CpuOps matmul (Eigen) matches the double loops and repeats bit for bi
   CHECK(first.out == second.out);
   CHECK(first.dinp == second.dinp);
   CHECK(first.dw == second.dw);
+  {  // dinp written over inp (the model's fcproj): the same bits
+    std::vector<float> alias = inp_f, dw_a = to_float(g0_w), db_a = to_float(g0_b);
+    CpuOps().matmul_backward(alias.data(), dw_a.data(), db_a.data(), dout_f.data(), alias.data(),
+                             w_f.data(), pre_f.data(), N, C, OC);
+    CHECK(alias == first.dinp);
+    CHECK(dw_a == first.dw);
+    CHECK(db_a == first.db);
+  }
 
   // Null bias in forward; null dinp and dbias in backward leave those untouched.
   Vec out_nb(out.size());
@@ -298,6 +306,14 @@ TEMPLATE_TEST_CASE("CudaOps matmul matches the reference: bias, GELU epilogue, D
     CHECK(rel_err(gpu.download(d_dinp, nin), dinp) <= tol2);
     CHECK(rel_err(gpu.download(d_dw, w.size()), dw) <= tol2);
     CHECK(rel_err(gpu.download(d_db, s.OC), db) <= tol);
+    // dinp written over inp (the model's fcproj): the same bits, dweight and dbias too.
+    auto d_alias = gpu.upload<TestType>(inp), d_dw2 = gpu.upload<TestType>(dw0),
+         d_db2 = gpu.upload<TestType>(db0);
+    ops->matmul_backward(d_alias.get(), d_dw2.get(), d_db2.get(), d_dout.get(), d_alias.get(),
+                         d_w.get(), d_pre.get(), s.N, s.C, s.OC);
+    CHECK(gpu.download(d_alias, nin) == gpu.download(d_dinp, nin));
+    CHECK(gpu.download(d_dw2, w.size()) == gpu.download(d_dw, w.size()));
+    CHECK(gpu.download(d_db2, s.OC) == gpu.download(d_db, s.OC));
     // dbias alone, twice more: each call adds colsum(dout) again (the bias reduction's
     // last-block counters must be back at 0 after every call). The reference starts each
     // call from the kernel's stored (T-rounded) result, so the bound stays one rounding.

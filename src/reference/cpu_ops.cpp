@@ -56,15 +56,15 @@ void CpuOps::matmul_backward(float* dinp, float* dweight, float* dbias, const fl
                              int N, int C, int OC, const float* dout_colsum, bool padded) {
   require_unpadded(padded, "matmul_backward");
   const ConstMap dy(dout, N, OC);
-  if (dinp) {
-    Map(dinp, N, C).noalias() = dy * ConstMap(weight, OC, C);
-    if (pre_gelu) ref::gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
-  }
   if (dweight) Map(dweight, OC, C).noalias() += dy.transpose() * ConstMap(inp, N, C);
   if (dbias) {
     std::vector<float> sum(OC);
     if (!dout_colsum) ref::column_sums(sum.data(), dout, N, OC);
     for (int o = 0; o < OC; o++) dbias[o] += dout_colsum ? dout_colsum[o] : sum[o];
+  }
+  if (dinp) {  // last: it may overwrite inp
+    Map(dinp, N, C).noalias() = dy * ConstMap(weight, OC, C);
+    if (pre_gelu) ref::gelu_backward(dinp, pre_gelu, dinp, size_t(N) * C);
   }
 }
 

@@ -27,21 +27,8 @@ void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S*
 }
 
 template <class S>
-void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
-                     const S* weight, const S* pre_gelu, int N, int C, int OC,
-                     const S* dout_colsum) {
-  if (dinp) {
-#pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
-    for (int n = 0; n < N; n++) {
-      const S* d = dout + size_t(n) * OC;
-      for (int c = 0; c < C; c++) {
-        double sum = 0.0;
-        for (int o = 0; o < OC; o++) sum += double(d[o]) * weight[size_t(o) * C + c];
-        if (pre_gelu) sum *= gelu_grad(pre_gelu[size_t(n) * C + c]);
-        dinp[size_t(n) * C + c] = S(sum);
-      }
-    }
-  }
+void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp, const S* weight,
+                     const S* pre_gelu, int N, int C, int OC, const S* dout_colsum) {
   if (dweight || dbias) {
 #pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
     for (int o = 0; o < OC; o++) {
@@ -55,6 +42,18 @@ void matmul_backward(S* dinp, S* dweight, S* dbias, const S* dout, const S* inp,
       }
       if (dbias) dbias[o] += dout_colsum ? dout_colsum[o] : S(db);
       for (size_t c = 0; c < dw.size(); c++) dweight[size_t(o) * C + c] += S(dw[c]);
+    }
+  }
+  if (dinp) {  // last: it may overwrite inp
+#pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
+    for (int n = 0; n < N; n++) {
+      const S* d = dout + size_t(n) * OC;
+      for (int c = 0; c < C; c++) {
+        double sum = 0.0;
+        for (int o = 0; o < OC; o++) sum += double(d[o]) * weight[size_t(o) * C + c];
+        if (pre_gelu) sum *= gelu_grad(pre_gelu[size_t(n) * C + c]);
+        dinp[size_t(n) * C + c] = S(sum);
+      }
     }
   }
 }
