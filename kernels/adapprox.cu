@@ -44,6 +44,11 @@
 // to ~16 by step 150, 68.2 / 70.0 -> 56.0 / 54.5 ms a step at steps 150 / 200 (AdamW:
 // 33.3 ms); random tokens (mean rank ~104) steps 151-200 134.9 -> 125.7 ms, steps 11-30
 // 163.3 -> 152.6 ms; bench_optimizers (every s = 197, deferred) 46.4 -> 45.0 ms.
+// CholeskyQR's Cholesky of order s <= kWarpCholeskyMax = 32 (the ranks real text settles
+// at) then moved back to the GPU, one warp in double (warp_cholesky): four host round
+// trips fewer per S-RSI, where the host solve itself took microseconds. H100, d12 B 16
+// on Brown text, lr 2e-3, median of steps 101-120 (mean rank 16.7 / 17.0, 100 S-RSIs a
+// step): 49.1 -> 47.9 ms a step; the lanes had hidden most of those round trips.
 // orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197
 // it beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a
 // Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
@@ -143,8 +148,11 @@ namespace {
 enum Slot { kSumD2, kDot, kSumM2, kSlots };
 
 // Gram matrices up to this order are factored and solved on the host (srsi.hpp's
-// cholesky_upper, symmetric_eigen); larger ones by cuSOLVER in double.
+// cholesky_upper, symmetric_eigen); larger ones by cuSOLVER in double. CholeskyQR's
+// Cholesky of order up to kWarpCholeskyMax runs on the GPU in one warp instead
+// (warp_cholesky), which spares the S-RSI four of its five host round trips.
 constexpr int kHostSolveMax = 128;
+constexpr int kWarpCholeskyMax = 32;
 
 template <class D>
 __global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
@@ -171,6 +179,37 @@ __global__ void widen_checked(double* out, const float* in, size_t n, double* fa
 }
 __global__ void note_failure(const int* info, double* failed) {
   if (*info != 0) *failed = 1.0;
+}
+
+// cholesky_upper (srsi.hpp) for s <= 32, one warp: G's upper triangle (fp32, column-major)
+// in double, R with G = R^T R written over G in fp32, zero below the diagonal. Lane i
+// keeps row i of the trailing matrix (its upper part) and the column-j updates go right
+// to left along it. A pivot that is not positive fails as Eigen's LLT does: the failure
+// flag is set and R = I (the S-RSI is redone with Householder QR); a NaN pivot is not a
+// failure there either, and reaches the eigenvalues, which send the S-RSI back too.
+__global__ void warp_cholesky(float* G, int s, double* failed) {
+  __shared__ double a[kWarpCholeskyMax][kWarpCholeskyMax + 1];
+  const int i = threadIdx.x;
+  for (int c = 0; c < s; c++)
+    if (i < s) a[i][c] = i <= c ? G[i + size_t(c) * s] : G[c + size_t(i) * s];
+  __syncwarp();
+  bool ok = true;
+  for (int j = 0; j < s && ok; j++) {
+    const double pivot = a[j][j];
+    ok = !(pivot <= 0);
+    if (!ok) break;
+    const double r = sqrt(pivot);
+    __syncwarp();
+    if (i > j && i < s) a[j][i] /= r;
+    __syncwarp();
+    if (i == j) a[j][j] = r;
+    if (i > j && i < s)
+      for (int c = i; c < s; c++) a[i][c] -= a[j][i] * a[j][c];
+    __syncwarp();
+  }
+  if (!ok && i == 0) *failed = 1.0;
+  for (int c = 0; c < s; c++)
+    if (i < s) G[i + size_t(c) * s] = ok ? (i <= c ? float(a[i][c]) : 0.f) : (i == c ? 1.f : 0.f);
 }
 
 // W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
@@ -891,7 +930,10 @@ class Adapprox final : public Optimizer<T> {
     const size_t ss = size_t(s) * s;
     for (int pass = 0; pass < 2; pass++) {
       CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, L.G.get(), s));
-      if (s <= kHostSolveMax) {
+      if (s <= kWarpCholeskyMax) {
+        warp_cholesky<<<1, 32, 0, update_stream()>>>(L.G.get(), s, L.flag());
+        CUDA_CHECK_LAUNCH();
+      } else if (s <= kHostSolveMax) {
         host_cholesky(L, s);
       } else {
         widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), ss);
