@@ -129,6 +129,28 @@ struct GpuRun {
   }
 };
 
+// Six bf16 steps of `name` on the GPU with `sets`, train.cuda_graph on and off: the graph
+// must be replaying, and the losses and weights bit-identical (the same kernels on the
+// same numbers).
+void check_graph_exact(const std::string& name, std::vector<std::string> sets, float decay) {
+  auto run = [&](bool graph, std::vector<float>* losses) {
+    INFO("train.cuda_graph " << graph);
+    std::vector<std::string> o = sets;
+    o.insert(o.end(), {"train.device=\"cuda\"", "train.precision=\"bf16\"", "model.channels=64",
+                       std::string("train.cuda_graph=") + (graph ? "true" : "false")});
+    GpuRun<bf16> r(tiny(name, o));
+    *losses = r.train(6, decay);
+    CHECK(r.pipe.replaying() == graph);
+    return r.pipe.weights();
+  };
+  std::vector<float> loss_graph, loss_plain;
+  const std::vector<float> graph = run(true, &loss_graph), plain = run(false, &loss_plain);
+  CHECK(loss_graph == loss_plain);
+  size_t differ = 0;
+  for (size_t i = 0; i < graph.size(); i++) differ += graph[i] != plain[i];
+  CHECK(differ == 0);
+}
+
 }  // namespace
 
 TEST_CASE("fused and after_backward updates give bit-identical weights after 20 steps") {
@@ -305,27 +327,11 @@ TEST_CASE("on the GPU, fused and after_backward updates agree after 20 steps", "
 }
 
 TEST_CASE("on the GPU, train.cuda_graph changes no weight and no loss", "[gpu]") {
-  // bf16 AdamW after backward with fp32 master weights, 2 micro-steps: the first step
-  // runs the forward + backward directly, its second micro-step records it, and every
-  // later one launches the recording. The same kernels on the same numbers, so the
-  // weights and losses must be bit-identical to the run without the graph.
-  auto run = [&](bool graph, std::vector<float>* losses) {
-    INFO("train.cuda_graph " << graph);
-    const json cfg =
-        tiny("adamw", {"optimizer.update=\"after_backward\"", "train.device=\"cuda\"",
-                       "train.precision=\"bf16\"", "model.channels=64", "train.grad_accum_steps=2",
-                       std::string("train.cuda_graph=") + (graph ? "true" : "false")});
-    GpuRun<bf16> r(cfg);
-    *losses = r.train(6);
-    CHECK(r.pipe.replaying() == graph);
-    return r.pipe.weights();
-  };
-  std::vector<float> loss_graph, loss_plain;
-  const std::vector<float> graph = run(true, &loss_graph), plain = run(false, &loss_plain);
-  CHECK(loss_graph == loss_plain);
-  size_t differ = 0;
-  for (size_t i = 0; i < graph.size(); i++) differ += graph[i] != plain[i];
-  CHECK(differ == 0);
+  // AdamW after backward with fp32 master weights, 2 micro-steps: the first step runs the
+  // forward + backward directly, its second micro-step records it, and every later one
+  // launches the recording.
+  check_graph_exact("adamw", {"optimizer.update=\"after_backward\"", "train.grad_accum_steps=2"},
+                    0);
 }
 
 TEST_CASE("on the GPU, fused updates replayed from a CUDA graph change no weight and no loss",
@@ -335,23 +341,8 @@ TEST_CASE("on the GPU, fused updates replayed from a CUDA graph change no weight
   // the first step's lr, t or rounding streams would give other weights.
   for (const char* name : {"adamw", "lomo", "adalomo", "adafactor", "came"}) {
     INFO(name);
-    auto run = [&](bool graph, std::vector<float>* losses) {
-      INFO("train.cuda_graph " << graph);
-      const json cfg =
-          tiny(name, {"optimizer.update=\"fused\"", "train.device=\"cuda\"",
-                      "train.precision=\"bf16\"", "train.master_weights=false",
-                      "train.grad_clip=0", "model.channels=64",
-                      std::string("train.cuda_graph=") + (graph ? "true" : "false")});
-      GpuRun<bf16> r(cfg);
-      *losses = r.train(6, 0.1f);
-      CHECK(r.pipe.replaying() == graph);
-      return r.pipe.weights();
-    };
-    std::vector<float> loss_graph, loss_plain;
-    const std::vector<float> graph = run(true, &loss_graph), plain = run(false, &loss_plain);
-    CHECK(loss_graph == loss_plain);
-    size_t differ = 0;
-    for (size_t i = 0; i < graph.size(); i++) differ += graph[i] != plain[i];
-    CHECK(differ == 0);
+    check_graph_exact(
+        name, {"optimizer.update=\"fused\"", "train.master_weights=false", "train.grad_clip=0"},
+        0.1f);
   }
 }
