@@ -119,7 +119,7 @@ class AdamW final : public Optimizer<T> {
 
   void begin_step(int64_t t, float lr) override {
     set_step({t, lr, {float(1.0 / (1.0 - std::pow(beta1_, double(t)))),
-                      float(1.0 / (1.0 - std::pow(beta2_, double(t))))}, {0, 0}});
+                      float(1.0 / (1.0 - std::pow(beta2_, double(t))))}});
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {

@@ -194,7 +194,7 @@ __global__ void warp_cholesky(float* G, int s, double* failed) {
     if (i < s) a[i][c] = i <= c ? G[i + size_t(c) * s] : G[c + size_t(i) * s];
   __syncwarp();
   bool ok = true;
-  for (int j = 0; j < s && ok; j++) {
+  for (int j = 0; j < s; j++) {
     const double pivot = a[j][j];
     ok = !(pivot <= 0);
     if (!ok) break;
@@ -498,7 +498,7 @@ class Adapprox final : public Optimizer<T> {
   void begin_step(int64_t t, float lr) override {
     finish_deferred();
     t_ = t, lr_ = lr;
-    set_step({t, lr, {0, 0}, {0, 0}});  // the stochastic-rounding streams' step
+    set_step({t, lr});  // the stochastic-rounding streams' step
     srsi_calls_ = 0;
   }
 

@@ -59,7 +59,7 @@ struct CameApply {
   __device__ CameApply now() const {
     CameApply f = *this;
     f.w = w.now();
-    f.lr = g_step.lr, f.keep = float(1.0 - double(f.lr) * wd);
+    f.lr = g_step.lr, f.keep = decay_keep(wd);
     return f;
   }
   __device__ int constants() const { return 0; }
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kVectorThreads)
   float *v = job.v, *m = job.m;
   const size_t n = job.n;
   const double beta2 = c.beta2, eps1 = c.eps1, d = c.d;
-  const float beta1 = c.beta1, lr = g_step.lr, keep = float(1.0 - double(lr) * job.wd);
+  const float beta1 = c.beta1, lr = g_step.lr, keep = decay_keep(job.wd);
   double u2 = 0;
   const auto first = [&](size_t i, float& x, float& vi, float& mi, float& y) {
     const double xd = to_f(g[i]);
@@ -160,7 +160,7 @@ class Came final : public Optimizer<T> {
     }
   }
 
-  void begin_step(int64_t t, float lr) override { set_step({t, lr, {0, 0}, {0, 0}}); }
+  void begin_step(int64_t t, float lr) override { set_step({t, lr}); }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     update_many({{&p, param, master, grad}});

@@ -22,7 +22,7 @@ template <class D>
 __global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b) {
   const int k = job_of(b);
   const LomoJob<D>& j = b.job[k];
-  const float lr = g_step.lr, keep = float(1.0 - double(lr) * j.wd);  // 1 - lr * decay
+  const float lr = g_step.lr, keep = decay_keep(j.wd);
   const Weights<D> w = j.w.now();
   const GridStride stride = job_stride(b, k);
   for (size_t i = stride.start; i < j.n; i += stride.step)
@@ -34,7 +34,7 @@ class Lomo final : public Optimizer<T> {
  public:
   Lomo(const json& cfg, uint64_t seed) : common_(cfg), seed_(seed) {}
 
-  void begin_step(int64_t t, float lr) override { set_step({t, lr, {0, 0}, {0, 0}}); }
+  void begin_step(int64_t t, float lr) override { set_step({t, lr}); }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     update_many({{&p, param, master, grad}});

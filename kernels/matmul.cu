@@ -365,7 +365,7 @@ template <class D>
 void matmul_forward(const Lt& lt, D* out, D* gelu_out, const D* inp, const D* weight, const D* bias,
                     int N, int C, int OC, int ld_inp, const D* residual) {
   if (N == 0 || OC == 0) return;
-  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
+  require_residual_without_gelu(gelu_out, residual);
   // out^T[OC,N] = weight[OC,C] (stored as col-major C x OC, transposed) @ inp^T[C,N]
   // (+ residual^T as C, with beta 1)
   Gemm g{OC, N, C, true, false, C, ld_inp, OC, residual ? 1.f : 0.f};

@@ -42,14 +42,18 @@ __device__ __forceinline__ __nv_bfloat16 bf16_stochastic(float x, uint32_t bits)
 struct StepValues {
   int64_t t;   // the step, 1-based: the stochastic-rounding streams
   float lr;
-  float f[2];  // the optimizer's own (AdamW: 1 / the bias corrections)
-  double d[2];  // (Adafactor: rho, beta2_t)
+  float f[2];   // the optimizer's own (AdamW: 1 / the bias corrections)
+  double d[2];  // (Adafactor: rho, beta2_t); zero where set_step's braces leave them out
 };
 static __device__ StepValues g_step;
 static inline void set_step(const StepValues& s) {
   // From pageable memory the copy is staged before the call returns.
   CUDA_CHECK(cudaMemcpyToSymbolAsync(g_step, &s, sizeof s, 0, cudaMemcpyHostToDevice,
                                      update_stream()));
+}
+// 1 - lr wd with the step's lr: decoupled weight decay on the raw lr (LOMO, CAME).
+__device__ __forceinline__ float decay_keep(double wd) {
+  return float(1.0 - double(g_step.lr) * wd);
 }
 
 // The weights one update writes. With a master copy the fp32 master is the truth and

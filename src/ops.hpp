@@ -37,6 +37,10 @@ constexpr int kOnesPad = 8;  // 16 bytes of bf16: the padded rows stay 16-byte a
 inline void require_unpadded(bool padded, const char* op) {
   if (padded) fail("internal: ", op, " got ones-padded rows, which this backend does not use");
 }
+// matmul_forward's contract: a residual is added only without the GELU epilogue.
+inline void require_residual_without_gelu(const void* gelu_out, const void* residual) {
+  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
+}
 
 template <class T>
 class Ops {

@@ -43,7 +43,7 @@ void CpuOps::matmul_forward(float* out, float* gelu_out, const float* inp, const
                             const float* bias, int N, int C, int OC, bool padded,
                             const float* residual) {
   require_unpadded(padded, "matmul_forward");
-  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
+  require_residual_without_gelu(gelu_out, residual);
   Map y(out, N, OC);
   y.noalias() = ConstMap(inp, N, C) * ConstMap(weight, OC, C).transpose();
   if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);

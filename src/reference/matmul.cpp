@@ -3,7 +3,7 @@
 // OpenMP split (over rows of out, dinp and dweight) never changes the result.
 #include <vector>
 
-#include "error.hpp"
+#include "ops.hpp"
 #include "reference/ops_ref.hpp"
 
 namespace gpt2::ref {
@@ -11,7 +11,7 @@ namespace gpt2::ref {
 template <class S>
 void matmul_forward(S* out, S* gelu_out, const S* inp, const S* weight, const S* bias, int N, int C,
                     int OC, const S* residual) {
-  if (gelu_out && residual) fail("internal: matmul_forward adds a residual only without GELU");
+  require_residual_without_gelu(gelu_out, residual);
 #pragma omp parallel for schedule(static) if (size_t(N) * C * OC >= kParallelMinWork)
   for (int n = 0; n < N; n++) {
     const S* x = inp + size_t(n) * C;
