@@ -118,6 +118,29 @@
 // 319.4 -> 173.3 ms a step (AdamW 34.5). Cost at d12: 4 lanes x ~20 MB in the ledger
 // (planned), and ~0.65 GiB more in the driver's count (the lanes' cuBLAS and cuSOLVER
 // handles keep workspaces of their own): 7.67 -> 8.40 GiB in use.
+// The vectors (d12: 98 biases and layernorm parameters) go through update_many in
+// batches of kMaxJobs, one launch of each kernel per batch (VectorJob, SumJob,
+// FinishJob), instead of five launches each one after another on the calling thread;
+// a batch's tensors are each computed as update() computes them alone (tested bit for
+// bit). H200, same call, Brown text d12 B 16, median of steps 101-120, two runs: 4
+// lanes 45.45 / 45.30 -> 44.60 / 44.25 ms, 8 lanes 42.15 -> 40.65 (AdamW 30.50).
+// Where the rest goes, at the widths real text settles at (tools/bench_adapprox_thin,
+// H200): one S-RSI's GEMMs, Gram matrices and trsm (l = 2) take 0.14-0.18 ms at s = 21
+// and 33 for every d12 shape but wte, each call ~15-25 us whatever its size, and 0.72
+// / 0.92 ms for wte. Split-K (one strided-batched SGEMM over chunks of the long side,
+// the chunks summed in order) and Y R^-1 by an explicit inverse instead of the trsm do
+// not pay there (0.15-0.20 ms); only wte would gain (0.72 -> 0.46 ms at s = 21). So the
+// chain's length, ~20 dependent launches per S-RSI and two S-RSIs per matrix a step,
+// is the cost, and the lanes are what shortens it.
+// Also lost (H200, same call, Brown text, 4 lanes): every S-RSI pass widened to cover
+// the rank loop's next growth step too (k + delta_k, read off the pass's leading Gram
+// block) while CholeskyQR's Cholesky stayed on the GPU (s <= 64): at steady state the
+// second S-RSI grows past k + delta_k, so a step still ran 100 passes, and 45.10 /
+// 45.15 -> 47.65 / 47.45 ms. Batching each shape's matrices (one host round trip per
+// batch and round, host eigensolves on OpenMP threads) lost too, from one host thread:
+// 66.55 ms with each member's cuBLAS calls on 8 streams, 147.8 ms with cuBLAS's batched
+// GEMM and trsm (its batched trsm at wte's 50304 rows alone took 27 ms a step), against
+// 45.15 for the lanes.
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
@@ -229,36 +252,108 @@ __global__ void matrix_direction(float* V, const D* g, size_t n, float eps) {
 }
 
 template <class D>
-__global__ void vector_direction(float* out, float* v, const D* g, size_t n, float b2, float eps) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const float x = to_f(g[i]);
-    v[i] = b2 * v[i] + (1.f - b2) * x * x;
-    out[i] = x / (sqrtf(v[i]) + eps);
-  }
-}
-
-__global__ void clip_and_moment(float* Dir, float* m1, const double* sum_d2, size_t n, double d,
-                                float beta1) {
-  const float clip = float(fmax(1.0, sqrt(*sum_d2 / double(n)) / d));
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const float x = Dir[i] / clip;
-    Dir[i] = x;
-    if (m1) m1[i] = beta1 * m1[i] + (1.f - beta1) * x;
-  }
-}
+struct VectorJob {
+  float *out, *v;
+  const D* g;
+  size_t n;
+};
 
 template <class D>
-__global__ void adapprox_apply(Weights<D> step_w, const float* S, const double* scal, bool guided,
-                               size_t n, float lr, float wd) {
-  const Weights<D> w = step_w.now();
+__global__ void vector_direction(const __grid_constant__ Jobs<VectorJob<D>> b, float b2,
+                                 float eps) {
+  const int k = job_of(b);
+  const VectorJob<D>& j = b.job[k];
+  const GridStride st = job_stride(b, k);
+  for (size_t i = st.start; i < j.n; i += st.step) {
+    const float x = to_f(j.g[i]);
+    j.v[i] = b2 * j.v[i] + (1.f - b2) * x * x;
+    j.out[i] = x / (sqrtf(j.v[i]) + eps);
+  }
+}
+
+// Deterministic sums of many tensors in two launches: each job keeps the grid
+// Reducer::sum would give it alone (reduce_blocks(n) blocks, grid-stride), then one block
+// per job adds its partials in reduce_final's order.
+template <class F>
+struct SumJob {
+  F f;
+  size_t n;
+  double* out;
+};
+
+template <class F>
+__global__ void __launch_bounds__(kReduceThreads)
+    sum_partials(const __grid_constant__ Jobs<SumJob<F>> b, double* partials) {
+  __shared__ double shared[32];
+  const int k = job_of(b);
+  const GridStride st = job_stride(b, k);
+  double s = 0;
+  for (size_t i = st.start; i < b.job[k].n; i += st.step) s += b.job[k].f(i);
+  s = block_sum_d(s, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+template <class F>
+__global__ void __launch_bounds__(kReduceThreads)
+    sum_final(const __grid_constant__ Jobs<SumJob<F>> b, const double* partials) {
+  __shared__ double shared[32];
+  const int k = blockIdx.x;
+  double s = 0;
+  for (unsigned i = b.first[k] + threadIdx.x; i < b.first[k + 1]; i += blockDim.x) s += partials[i];
+  s = block_sum_d(s, shared);
+  if (threadIdx.x == 0) *b.job[k].out = s;
+}
+
+// partials: the sum of reduce_blocks(n) over any kMaxJobs of the jobs.
+template <class F>
+void sum_jobs(const std::vector<SumJob<F>>& jobs, double* partials) {
+  launch_jobs(
+      jobs, [](const SumJob<F>& j) { return unsigned(reduce_blocks(j.n)); },
+      [&](const Jobs<SumJob<F>>& b, unsigned grid) {
+        sum_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials);
+        CUDA_CHECK_LAUNCH();
+        sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials);
+      });
+}
+
+// Spec 6.5 steps 5-8 (and 6.7) over a tensor's direction D. kFused: clip, momentum and
+// the decoupled-decay update in one pass; with guidance, kClip (clip and momentum, D
+// written back) and, once the cosine's sums are in, kApply.
+enum Pass { kFused, kClip, kApply };
+
+template <class D>
+struct FinishJob {
+  Weights<D> w;
+  float *dir, *m1;
+  double* scal;  // this tensor's kSumD2 slot; kDot and kSumM2 follow `stride` apart
+  size_t stride, n;
+  float wd;
+};
+
+template <class D>
+__global__ void finish_kernel(const __grid_constant__ Jobs<FinishJob<D>> b, Pass pass,
+                              double clip_d, float beta1, float lr) {
+  const int k = job_of(b);
+  const FinishJob<D>& j = b.job[k];
+  const GridStride st = job_stride(b, k);
+  const Weights<D> w = j.w.now();
+  const double* s = j.scal;
+  const float clip = float(fmax(1.0, sqrt(s[0] / double(j.n)) / clip_d));
   const float guide =
-      guided ? float((1 + scal[kDot] / (sqrt(scal[kSumD2] * scal[kSumM2]) + 1e-12)) / 2) : 1.f;
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const float x = w.load(i);
-    w.store(i, x - lr * (guide * S[i] + wd * x));
+      pass == kApply ? float((1 + s[j.stride] / (sqrt(s[0] * s[2 * j.stride]) + 1e-12)) / 2) : 1.f;
+  for (size_t i = st.start; i < j.n; i += st.step) {
+    float x = j.dir[i];
+    if (pass != kApply) {
+      x = x / clip;
+      if (j.m1) j.m1[i] = beta1 * j.m1[i] + (1.f - beta1) * x;
+      if (pass == kClip) {
+        j.dir[i] = x;
+        continue;
+      }
+    }
+    const float step = j.m1 ? j.m1[i] : x;
+    const float old = w.load(i);
+    w.store(i, old - lr * (guide * step + j.wd * old));
   }
 }
 
@@ -287,7 +382,7 @@ struct LaneSizes {
     const size_t ss = size_t(s_max) * s_max;
     return (v + y + om + 2 * ss + size_t(s_max)) * sizeof(float) +  // V, Y, Om, G, W, tau
            (ss + size_t(s_max) + 2 + kSlots) * sizeof(double) +     // Gd, eig, scalars
-           sizeof(int) + Reducer::kPartials * sizeof(double);       // info, partials
+           sizeof(int) + kReduceBlocks * sizeof(double);            // info, partials
   }
 };
 
@@ -297,13 +392,16 @@ struct LaneSizes {
 struct Sizes {
   LaneSizes main, side;  // lane 0 (every matrix), each side lane (all but the largest)
   int side_lanes = 0;
-  size_t vec = 1;  // D of a vector
+  size_t vec = 1;                             // the vectors' D, side by side
   size_t side_cols = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
   int matrices = 0;
 
   size_t bytes() const {
     return main.bytes() + side_lanes * side.bytes() + (vec + side_cols) * sizeof(float) +
-           (grams + eigs) * sizeof(double) + (size_t(matrices) + 1) * sizeof(int);  // batch info
+           size_t(kSlots + kReduceBlocks) * kMaxJobs *
+               sizeof(double) +  // vectors' scalars, partials
+           (grams + eigs) * sizeof(double) +
+           (size_t(matrices) + 1) * sizeof(int);  // batch info
   }
 };
 
@@ -314,7 +412,7 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
   const ParamSpec* largest = nullptr;
   for (const ParamSpec& p : table.params) {
     if (!p.is_matrix()) {
-      z.vec = std::max(z.vec, p.numel);
+      z.vec += p.numel;
       continue;
     }
     const int s = st.thin_cols(p), k_max = st.rule(p).k_max;
@@ -335,7 +433,7 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
 // reductions. Lane 0 runs on the caller's update stream; side lanes on their own.
 struct Lane {
   Lane(Device& dev, const LaneSizes& z, const std::string& name)
-      : red(dev),
+      : partials(dev, kReduceBlocks, MemCategory::workspace, name + " reduction partials"),
         scal(dev, kSlots, MemCategory::workspace, name + " scalars"),
         Gd(dev, size_t(z.s_max) * z.s_max, MemCategory::workspace, name + " thin Gram64"),
         eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
@@ -380,8 +478,7 @@ struct Lane {
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t params = nullptr;
-  Reducer red;
-  DeviceBuffer<double> scal, Gd, eig;
+  DeviceBuffer<double> partials, scal, Gd, eig;
   DeviceBuffer<int> info;
   DeviceBuffer<float> V, Y, Om, G, W, tau, work;
   DeviceBuffer<double> dwork;
@@ -429,7 +526,12 @@ class Adapprox final : public Optimizer<T> {
       lanes_.push_back(std::make_unique<Lane>(dev, z.side, "adapprox lane " + std::to_string(l)));
       lanes_.back()->make_side();
     }
-    dvec_ = DeviceBuffer<float>(dev, z.vec, MemCategory::workspace, "adapprox thin D");
+    dvec_ = DeviceBuffer<float>(dev, z.vec, MemCategory::workspace, "adapprox vectors' D");
+    vec_scal_ = DeviceBuffer<double>(dev, size_t(kSlots) * kMaxJobs, MemCategory::workspace,
+                                     "adapprox vectors' scalars");
+    vec_partials_ =
+        DeviceBuffer<double>(dev, size_t(kReduceBlocks) * kMaxJobs, MemCategory::workspace,
+                             "adapprox vectors' reduction partials");
     size_t grams = 1, eigs = 1;
     int matrices = 0;
     for (Group& g : groups_) {
@@ -520,31 +622,30 @@ class Adapprox final : public Optimizer<T> {
       matrix_step(L, p, dev_ptr(grad), param, master);
       return;
     }
-    const Tensor& t = tensors_[p.id];
-    vector_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        dvec_.get(), t.v, dev_ptr<T>(grad), p.numel, float(s_.beta2), float(s_.eps));
-    CUDA_CHECK_LAUNCH();
-    finish(L, p, param, master, dvec_.get());
+    const TensorUpdate<T> u{&p, param, master, grad};
+    update_vectors({&u});
   }
 
   // The same arithmetic as update() on each in turn, on other threads and streams: the
   // matrices a side lane holds go to optimizer.adapprox.lanes host threads, each with its
   // own lane (a stream, V_t scratch, thin buffers, cuBLAS and cuSOLVER handles), so
   // that many S-RSIs (latency-bound Dpotrf, Strsm and eigensolver calls, small GEMMs,
-  // and the host syncs of the rank loop) run at once; the largest matrix and the vectors
-  // go through update() on this thread meanwhile. Each tensor's arithmetic is the same
+  // and the host syncs of the rank loop) run at once; the vectors (in batches) and the
+  // largest matrix go through this thread meanwhile. Each tensor's arithmetic is the same
   // whichever lane runs it; only the order of the deferred Gram matrices in their batch
   // changes, and the batched eigensolver treats each alone.
   void update_many(const std::vector<TensorUpdate<T>>& us) override {
-    std::vector<const TensorUpdate<T>*> side, rest;
+    std::vector<const TensorUpdate<T>*> side, rest, vectors;
     for (const TensorUpdate<T>& u : us) {
       const ParamSpec& p = *u.p;
-      if (p.is_matrix()) {  // before anything runs on another thread
-        Tensor& t = tensors_[p.id];
-        if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
-        refresh(t);
+      if (!p.is_matrix()) {
+        vectors.push_back(&u);
+        continue;
       }
-      (p.is_matrix() && lanes_.size() > 1 && p.numel <= lanes_[1]->capacity() ? side : rest).push_back(&u);
+      Tensor& t = tensors_[p.id];          // before anything runs on another thread
+      if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
+      refresh(t);
+      (lanes_.size() > 1 && p.numel <= lanes_[1]->capacity() ? side : rest).push_back(&u);
     }
     if (side.size() < 2) rest.insert(rest.end(), side.begin(), side.end()), side.clear();
     std::vector<std::thread> workers;
@@ -570,6 +671,9 @@ class Adapprox final : public Optimizer<T> {
         }
       });
     try {
+      for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
+        update_vectors(
+            {vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
       for (const TensorUpdate<T>* u : rest) update(*u->p, u->param, u->master, u->grad);
     } catch (...) {
       errors[0] = std::current_exception();
@@ -630,25 +734,75 @@ class Adapprox final : public Optimizer<T> {
     return !s_.refactored && t.rank == s_.rule(p).k_max && !(t.xi_bar < s_.xi_thr / 2);
   }
 
-  // Spec 6.5 steps 5-8 (and 6.7) over the direction D: clip, momentum, guidance,
-  // decoupled decay.
+  // Spec 6.5 steps 5-8 (and 6.7) over one matrix's direction D: clip, momentum,
+  // guidance, decoupled decay.
   void finish(Lane& L, const ParamSpec& p, T* param, float* master, float* Dir) {
-    const Tensor& t = tensors_[p.id];
-    double* s = L.scal.get();
-    L.red.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
-    clip_and_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(Dir, t.m1, s + kSumD2, p.numel,
-                                                                s_.clip, float(s_.beta1));
-    CUDA_CHECK_LAUNCH();
-    const bool guided = t.m1 && s_.cos_guidance;
-    if (guided) {
-      L.red.sum(Dot{Dir, t.m1}, p.numel, s + kDot);
-      L.red.sum(Squares<float>{Dir}, p.numel, s + kSumD2);
-      L.red.sum(Squares<float>{t.m1}, p.numel, s + kSumM2);
+    finish_jobs({finish_job(p, param, master, Dir, L.scal.get(), 1)}, L.partials.get());
+  }
+
+  // Tensor p's share of a finish_jobs() launch; its scalars at scal, `stride` apart.
+  FinishJob<device_t<T>> finish_job(const ParamSpec& p, T* param, float* master, float* Dir,
+                                    double* scal, size_t stride) const {
+    return {weights(param, master, seed_, p.id),
+            Dir,
+            tensors_[p.id].m1,
+            scal + kSumD2 * stride,
+            stride,
+            p.numel,
+            float(common_.wd(p))};
+  }
+
+  // The same for up to kMaxJobs tensors in one launch of each kernel; partials as
+  // sum_jobs() needs them.
+  void finish_jobs(const std::vector<FinishJob<device_t<T>>>& jobs, double* partials) {
+    using J = FinishJob<device_t<T>>;
+    auto slot = [](const J& j, Slot k) { return j.scal + size_t(k) * j.stride; };
+    std::vector<SumJob<Squares<float>>> d2;
+    for (const J& j : jobs) d2.push_back({{j.dir}, j.n, slot(j, kSumD2)});
+    sum_jobs(d2, partials);
+    auto run = [&](Pass pass) {
+      launch_jobs(
+          jobs, [](const J& j) { return elementwise_blocks(j.n); },
+          [&](const Jobs<J>& b, unsigned grid) {
+            finish_kernel<<<grid, kThreads, 0, update_stream()>>>(b, pass, s_.clip, float(s_.beta1),
+                                                                  lr_);
+          });
+    };
+    if (!(s_.cos_guidance && s_.beta1 > 0)) return run(kFused);
+    run(kClip);
+    std::vector<SumJob<Dot>> dot;
+    std::vector<SumJob<Squares<float>>> sq;
+    for (const J& j : jobs) {
+      dot.push_back({{j.dir, j.m1}, j.n, slot(j, kDot)});
+      sq.push_back({{j.dir}, j.n, slot(j, kSumD2)});
+      sq.push_back({{j.m1}, j.n, slot(j, kSumM2)});
     }
-    adapprox_apply<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-        weights(param, master, seed_, p.id), t.m1 ? t.m1 : Dir, s, guided, p.numel, lr_,
-        float(common_.wd(p)));
-    CUDA_CHECK_LAUNCH();
+    sum_jobs(dot, partials);
+    sum_jobs(sq, partials);
+    run(kApply);
+  }
+
+  // Spec 6.5's vector form for up to kMaxJobs vectors, each with its own share of the
+  // D buffer and the scalars: three launches and two sums for all of them.
+  void update_vectors(const std::vector<const TensorUpdate<T>*>& us) {
+    std::vector<VectorJob<device_t<T>>> jobs;
+    std::vector<FinishJob<device_t<T>>> finishing;
+    size_t at = 0;
+    for (size_t i = 0; i < us.size(); i++) {
+      const ParamSpec& p = *us[i]->p;
+      float* Dir = dvec_.get() + at;
+      jobs.push_back({Dir, tensors_[p.id].v, dev_ptr<T>(us[i]->grad), p.numel});
+      finishing.push_back(
+          finish_job(p, us[i]->param, us[i]->master, Dir, vec_scal_.get() + i, kMaxJobs));
+      at += p.numel;
+    }
+    launch_jobs(
+        jobs, [](const VectorJob<device_t<T>>& j) { return elementwise_blocks(j.n); },
+        [&](const Jobs<VectorJob<device_t<T>>>& b, unsigned grid) {
+          vector_direction<<<grid, kThreads, 0, update_stream()>>>(b, float(s_.beta2),
+                                                                   float(s_.eps));
+        });
+    finish_jobs(finishing, vec_partials_.get());
   }
 
   // V_t = beta2 Q U^T + (1 - beta2) g^2 into the lane's scratch, ||V_t||^2 into the slot
@@ -663,7 +817,7 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, t.rank, &b2, t.U, n, t.Q, m, &one, V, n));
-    L.red.sum(Squares<float>{V}, p.numel, L.flag() + 1);
+    sum_jobs<Squares<float>>({{{V}, p.numel, L.flag() + 1}}, L.partials.get());
   }
 
   // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
@@ -960,6 +1114,8 @@ class Adapprox final : public Optimizer<T> {
   std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
   std::atomic<int> srsi_calls_{0};             // this step's, on every lane
   DeviceBuffer<float> dvec_;
+  DeviceBuffer<double> vec_scal_,
+      vec_partials_;  // slot-major: slot k of vector i at k * kMaxJobs + i
   DeviceBuffer<char> batch_work_;
   size_t batch_work_bytes_ = 0;
   void* batch_work() {

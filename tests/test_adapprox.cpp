@@ -365,11 +365,13 @@ TEST_CASE("Adapprox on the GPU matches the CPU reference and its rank decisions"
 // update stream: the weights and every state blob must equal per-tensor update() calls
 // bit for bit, through the steps where ranks grow (the rank loop's host syncs on every
 // lane) and then sit at k_max (deferred S-RSIs, their Gram matrices batched in whatever
-// order the lanes finish), and for the "refactored" denominator, which never defers.
+// order the lanes finish), and for the "refactored" denominator, which never defers. The
+// vectors go through update_many in one batched launch of each kernel.
 TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gpu]") {
   std::vector<ParamSpec> specs = {spec(0, 300, 410)};  // the largest: the update stream
   for (int i = 1; i <= 7; i++) specs.push_back(spec(i, i % 2 ? 96 : 200, i % 2 ? 200 : 96));
-  specs.push_back(spec(8, 1, 333));
+  for (int i = 8; i <= 10; i++)
+    specs.push_back(spec(i, 1, 333 + 600 * (i - 8)));  // one batch of vectors
   const ParamTable t = table_of(specs);
   for (const char* denominator : {"rebuilt", "refactored"}) {
     INFO(denominator);
