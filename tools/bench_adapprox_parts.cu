@@ -19,48 +19,16 @@
 #include <random>
 #include <vector>
 
+#include "cuda_timing.cuh"
 #include "fp64_copy.cuh"
-
-
-#define CHECK(x)                                                        \
-  do {                                                                  \
-    if (!(x)) {                                                         \
-      std::fprintf(stderr, "failed: %s at line %d\n", #x, __LINE__);   \
-      std::exit(1);                                                     \
-    }                                                                   \
-  } while (0)
 
 using gpt2::cuda::narrow;
 using gpt2::cuda::widen;
 
 namespace {
 
-double median_ms(const std::function<void()>& f, int reps = 20) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  f();  // warm-up
-  std::vector<double> ms;
-  for (int r = 0; r < reps; r++) {
-    cudaEventRecord(a);
-    f();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float t = 0;
-    cudaEventElapsedTime(&t, a, b);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-template <class T>
-T* device(size_t n) {
-  T* p = nullptr;
-  CHECK(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess);
-  return p;
-}
-
+double median_ms(const std::function<void()>& f) { return bench::median_ms(f, 20); }
+using bench::device;
 
 }  // namespace
 

@@ -16,41 +16,12 @@
 #include <functional>
 #include <vector>
 
-#define CHECK(x)                                                     \
-  do {                                                               \
-    if (!(x)) {                                                      \
-      std::fprintf(stderr, "failed: %s at line %d\n", #x, __LINE__); \
-      std::exit(1);                                                  \
-    }                                                                \
-  } while (0)
+#include "cuda_timing.cuh"
 
 namespace {
 
-double median_ms(const std::function<void()>& f, int reps = 50) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  f();  // warm-up
-  std::vector<double> ms;
-  for (int r = 0; r < reps; r++) {
-    cudaEventRecord(a);
-    f();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float t = 0;
-    cudaEventElapsedTime(&t, a, b);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-float* device(size_t n) {
-  float* p = nullptr;
-  CHECK(cudaMalloc(&p, n * sizeof(float)) == cudaSuccess);
-  CHECK(cudaMemset(p, 0, n * sizeof(float)) == cudaSuccess);
-  return p;
-}
+double median_ms(const std::function<void()>& f) { return bench::median_ms(f, 50); }
+float* device(size_t n) { return bench::device<float>(n); }
 
 __global__ void sum_chunks(float* out, const float* parts, size_t n, int c) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
