@@ -124,6 +124,11 @@
 // a batch's tensors are each computed as update() computes them alone (tested bit for
 // bit). H200, same call, Brown text d12 B 16, median of steps 101-120, two runs: 4
 // lanes 45.45 / 45.30 -> 44.60 / 44.25 ms, 8 lanes 42.15 -> 40.65 (AdamW 30.50).
+// Each lane's host-side buffers (a pass's Gram matrix and flags down, W and R up) are
+// page-locked (Pinned): the copies go by DMA instead of through the driver's staging of
+// pageable memory, which the lanes' threads share. H200, Brown as above, the same ranks
+// and S-RSI counts (the same arithmetic), but NOT the same call: 44.15-44.60 -> 41.85 ms
+// at 4 lanes, 40.65-40.75 -> 39.35 at 8 (each from one machine and call, 2026-11-27).
 // Where the rest goes, at the widths real text settles at (tools/bench_adapprox_thin,
 // H200): one S-RSI's GEMMs, Gram matrices and trsm (l = 2) take 0.14-0.18 ms at s = 21
 // and 33 for every d12 shape but wte, each call ~15-25 us whatever its size, and 0.72
@@ -429,6 +434,23 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
   return z;
 }
 
+// Page-locked host memory: copies to and from it go by DMA, not through the driver's
+// staging of pageable memory, which every lane's thread would share.
+template <class X>
+class Pinned {
+ public:
+  explicit Pinned(size_t n) {
+    CUDA_CHECK(cudaHostAlloc(&p_, std::max<size_t>(1, n) * sizeof(X), cudaHostAllocDefault));
+  }
+  ~Pinned() { cudaFreeHost(p_); }
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+  X* get() const { return p_; }
+
+ private:
+  X* p_ = nullptr;
+};
+
 // One S-RSI pipeline: cuBLAS and cuSOLVER handles, the V_t scratch, the thin iterates,
 // reductions. Lane 0 runs on the caller's update stream; side lanes on their own.
 struct Lane {
@@ -438,7 +460,10 @@ struct Lane {
         Gd(dev, size_t(z.s_max) * z.s_max, MemCategory::workspace, name + " thin Gram64"),
         eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
             name + " thin eigenvalues, failure flag, ||V||^2"),
-        info(dev, 1, MemCategory::workspace, name + " cuSOLVER info") {
+        info(dev, 1, MemCategory::workspace, name + " cuSOLVER info"),
+        host_g(size_t(z.s_max) * z.s_max),
+        host_r(size_t(z.s_max) * z.s_max),
+        host_eig(size_t(z.s_max) + 2) {
     if (z.v) V = DeviceBuffer<float>(dev, z.v, MemCategory::workspace, name + " V_t");
     auto thin = [&](size_t n, const char* what) {
       return DeviceBuffer<float>(dev, n, MemCategory::workspace, name + " thin " + what);
@@ -484,7 +509,8 @@ struct Lane {
   DeviceBuffer<double> dwork;
   DeviceBuffer<char> eig_work;
   std::vector<char> eig_host_work;
-  std::vector<float> host_g, host_r;  // host solves: a Gram matrix, R or W
+  Pinned<float> host_g, host_r;  // host solves: a Gram matrix, R or W
+  Pinned<double> host_eig;       // eigenvalues, failure flag, ||V_t||^2
   std::vector<double> host_vecs;
   // The largest matrix (elements) it takes: what its V_t scratch holds.
   size_t capacity() const { return V.size(); }
@@ -915,26 +941,29 @@ class Adapprox final : public Optimizer<T> {
                                           CUDA_R_64F, L.eig.get(), CUDA_R_64F, L.eig_work.get(),
                                           L.eig_work.size(), L.eig_host_work.data(),
                                           L.eig_host_work.size(), L.info.get(), 1));
-    std::vector<double> eig(L.eig.size());
-    copy_to_host_on_update_stream(eig.data(), L.eig.get(), eig.size() * sizeof(double));
-    return eig;
+    copy_to_host_on_update_stream(L.host_eig.get(), L.eig.get(), L.eig.size() * sizeof(double));
+    return std::vector<double>(L.host_eig.get(), L.host_eig.get() + L.eig.size());
   }
 
   // The same on the host, in double: the Gram matrix, failure flag and ||V_t||^2 down,
   // the top k eigenvectors (largest first) up into the lane's W.
   std::vector<double> host_eigen(Lane& L, int s, int k) {
     const size_t ss = size_t(s) * s;
-    L.host_g.resize(ss), L.host_vecs.resize(ss), L.host_r.resize(size_t(s) * k);
-    CUDA_CHECK(cudaMemcpyAsync(L.host_g.data(), L.G.get(), ss * sizeof(float), cudaMemcpyDeviceToHost,
-                               update_stream()));
+    L.host_vecs.resize(ss);
+    CUDA_CHECK(cudaMemcpyAsync(L.host_g.get(), L.G.get(), ss * sizeof(float),
+                               cudaMemcpyDeviceToHost, update_stream()));
+    copy_to_host_on_update_stream(L.host_eig.get(), L.flag(), 2 * sizeof(double));
     std::vector<double> eig(size_t(s) + 2);
-    copy_to_host_on_update_stream(eig.data() + s, L.flag(), 2 * sizeof(double));
-    optim::symmetric_eigen(L.host_g.data(), s, eig.data(), L.host_vecs.data());
+    eig[s] = L.host_eig.get()[0], eig[s + 1] = L.host_eig.get()[1];
+    optim::symmetric_eigen(L.host_g.get(), s, eig.data(), L.host_vecs.data());
+    float* W = L.host_r.get();
     for (int j = 0; j < k; j++)
-      for (int r = 0; r < s; r++) L.host_r[r + size_t(j) * s] = float(L.host_vecs[r + size_t(s - 1 - j) * s]);
-    // Pageable source: cudaMemcpyAsync copies it before returning.
-    CUDA_CHECK(cudaMemcpyAsync(L.W.get(), L.host_r.data(), L.host_r.size() * sizeof(float),
-                               cudaMemcpyHostToDevice, update_stream()));
+      for (int r = 0; r < s; r++)
+        W[r + size_t(j) * s] = float(L.host_vecs[r + size_t(s - 1 - j) * s]);
+    // Pinned: copied when the stream gets there; host_r is next written after this lane's
+    // next sync, which waits for it.
+    CUDA_CHECK(cudaMemcpyAsync(L.W.get(), W, size_t(s) * k * sizeof(float), cudaMemcpyHostToDevice,
+                               update_stream()));
     return eig;
   }
 
@@ -943,15 +972,14 @@ class Adapprox final : public Optimizer<T> {
   // since the S-RSI is redone with Householder QR).
   void host_cholesky(Lane& L, int s) {
     const size_t ss = size_t(s) * s;
-    L.host_g.resize(ss), L.host_r.resize(ss);
-    copy_to_host_on_update_stream(L.host_g.data(), L.G.get(), ss * sizeof(float));
-    if (!optim::cholesky_upper(L.host_g.data(), s, L.host_r.data())) {
+    copy_to_host_on_update_stream(L.host_g.get(), L.G.get(), ss * sizeof(float));
+    if (!optim::cholesky_upper(L.host_g.get(), s, L.host_r.get())) {
       static const double failed = 1.0;
       CUDA_CHECK(cudaMemcpyAsync(L.flag(), &failed, sizeof(double), cudaMemcpyHostToDevice, update_stream()));
-      for (size_t i = 0; i < ss; i++) L.host_r[i] = i % (size_t(s) + 1) == 0 ? 1.f : 0.f;
+      for (size_t i = 0; i < ss; i++) L.host_r.get()[i] = i % (size_t(s) + 1) == 0 ? 1.f : 0.f;
     }
-    CUDA_CHECK(cudaMemcpyAsync(L.G.get(), L.host_r.data(), ss * sizeof(float), cudaMemcpyHostToDevice,
-                               update_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(L.G.get(), L.host_r.get(), ss * sizeof(float),
+                               cudaMemcpyHostToDevice, update_stream()));
   }
 
   // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
