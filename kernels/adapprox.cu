@@ -309,15 +309,18 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (threadIdx.x == 0) *b.job[k].out = s;
 }
 
-// partials: the sum of reduce_blocks(n) over any kMaxJobs of the jobs.
+// partials: one double per block of a launch, i.e. the sum of reduce_blocks(n) over any
+// kMaxJobs of the jobs.
 template <class F>
-void sum_jobs(const std::vector<SumJob<F>>& jobs, double* partials) {
+void sum_jobs(const std::vector<SumJob<F>>& jobs, DeviceBuffer<double>& partials) {
   launch_jobs(
       jobs, [](const SumJob<F>& j) { return unsigned(reduce_blocks(j.n)); },
       [&](const Jobs<SumJob<F>>& b, unsigned grid) {
-        sum_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials);
+        if (grid > partials.size())
+          fail("internal: Adapprox sums ", grid, " blocks into ", partials.size(), " partials");
+        sum_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials.get());
         CUDA_CHECK_LAUNCH();
-        sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials);
+        sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials.get());
       });
 }
 
@@ -763,7 +766,7 @@ class Adapprox final : public Optimizer<T> {
   // Spec 6.5 steps 5-8 (and 6.7) over one matrix's direction D: clip, momentum,
   // guidance, decoupled decay.
   void finish(Lane& L, const ParamSpec& p, T* param, float* master, float* Dir) {
-    finish_jobs({finish_job(p, param, master, Dir, L.scal.get(), 1)}, L.partials.get());
+    finish_jobs({finish_job(p, param, master, Dir, L.scal.get(), 1)}, L.partials);
   }
 
   // Tensor p's share of a finish_jobs() launch; its scalars at scal, `stride` apart.
@@ -779,8 +782,9 @@ class Adapprox final : public Optimizer<T> {
   }
 
   // The same for up to kMaxJobs tensors in one launch of each kernel; partials as
-  // sum_jobs() needs them.
-  void finish_jobs(const std::vector<FinishJob<device_t<T>>>& jobs, double* partials) {
+  // sum_jobs() needs them for the jobs' sums, one sum per job and launch.
+  void finish_jobs(const std::vector<FinishJob<device_t<T>>>& jobs,
+                   DeviceBuffer<double>& partials) {
     using J = FinishJob<device_t<T>>;
     auto slot = [](const J& j, Slot k) { return j.scal + size_t(k) * j.stride; };
     std::vector<SumJob<Squares<float>>> d2;
@@ -797,14 +801,16 @@ class Adapprox final : public Optimizer<T> {
     if (!(s_.cos_guidance && s_.beta1 > 0)) return run(kFused);
     run(kClip);
     std::vector<SumJob<Dot>> dot;
-    std::vector<SumJob<Squares<float>>> sq;
+    std::vector<SumJob<Squares<float>>> m2;
+    d2.clear();
     for (const J& j : jobs) {
       dot.push_back({{j.dir, j.m1}, j.n, slot(j, kDot)});
-      sq.push_back({{j.dir}, j.n, slot(j, kSumD2)});
-      sq.push_back({{j.m1}, j.n, slot(j, kSumM2)});
+      d2.push_back({{j.dir}, j.n, slot(j, kSumD2)});
+      m2.push_back({{j.m1}, j.n, slot(j, kSumM2)});
     }
     sum_jobs(dot, partials);
-    sum_jobs(sq, partials);
+    sum_jobs(d2, partials);
+    sum_jobs(m2, partials);
     run(kApply);
   }
 
@@ -828,7 +834,7 @@ class Adapprox final : public Optimizer<T> {
           vector_direction<<<grid, kThreads, 0, update_stream()>>>(b, float(s_.beta2),
                                                                    float(s_.eps));
         });
-    finish_jobs(finishing, vec_partials_.get());
+    finish_jobs(finishing, vec_partials_);
   }
 
   // V_t = beta2 Q U^T + (1 - beta2) g^2 into the lane's scratch, ||V_t||^2 into the slot
@@ -843,7 +849,7 @@ class Adapprox final : public Optimizer<T> {
     CUDA_CHECK_LAUNCH();
     const float b2 = float(s_.beta2), one = 1.f;
     CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, t.rank, &b2, t.U, n, t.Q, m, &one, V, n));
-    sum_jobs<Squares<float>>({{{V}, p.numel, L.flag() + 1}}, L.partials.get());
+    sum_jobs<Squares<float>>({{{V}, p.numel, L.flag() + 1}}, L.partials);
   }
 
   // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
