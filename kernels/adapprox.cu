@@ -276,54 +276,6 @@ __global__ void vector_direction(const __grid_constant__ Jobs<VectorJob<D>> b, f
   }
 }
 
-// Deterministic sums of many tensors in two launches: each job keeps the grid
-// Reducer::sum would give it alone (reduce_blocks(n) blocks, grid-stride), then one block
-// per job adds its partials in reduce_final's order.
-template <class F>
-struct SumJob {
-  F f;
-  size_t n;
-  double* out;
-};
-
-template <class F>
-__global__ void __launch_bounds__(kReduceThreads)
-    sum_partials(const __grid_constant__ Jobs<SumJob<F>> b, double* partials) {
-  __shared__ double shared[32];
-  const int k = job_of(b);
-  const GridStride st = job_stride(b, k);
-  double s = 0;
-  for (size_t i = st.start; i < b.job[k].n; i += st.step) s += b.job[k].f(i);
-  s = block_sum_d(s, shared);
-  if (threadIdx.x == 0) partials[blockIdx.x] = s;
-}
-
-template <class F>
-__global__ void __launch_bounds__(kReduceThreads)
-    sum_final(const __grid_constant__ Jobs<SumJob<F>> b, const double* partials) {
-  __shared__ double shared[32];
-  const int k = blockIdx.x;
-  double s = 0;
-  for (unsigned i = b.first[k] + threadIdx.x; i < b.first[k + 1]; i += blockDim.x) s += partials[i];
-  s = block_sum_d(s, shared);
-  if (threadIdx.x == 0) *b.job[k].out = s;
-}
-
-// partials: one double per block of a launch, i.e. the sum of reduce_blocks(n) over any
-// kMaxJobs of the jobs.
-template <class F>
-void sum_jobs(const std::vector<SumJob<F>>& jobs, DeviceBuffer<double>& partials) {
-  launch_jobs(
-      jobs, [](const SumJob<F>& j) { return unsigned(reduce_blocks(j.n)); },
-      [&](const Jobs<SumJob<F>>& b, unsigned grid) {
-        if (grid > partials.size())
-          fail("internal: Adapprox sums ", grid, " blocks into ", partials.size(), " partials");
-        sum_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials.get());
-        CUDA_CHECK_LAUNCH();
-        sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials.get());
-      });
-}
-
 // Spec 6.5 steps 5-8 (and 6.7) over a tensor's direction D. kFused: clip, momentum and
 // the decoupled-decay update in one pass; with guidance, kClip (clip and momentum, D
 // written back) and, once the cosine's sums are in, kApply.
@@ -405,11 +357,11 @@ struct Sizes {
   int matrices = 0;
 
   size_t bytes() const {
+    // The lanes, the vectors' D, the deferred S-RSIs' columns, the vectors' scalars and
+    // partials, the deferred Gram matrices and eigenvalues, and the batch info.
     return main.bytes() + side_lanes * side.bytes() + (vec + side_cols) * sizeof(float) +
-           size_t(kSlots + kReduceBlocks) * kMaxJobs *
-               sizeof(double) +  // vectors' scalars, partials
-           (grams + eigs) * sizeof(double) +
-           (size_t(matrices) + 1) * sizeof(int);  // batch info
+           size_t(kSlots + kReduceBlocks) * kMaxJobs * sizeof(double) +
+           (grams + eigs) * sizeof(double) + (size_t(matrices) + 1) * sizeof(int);
   }
 };
 
@@ -1148,8 +1100,8 @@ class Adapprox final : public Optimizer<T> {
   std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
   std::atomic<int> srsi_calls_{0};             // this step's, on every lane
   DeviceBuffer<float> dvec_;
-  DeviceBuffer<double> vec_scal_,
-      vec_partials_;  // slot-major: slot k of vector i at k * kMaxJobs + i
+  DeviceBuffer<double> vec_scal_;  // slot-major: slot k of vector i at k * kMaxJobs + i
+  DeviceBuffer<double> vec_partials_;
   DeviceBuffer<char> batch_work_;
   size_t batch_work_bytes_ = 0;
   void* batch_work() {

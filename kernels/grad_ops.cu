@@ -4,11 +4,11 @@
 // computed without waiting for the host; take_squares is the one sync per step.
 // Up to kMaxJobs tensors share each stage's launch (launch_jobs, optim_common.cuh): one
 // launch per tensor cost d12 ~300 launches a step, most of them for 768-element vectors.
-// Each tensor keeps the grid and order Reducer::sum gives it alone, so its sum does not
-// depend on the company. clip_scale batches the same way: one launch per tensor was 148
-// launches of ~5 us a d12 step whenever the norm was clipped (0.35 ms a step on average,
-// ncu, H100). AdamW skips it unless train.grad_clip_value is set: it applies the clip
-// coefficient as it reads each gradient (UpdatePipeline::update).
+// Each tensor keeps the grid and order sum_jobs (optim_common.cuh) gives it alone, so its
+// sum does not depend on the company. clip_scale batches the same way: one launch per
+// tensor was 148 launches of ~5 us a d12 step whenever the norm was clipped (0.35 ms a
+// step on average, ncu, H100). AdamW skips it unless train.grad_clip_value is set: it
+// applies the clip coefficient as it reads each gradient (UpdatePipeline::update).
 #include "backend.hpp"
 #include "optim_common.cuh"
 #include "update_pipeline.hpp"
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
-// One block per tensor, reduce_final's order.
+// One block per tensor, sum_final's order.
 template <class D>
 __global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_constant__ Jobs<SquaresJob<D>> b,
                                                                 const double* partials, double* sq) {

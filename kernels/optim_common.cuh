@@ -109,39 +109,6 @@ inline int reduce_blocks(size_t n) {
   return int(std::min<size_t>(kReduceBlocks, std::max<size_t>(1, ceil_div(n, kReduceThreads))));
 }
 
-template <class F>
-__global__ void __launch_bounds__(kReduceThreads) reduce_partials(F f, size_t n, double* partials) {
-  __shared__ double shared[32];
-  double s = 0;
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    s += f(i);
-  s = block_sum_d(s, shared);
-  if (threadIdx.x == 0) partials[blockIdx.x] = s;
-}
-
-__global__ void reduce_final(const double* partials, int blocks, double* out);
-
-// Deterministic sums into device doubles; owns the partials (MemCategory::workspace).
-class Reducer {
- public:
-  static constexpr size_t kPartials = kReduceBlocks;  // doubles of workspace
-  explicit Reducer(Device& dev)
-      : partials_(dev, kPartials, MemCategory::workspace, "optimizer reduction partials") {}
-  // *out = sum over i < n of f(i) (f a device functor returning double).
-  template <class F>
-  void sum(const F& f, size_t n, double* out) {
-    const int blocks = reduce_blocks(n);
-    reduce_partials<<<blocks, kReduceThreads, 0, update_stream()>>>(f, n, partials_.get());
-    CUDA_CHECK_LAUNCH();
-    reduce_final<<<1, kReduceThreads, 0, update_stream()>>>(partials_.get(), blocks, out);
-    CUDA_CHECK_LAUNCH();
-  }
-
- private:
-  DeviceBuffer<double> partials_;
-};
-
 // sum of squares of a fp32 or bf16 buffer.
 template <class D>
 struct Squares {
@@ -195,6 +162,56 @@ void launch_jobs(const std::vector<J>& jobs, const Blocks& blocks, const Launch&
     launch(b, grid);
     CUDA_CHECK_LAUNCH();
   }
+}
+
+// Deterministic sums into device doubles, many tensors in two launches: each job gets
+// reduce_blocks(n) blocks over its own grid-stride loop, as a launch of its own would,
+// then one block per job adds its partials in index order, so a sum does not depend on
+// the company it comes in.
+template <class F>
+struct SumJob {
+  F f;
+  size_t n;
+  double* out;
+};
+
+template <class F>
+__global__ void __launch_bounds__(kReduceThreads)
+    sum_partials(const __grid_constant__ Jobs<SumJob<F>> b, double* partials) {
+  __shared__ double shared[32];
+  const int k = job_of(b);
+  const GridStride st = job_stride(b, k);
+  double s = 0;
+  for (size_t i = st.start; i < b.job[k].n; i += st.step) s += b.job[k].f(i);
+  s = block_sum_d(s, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+template <class F>
+__global__ void __launch_bounds__(kReduceThreads)
+    sum_final(const __grid_constant__ Jobs<SumJob<F>> b, const double* partials) {
+  __shared__ double shared[32];
+  const int k = blockIdx.x;
+  double s = 0;
+  for (unsigned i = b.first[k] + threadIdx.x; i < b.first[k + 1]; i += blockDim.x) s += partials[i];
+  s = block_sum_d(s, shared);
+  if (threadIdx.x == 0) *b.job[k].out = s;
+}
+
+// partials: one double per block of a launch, i.e. the sum of reduce_blocks(n) over any
+// kMaxJobs of the jobs.
+template <class F>
+void sum_jobs(const std::vector<SumJob<F>>& jobs, DeviceBuffer<double>& partials) {
+  launch_jobs(
+      jobs, [](const SumJob<F>& j) { return unsigned(reduce_blocks(j.n)); },
+      [&](const Jobs<SumJob<F>>& b, unsigned grid) {
+        if (grid > partials.size())
+          fail("internal: a deterministic sum of ", grid, " blocks into ", partials.size(),
+               " partials");
+        sum_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials.get());
+        CUDA_CHECK_LAUNCH();
+        sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials.get());
+      });
 }
 
 // Whether p (null counts as aligned: an absent buffer) is a multiple of `bytes`, for the
