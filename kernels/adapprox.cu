@@ -146,6 +146,25 @@
 // 66.55 ms with each member's cuBLAS calls on 8 streams, 147.8 ms with cuBLAS's batched
 // GEMM and trsm (its batched trsm at wte's 50304 rows alone took 27 ms a step), against
 // 45.15 for the lanes.
+// Where update_many's time goes (H200, Brown as above, step 100, host clocks in a
+// temporary build, a device sync before and after): 15.0 ms at 4 lanes, each lane busy
+// to the end with 12-13 matrices, 3-6 ms of it waiting in the S-RSIs' host syncs; 11-12
+// ms at 8 lanes; 11-13 at 16 (10-11 with CUDA_DEVICE_MAX_CONNECTIONS=32, one run: 38.40
+// against 40.10 ms a step); the calling thread (vectors, then wte) is done at 4-5 ms.
+// On one thread (lanes 0) 40-41 ms: 25 inside iterate() (its ~20 calls per S-RSI, and
+// the host Cholesky's round trips at s > 32), 7 in the eigenvalue syncs.
+// Also lost (H200, same call, 4 / 8 lanes): each S-RSI pass with s <= 32 recorded once
+// as a CUDA graph per lane, matrix and width and replayed (50 of the 100 passes a step
+// replayed): 43.35 / 43.70 -> 44.00 / 43.75 ms, 39.70 -> 40.15. On one thread it cut
+// iterate()'s host time 16.2 -> 10.9 ms while the syncs' waits grew 18.9 -> 23.3: the
+// GPU then runs the chains no faster than the host had issued them. The Cholesky on
+// the GPU up to s = 64 (one block) instead of the host's round trips for 32 < s <= 64:
+// 42.15 / 42.20 -> 41.55 / 41.90 ms, 39.15 -> 39.15 at 8 lanes. Grouping every side
+// matrix's products into one cuBLAS grouped-batched call per phase halves the S-RSIs'
+// GPU time at most (tools/bench_adapprox_grouped, H100: 8.13 -> 4.34 ms for 49 S-RSIs
+// at s = 19): ~0.29 ms per grouped product where reading the V_t once takes ~0.11, so
+// the 10% goal needs products that read V_t at bandwidth (hand-written, or V_t never
+// stored: beta2 Q (U^T Om) + (1 - beta2) (g o g) Om from the bf16 gradient).
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
