@@ -162,8 +162,8 @@
 // 42.15 / 42.20 -> 41.55 / 41.90 ms, 39.15 -> 39.15 at 8 lanes. Grouping every side
 // matrix's products into one cuBLAS grouped-batched call per phase halves the S-RSIs'
 // GPU time at most (tools/bench_adapprox_grouped, H100: 8.13 -> 4.34 ms for 49 S-RSIs
-// at s = 19): ~0.29 ms per grouped product where reading the V_t once takes ~0.11, so
-// the 10% goal needs products that read V_t at bandwidth (hand-written, or V_t never
+// at s = 19): ~0.2 ms per launch on average where reading every V_t once takes ~0.11,
+// so the 10% goal needs products that read V_t at bandwidth (hand-written, or V_t never
 // stored: beta2 Q (U^T Om) + (1 - beta2) (g o g) Om from the bf16 gradient).
 #include <cublas_v2.h>
 #include <cusolverDn.h>

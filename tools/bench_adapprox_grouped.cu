@@ -11,10 +11,11 @@
 // H100 80GB HBM3 (2026-11-27): s 19: chains 8.128 ms, grouped 4.342 (1.87x); s 33: 7.158
 // and 4.628 (1.55x); Gram matrices agree to 1.7e-6. 49 chains at bench_adapprox_thin's
 // 0.14-0.18 ms each (H200) add up to about the chains' time here: the four streams
-// hardly overlap, as one host thread issues ~20 calls per chain. The grouped run takes
-// ~0.29 ms per grouped product, where reading the 49 V_t once takes ~0.11 ms at 3 TB/s.
-// So grouping alone would leave two S-RSIs a step at ~8.7 ms, against the ~3.4 ms the
-// update may take to stay within 10% of a d12 step.
+// hardly overlap, as one host thread issues ~20 calls per chain. The grouped run is 9
+// grouped SGEMMs, 8 batched kernels and the sketch's 49 copies: ~0.2 ms per launch on
+// average, where reading the 49 V_t once takes ~0.11 ms at 3 TB/s (which part weighs
+// most is not timed yet). So grouping alone would leave two S-RSIs a step at ~8.7 ms,
+// against the ~3.4 ms the update may take to stay within 10% of a d12 step.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
