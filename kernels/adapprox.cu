@@ -773,14 +773,12 @@ class Adapprox final : public Optimizer<T> {
     run(kClip);
     std::vector<SumJob<Dot>> dot;
     std::vector<SumJob<Squares<float>>> m2;
-    d2.clear();
     for (const J& j : jobs) {
       dot.push_back({{j.dir, j.m1}, j.n, slot(j, kDot)});
-      d2.push_back({{j.dir}, j.n, slot(j, kSumD2)});
       m2.push_back({{j.m1}, j.n, slot(j, kSumM2)});
     }
     sum_jobs(dot, partials);
-    sum_jobs(d2, partials);
+    sum_jobs(d2, partials);  // the same jobs again, now over the clipped D
     sum_jobs(m2, partials);
     run(kApply);
   }
