@@ -51,12 +51,13 @@ __global__ void clip_scale_kernel(const __grid_constant__ Jobs<ClipJob<D>> b, fl
     job.g[i] = from_f<D>(clip_one(to_f(job.g[i]), clip_value, scale));
 }
 
-// One tensor's squared norm: reduce_blocks(n) first-stage blocks, result to sq[slot].
+// One tensor's squared norm: reduce_blocks(n) first-stage blocks, then sum_final
+// (optim_common.cuh) into out, its slot of the squared norms.
 template <class D>
 struct SquaresJob {
   Squares<D> f;
   size_t n;
-  int slot;
+  double* out;
   bool vec;
 };
 
@@ -84,18 +85,6 @@ __global__ void __launch_bounds__(kReduceThreads) squares_partials(const __grid_
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
-// One block per tensor, sum_final's order.
-template <class D>
-__global__ void __launch_bounds__(kReduceThreads) squares_final(const __grid_constant__ Jobs<SquaresJob<D>> b,
-                                                                const double* partials, double* sq) {
-  __shared__ double shared[32];
-  const int k = blockIdx.x;
-  double sum = 0;
-  for (unsigned p = b.first[k] + threadIdx.x; p < b.first[k + 1]; p += blockDim.x) sum += partials[p];
-  sum = block_sum_d(sum, shared);
-  if (threadIdx.x == 0) sq[b.job[k].slot] = sum;
-}
-
 // The workspace: every job of a launch may take kReduceBlocks first-stage partials; one
 // double per tensor (at least one, so the buffer exists) for the squared norms.
 constexpr size_t kPartials = size_t(kMaxJobs) * kReduceBlocks;
@@ -115,13 +104,13 @@ class CudaGradOps final : public GradOps<T> {
     for (const GradSlice<T>& x : slices) {
       if (x.slot < 0 || size_t(x.slot) >= slots_)
         fail("gradient norm slot ", x.slot, " is outside the ", slots_, " slots the pipeline asked for");
-      jobs.push_back({{dev_ptr(x.g)}, x.n, x.slot, aligned(x.g, 16)});
+      jobs.push_back({{dev_ptr(x.g)}, x.n, sq_.get() + x.slot, aligned(x.g, 16)});
     }
     launch_jobs(jobs, [](const SquaresJob<device_t<T>>& j) { return unsigned(reduce_blocks(j.n)); },
                 [&](const Jobs<SquaresJob<device_t<T>>>& b, unsigned grid) {
                   squares_partials<<<grid, kReduceThreads, 0, update_stream()>>>(b, partials_.get());
                   CUDA_CHECK_LAUNCH();
-                  squares_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials_.get(), sq_.get());
+                  sum_final<<<b.count, kReduceThreads, 0, update_stream()>>>(b, partials_.get());
                 });
   }
 

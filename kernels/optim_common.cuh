@@ -187,9 +187,10 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-template <class F>
+// The second stage for any job type with an `out` (SumJob, grad_ops.cu's SquaresJob).
+template <class J>
 __global__ void __launch_bounds__(kReduceThreads)
-    sum_final(const __grid_constant__ Jobs<SumJob<F>> b, const double* partials) {
+    sum_final(const __grid_constant__ Jobs<J> b, const double* partials) {
   __shared__ double shared[32];
   const int k = blockIdx.x;
   double s = 0;
