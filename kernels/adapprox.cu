@@ -35,20 +35,26 @@
 // numbers as the CPU reference (rounded to fp32), so both make the same rank decisions
 // without shipping the sketch from the host. Eigenvector signs may differ from Eigen's:
 // Q and U can differ column by column in sign; Q U^T, V_t and the weights do not.
-// Small Gram matrices (s <= kHostSolveMax = 128) go to the host instead: CholeskyQR's
-// Cholesky and the eigendecomposition in double with Eigen (srsi.hpp's cholesky_upper,
-// symmetric_eigen: microseconds at s ~ 20, 0.74 ms at s = 110 on one core) where
-// cuSOLVER's Dpotrf and syevd cost ~0.1-0.2 and ~1.6 ms of latency each whatever s; each
-// costs one more host sync, and the lanes run them on host cores at once. H200, same
+// Small Gram matrices (s <= kHostSolveMax = 128) go to the host for the eigensystem, in
+// double with Eigen (srsi.hpp's symmetric_eigen: microseconds at s ~ 20, 0.74 ms at s =
+// 110 on one core) where cuSOLVER's syevd costs ~1.6 ms of latency whatever s; it costs
+// one host sync, and the lanes run them on host cores at once. (Until 2026-11-27
+// CholeskyQR's Cholesky went that way too, at 32 < s <= 128.) H200, same
 // call, against cuSOLVER for every s: d12 B 16 on Brown text, where the mean rank falls
 // to ~16 by step 150, 68.2 / 70.0 -> 56.0 / 54.5 ms a step at steps 150 / 200 (AdamW:
 // 33.3 ms); random tokens (mean rank ~104) steps 151-200 134.9 -> 125.7 ms, steps 11-30
 // 163.3 -> 152.6 ms; bench_optimizers (every s = 197, deferred) 46.4 -> 45.0 ms.
-// CholeskyQR's Cholesky of order s <= kWarpCholeskyMax = 32 (the ranks real text settles
-// at) then moved back to the GPU, one warp in double (warp_cholesky): four host round
-// trips fewer per S-RSI, where the host solve itself took microseconds. H100, d12 B 16
-// on Brown text, lr 2e-3, median of steps 101-120 (mean rank 16.7 / 17.0, 100 S-RSIs a
-// step): 49.1 -> 47.9 ms a step; the lanes had hidden most of those round trips.
+// CholeskyQR's Gram matrix is summed in double and factored on the GPU, one block, for
+// every s (cholesky_qr.cuh). With the Gram matrix from cuBLAS in fp32, every d12 S-RSI's
+// Cholesky failed on real gradients (likely cause: the power iteration leaves Y's entries
+// ~1e-21, its Gram matrix at fp32's underflow, ~1e-38), so every S-RSI was redone with
+// Householder QR -- the "100 S-RSIs a step" for 50 matrices that the notes below took for
+// rank growth. Same ranks either way (the redo is exact); H200, d12 B 16 on Brown text,
+// lr 2e-3, median of steps 101-120, one run each: 42.10 -> 36.95 ms a step, 100 -> 50
+// S-RSIs a step, mean rank 13.64 / 15.20 at step 120 (AdamW: 30.05-30.70 ms). On d4
+// (fp32, 40 steps) the fp32 path made 21-36 S-RSIs a step where the CPU reference makes
+// 18, one per matrix. Before that, s <= 32 went to one warp (warp_cholesky) and 32 < s
+// <= 128 to the host (H100: 49.1 -> 47.9 ms a step when the warp took s <= 32).
 // orth() is CholeskyQR2 (spec 6.3: GEMM-friendly; timed alone on an H200 at s = 197
 // it beats cuSOLVER's geqrf + orgqr 1.5x at 768 rows, 3.4x at wte's 50304); a
 // Cholesky that fails (a Gram matrix not positive definite in rounding) or non-finite
@@ -82,25 +88,22 @@
 // upper triangular), so each growth of the rank loop reuses the pass: 135.0 -> 138.0 and
 // 162.1 -> 166.0 ms a step (the first step, every rank growing from 1: 880 -> 729 ms);
 // solving the narrower fit for its eigenvalues alone (1.57 ms against 1.69 with vectors
-// at s = 197): 135.5 -> 147.6 ms. At steady state every matrix grows once a step (two
-// S-RSIs: the truncation that shrinks a rank underestimates a fresh narrower S-RSI's
-// error more than the factor 2 of hysteresis), but the passes are not where the lanes'
-// time goes: the unbatched eigensolves are, ~1.6 ms each. fp32 XsyevBatched solves 4,
-// 12 or 50 Gram matrices at s = 197 in 2.1, 2.2 or 2.55 ms (eigenvalues within 5e-7 of
-// the largest; fp64 takes 8.7-12 ms for 12), and DpotrfBatched 50 in 0.48 ms.
-// Also lost (H200, same call): the side lanes' eigensolves in one fp32 XsyevBatched,
-// each lane's Gram matrix zero-padded into a slot, the last lane to arrive solving every
-// slot (it passed the [gpu] tests, bits of update() == update_many included): d12 steps
-// 11-30 163.5 -> 179.5 ms, the first step 842 -> 947 ms (the lanes wait for one another
-// at every eigensolve), and fp32 eigenvalues are too coarse for the rank loop: its
-// error sums, compared with (xi_thr / 2)^2 = 2.5e-5 of ||V_t||^2, carry ~5e-7 of the
-// largest eigenvalue per term, and by step 200 the mean rank was 36 instead of 104
-// (110-122 S-RSIs a step instead of 100; 134.3 -> 181.9 ms). Instrumenting the lanes
-// (4 lanes, d12 steps 121-160, summed over lanes per step) showed the passes' GPU time
-// at 200 ms and the eigensolves' at 226 for 135 ms of update_many, against 118 and 161
-// ms on one lane: the lanes overlap ~2.2x and no further (8 lanes: the same 130-141 ms).
-// Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram, cuSOLVER work,
-// s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
+// at s = 197): 135.5 -> 147.6 ms. (The "growth once a step" that this was for were the
+// Householder redos above, not growth.) The passes are not where the lanes' time goes: the
+// unbatched eigensolves are, ~1.6 ms each. fp32 XsyevBatched solves 4, 12 or 50 Gram matrices at s
+// = 197 in 2.1, 2.2 or 2.55 ms (eigenvalues within 5e-7 of the largest; fp64 takes 8.7-12 ms for
+// 12), and DpotrfBatched 50 in 0.48 ms. Also lost (H200, same call): the side lanes' eigensolves in
+// one fp32 XsyevBatched, each lane's Gram matrix zero-padded into a slot, the last lane to arrive
+// solving every slot (it passed the [gpu] tests, bits of update() == update_many included): d12
+// steps 11-30 163.5 -> 179.5 ms, the first step 842 -> 947 ms (the lanes wait for one another at
+// every eigensolve), and fp32 eigenvalues are too coarse for the rank loop: its error sums,
+// compared with (xi_thr / 2)^2 = 2.5e-5 of ||V_t||^2, carry ~5e-7 of the largest eigenvalue per
+// term, and by step 200 the mean rank was 36 instead of 104 (110-122 S-RSIs a step instead of 100;
+// 134.3 -> 181.9 ms). Instrumenting the lanes (4 lanes, d12 steps 121-160, summed over lanes per
+// step) showed the passes' GPU time at 200 ms and the eigensolves' at 226 for 135 ms of
+// update_many, against 118 and 161 ms on one lane: the lanes overlap ~2.2x and no further (8 lanes:
+// the same 130-141 ms). Besides the V_t scratch the thin iterates (Y m x s, Om n x s, Gram,
+// cuSOLVER work, s = min(k_max + p, min(m, n))) take "adapprox thin" workspace, and the deferred
 // S-RSIs one fp64 Gram matrix per matrix (15.5 MB for d12) plus side_ (4 MB). The
 // memory plan counts all of these but cuSOLVER's work (adapprox_workspace_bytes), whose
 // size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
@@ -175,6 +178,7 @@
 #include <mutex>
 #include <thread>
 
+#include "cholesky_qr.cuh"
 #include "fp64_copy.cuh"
 #include "kernels.cuh"
 #include "optim_common.cuh"
@@ -194,12 +198,14 @@ namespace {
 
 enum Slot { kSumD2, kDot, kSumM2, kSlots };
 
-// Gram matrices up to this order are factored and solved on the host (srsi.hpp's
-// cholesky_upper, symmetric_eigen); larger ones by cuSOLVER in double. CholeskyQR's
-// Cholesky of order up to kWarpCholeskyMax runs on the GPU in one warp instead
-// (warp_cholesky), which spares the S-RSI four of its five host round trips.
+// Gram matrices up to this order are solved for their eigensystem on the host (srsi.hpp's
+// symmetric_eigen); larger ones by cuSOLVER in double. CholeskyQR's Cholesky runs on the
+// GPU whatever the order (cholesky_qr.cuh).
 constexpr int kHostSolveMax = 128;
-constexpr int kWarpCholeskyMax = 32;
+// CholeskyQR's shift, relative to the Gram matrix's largest diagonal entry: far above
+// its fp64 rounding, far below the fp32 iterates' own, so columns that are fp32 noise do
+// not fail the Cholesky.
+constexpr double kCholeskyShift = 1e-12;
 
 template <class D>
 __global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
@@ -226,37 +232,6 @@ __global__ void widen_checked(double* out, const float* in, size_t n, double* fa
 }
 __global__ void note_failure(const int* info, double* failed) {
   if (*info != 0) *failed = 1.0;
-}
-
-// cholesky_upper (srsi.hpp) for s <= 32, one warp: G's upper triangle (fp32, column-major)
-// in double, R with G = R^T R written over G in fp32, zero below the diagonal. Lane i
-// keeps row i of the trailing matrix (its upper part) and the column-j updates go right
-// to left along it. A pivot that is not positive fails as Eigen's LLT does: the failure
-// flag is set and R = I (the S-RSI is redone with Householder QR); a NaN pivot is not a
-// failure there either, and reaches the eigenvalues, which send the S-RSI back too.
-__global__ void warp_cholesky(float* G, int s, double* failed) {
-  __shared__ double a[kWarpCholeskyMax][kWarpCholeskyMax + 1];
-  const int i = threadIdx.x;
-  for (int c = 0; c < s; c++)
-    if (i < s) a[i][c] = i <= c ? G[i + size_t(c) * s] : G[c + size_t(i) * s];
-  __syncwarp();
-  bool ok = true;
-  for (int j = 0; j < s; j++) {
-    const double pivot = a[j][j];
-    ok = !(pivot <= 0);
-    if (!ok) break;
-    const double r = sqrt(pivot);
-    __syncwarp();
-    if (i > j && i < s) a[j][i] /= r;
-    __syncwarp();
-    if (i == j) a[j][j] = r;
-    if (i > j && i < s)
-      for (int c = i; c < s; c++) a[i][c] -= a[j][i] * a[j][c];
-    __syncwarp();
-  }
-  if (!ok && i == 0) *failed = 1.0;
-  for (int c = 0; c < s; c++)
-    if (i < s) G[i + size_t(c) * s] = ok ? (i <= c ? float(a[i][c]) : 0.f) : (i == c ? 1.f : 0.f);
 }
 
 // W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
@@ -360,8 +335,10 @@ struct LaneSizes {
   size_t bytes() const {
     const size_t ss = size_t(s_max) * s_max;
     return (v + y + om + 2 * ss + size_t(s_max)) * sizeof(float) +  // V, Y, Om, G, W, tau
-           (ss + size_t(s_max) + 2 + kSlots) * sizeof(double) +     // Gd, eig, scalars
-           sizeof(int) + kReduceBlocks * sizeof(double);            // info, partials
+           (ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max)) *
+               sizeof(double) +  // Gd, eig, scalars, Gram parts
+           sizeof(int) +
+           kReduceBlocks * sizeof(double);  // info, partials
   }
 };
 
@@ -435,6 +412,8 @@ struct Lane {
         eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
             name + " thin eigenvalues, failure flag, ||V||^2"),
         info(dev, 1, MemCategory::workspace, name + " cuSOLVER info"),
+        gram_parts(dev, cholesky_qr_parts(z.s_max), MemCategory::workspace,
+                   name + " thin Gram64 partial sums"),
         host_g(size_t(z.s_max) * z.s_max),
         host_r(size_t(z.s_max) * z.s_max),
         host_eig(size_t(z.s_max) + 2) {
@@ -479,11 +458,11 @@ struct Lane {
   cusolverDnParams_t params = nullptr;
   DeviceBuffer<double> partials, scal, Gd, eig;
   DeviceBuffer<int> info;
+  DeviceBuffer<double> gram_parts;  // CholeskyQR's Gram matrix, Gd its Cholesky scratch
   DeviceBuffer<float> V, Y, Om, G, W, tau, work;
-  DeviceBuffer<double> dwork;
   DeviceBuffer<char> eig_work;
   std::vector<char> eig_host_work;
-  Pinned<float> host_g, host_r;  // host solves: a Gram matrix, R or W
+  Pinned<float> host_g, host_r;  // host solves: a Gram matrix down, W up
   Pinned<double> host_eig;       // eigenvalues, failure flag, ||V_t||^2
   std::vector<double> host_vecs;
   // The largest matrix (elements) it takes: what its V_t scratch holds.
@@ -550,24 +529,23 @@ class Adapprox final : public Optimizer<T> {
     Lane& L0 = *lanes_[0];
     for (auto& lane : lanes_) {  // cuSOLVER's work for the matrices each lane takes
       Lane& L = *lane;
-      int lwork = 1, dlwork = 1;
+      int lwork = 1;
       size_t eig_bytes = 1, eig_host_bytes = 1;
       for (const ParamSpec& p : table.params) {
         if (!p.is_matrix() || p.numel > L.capacity()) continue;
         const int m = int(p.rows), s = s_.thin_cols(p);
-        int a = 0, b = 0, d = 0;
+        int a = 0, b = 0;
         size_t c = 0, ch = 0;
         CUSOLVER_CHECK(cusolverDnSgeqrf_bufferSize(L.solver, m, s, L.Y.get(), m, &a));
         CUSOLVER_CHECK(cusolverDnSorgqr_bufferSize(L.solver, m, s, s, L.Y.get(), m, L.tau.get(), &b));
         CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
             L.solver, L.params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, s, CUDA_R_64F,
             L.Gd.get(), s, CUDA_R_64F, L.eig.get(), CUDA_R_64F, &c, &ch, 1));
-        CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, &d));
-        lwork = std::max({lwork, a, b}), dlwork = std::max(dlwork, d);
+        lwork = std::max({lwork, a, b});
         eig_bytes = std::max(eig_bytes, c), eig_host_bytes = std::max(eig_host_bytes, ch);
       }
-      L.work = DeviceBuffer<float>(dev, size_t(lwork), MemCategory::workspace, "adapprox thin cuSOLVER work");
-      L.dwork = DeviceBuffer<double>(dev, size_t(dlwork), MemCategory::workspace, "adapprox thin cuSOLVER work64");
+      L.work = DeviceBuffer<float>(dev, size_t(lwork), MemCategory::workspace,
+                                   "adapprox thin cuSOLVER work");
       L.eig_work = DeviceBuffer<char>(dev, eig_bytes, MemCategory::workspace, "adapprox thin syevBatched work");
       L.eig_host_work.resize(eig_host_bytes);
     }
@@ -942,21 +920,6 @@ class Adapprox final : public Optimizer<T> {
     return eig;
   }
 
-  // CholeskyQR's R for the lane's Gram matrix (s x s) on the host, in double, written
-  // over it; a failed Cholesky sets the failure flag as a failed Dpotrf does (and R = I,
-  // since the S-RSI is redone with Householder QR).
-  void host_cholesky(Lane& L, int s) {
-    const size_t ss = size_t(s) * s;
-    copy_to_host_on_update_stream(L.host_g.get(), L.G.get(), ss * sizeof(float));
-    if (!optim::cholesky_upper(L.host_g.get(), s, L.host_r.get())) {
-      static const double failed = 1.0;
-      CUDA_CHECK(cudaMemcpyAsync(L.flag(), &failed, sizeof(double), cudaMemcpyHostToDevice, update_stream()));
-      for (size_t i = 0; i < ss; i++) L.host_r.get()[i] = i % (size_t(s) + 1) == 0 ? 1.f : 0.f;
-    }
-    CUDA_CHECK(cudaMemcpyAsync(L.G.get(), L.host_r.get(), ss * sizeof(float),
-                               cudaMemcpyHostToDevice, update_stream()));
-  }
-
   // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
   // then G = Om^T Om (fp32); a failed Cholesky is flagged in the lane's failure slot.
   void iterate(Lane& L, const ParamSpec& p, int s, uint64_t seed, bool householder) {
@@ -1074,8 +1037,9 @@ class Adapprox final : public Optimizer<T> {
     pending_.clear();
   }
 
-  // orth(Y) in place, Y m x s: CholeskyQR2 (twice: G = Y^T Y, R = chol(G) in double,
-  // Y <- Y R^-1), a failed Cholesky flagged in the lane's failure slot; or Householder QR.
+  // orth(Y) in place, Y m x s: CholeskyQR2 (twice: R = chol(Y^T Y) with the Gram matrix
+  // summed in double, Y <- Y R^-1), a failed Cholesky flagged in the lane's failure
+  // slot; or Householder QR.
   void orthonormalize(Lane& L, float* Y, int m, int s, bool householder) {
     if (householder) {
       CUSOLVER_CHECK(cusolverDnSgeqrf(L.solver, m, s, Y, m, L.tau.get(), L.work.get(), int(L.work.size()), L.info.get()));
@@ -1083,24 +1047,13 @@ class Adapprox final : public Optimizer<T> {
                                       L.info.get()));
       return;
     }
-    const float one = 1.f, zero = 0.f;
-    const size_t ss = size_t(s) * s;
+    const float one = 1.f;
     for (int pass = 0; pass < 2; pass++) {
-      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, m, &one, Y, m, Y, m, &zero, L.G.get(), s));
-      if (s <= kWarpCholeskyMax) {
-        warp_cholesky<<<1, 32, 0, update_stream()>>>(L.G.get(), s, L.flag());
-        CUDA_CHECK_LAUNCH();
-      } else if (s <= kHostSolveMax) {
-        host_cholesky(L, s);
-      } else {
-        widen<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.Gd.get(), L.G.get(), ss);
-        CUDA_CHECK_LAUNCH();
-        CUSOLVER_CHECK(cusolverDnDpotrf(L.solver, CUBLAS_FILL_MODE_UPPER, s, L.Gd.get(), s, L.dwork.get(),
-                                        int(L.dwork.size()), L.info.get()));
-        note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
-        narrow<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(L.G.get(), L.Gd.get(), ss);
-        CUDA_CHECK_LAUNCH();
-      }
+      CUDA_CHECK(cudaMemsetAsync(L.info.get(), 0, sizeof(int), update_stream()));
+      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(),
+                    L.info.get());
+      note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
+      CUDA_CHECK_LAUNCH();
       CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
                                CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
     }

@@ -103,6 +103,8 @@ class UpdateStreamScope {
 // Stream-ordered device-to-host copy on update_stream(), waiting for it to land.
 void copy_to_host_on_update_stream(void* host, const void* dev, size_t bytes);
 
-inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
+__host__ __device__ inline unsigned ceil_div(size_t a, size_t b) {
+  return unsigned((a + b - 1) / b);
+}
 
 }  // namespace gpt2::cuda

@@ -6,6 +6,9 @@
 #include "optim_fixture.hpp"
 #include "optim_gpu_check.hpp"
 #include "reference/optim/srsi.hpp"
+#ifdef TRAIN_GPT2_CUDA
+#include "cholesky_qr.cuh"
+#endif
 
 using namespace gpt2;
 using namespace gpt2::optim;
@@ -435,3 +438,50 @@ TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gp
     CHECK(rank_err[0] == 24);
   }
 }
+
+#ifdef TRAIN_GPT2_CUDA
+// CholeskyQR's R on the GPU (the Gram matrix summed in double, one block) against
+// cholesky_upper on the same Gram matrix: in shared memory (s = 23) and in its global
+// scratch (s = 80), columns of falling norm as the power iteration leaves them; a zero
+// column fails the Cholesky (R = I, flagged) unless the shift lifts it.
+TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
+  auto dev = make_cuda_device(0);
+  for (int s : {23, 80}) {
+    INFO("s = " << s);
+    const int m = 3001;
+    std::vector<float> y(size_t(m) * s);
+    for (size_t i = 0; i < y.size(); i++)
+      y[i] = float(gaussian(7, i) * std::pow(0.8, double(i / m)));
+    MatrixXd G = Eigen::Map<const Eigen::MatrixXf>(y.data(), m, s).cast<double>();
+    G = G.transpose() * G;
+    std::vector<float> g(size_t(s) * s), want(size_t(s) * s), got(size_t(s) * s);
+    for (int c = 0; c < s; c++)
+      for (int r = 0; r < s; r++) g[r + size_t(c) * s] = float(G(r, c));
+    REQUIRE(cholesky_upper(g.data(), s, want.data()));
+    DeviceBuffer<float> Y(*dev, y.size(), MemCategory::workspace, "Y"),
+        R(*dev, g.size(), MemCategory::workspace, "R");
+    DeviceBuffer<double> parts(*dev, cuda::cholesky_qr_parts(s), MemCategory::workspace, "parts"),
+        scratch(*dev, g.size(), MemCategory::workspace, "scratch");
+    DeviceBuffer<int> failed(*dev, 1, MemCategory::workspace, "failed");
+    auto factor = [&](double shift) {
+      int zero = 0, flag = 0;
+      dev->to_device(Y.get(), y.data(), y.size() * 4);
+      dev->to_device(failed.get(), &zero, 4);
+      cuda::cholesky_qr_r(Y.get(), m, s, shift, R.get(), parts.get(), scratch.get(), failed.get());
+      dev->to_host(got.data(), R.get(), got.size() * 4);
+      dev->to_host(&flag, failed.get(), 4);
+      return flag;
+    };
+    CHECK(factor(0) == 0);
+    double err = 0;
+    for (size_t i = 0; i < got.size(); i++) err = std::max(err, double(std::abs(got[i] - want[i])));
+    CHECK(err <= 1e-5 * std::abs(want[0]));
+    for (int c = 0; c < s; c++)
+      for (int r = c + 1; r < s; r++) CHECK(got[r + size_t(c) * s] == 0.f);
+    for (int i = 0; i < m; i++) y[i + size_t(m) * (s / 2)] = 0.f;  // a zero column
+    CHECK(factor(0) == 1);
+    for (size_t i = 0; i < got.size(); i++) CHECK(got[i] == (i % (size_t(s) + 1) == 0 ? 1.f : 0.f));
+    CHECK(factor(1e-12) == 0);
+  }
+}
+#endif

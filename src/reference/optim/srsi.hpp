@@ -49,11 +49,9 @@ struct AsrsiResult {
 // uses ||A - Q U^T||^2 = ||A||^2 - ||U||^2, exact for orthonormal Q.
 AsrsiResult as_rsi(DenseView A, int k, const RankRule& rule, bool allow_shrink, uint64_t seed);
 
-// The GPU S-RSI's small dense solves when the Gram matrix is small (kernels/adapprox.cu
-// brings it to the host, where Eigen in double takes microseconds and cuSOLVER's calls
-// take ~0.1-1.6 ms of latency each). Both read G's upper triangle, as cuSOLVER does.
-// R (s x s, column-major, fp32, zero below the diagonal) with G = R^T R; false when G is
-// not positive definite.
+// Small dense solves, reading G's upper triangle as cuSOLVER does. R (s x s,
+// column-major, fp32, zero below the diagonal) with G = R^T R, false when G is not
+// positive definite: the oracle of the GPU's CholeskyQR (kernels/cholesky_qr.cuh).
 bool cholesky_upper(const float* G, int s, float* R);
 // G's eigenvalues, ascending, and their eigenvectors (s x s, column-major).
 void symmetric_eigen(const float* G, int s, double* values, double* vectors);

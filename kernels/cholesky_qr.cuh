@@ -1,0 +1,24 @@
+// CholeskyQR's R for a tall thin Y (m x s, column-major fp32), for Adapprox's S-RSI
+// (kernels/adapprox.cu): G = Y^T Y summed in double, then R with R^T R = G + shift
+// max(diag G) I by srsi.hpp's cholesky_upper in double, one block. Two launches, no
+// host round trip. fp32 Gram matrices (cuBLAS) made every d12 S-RSI's Cholesky fail on
+// real gradients (H200, Brown text; likely cause: after the power iteration Y's entries
+// are ~1e-21, its Gram matrix ~1e-38, at fp32's underflow), each failure a Householder
+// redo.
+#pragma once
+#include <cstddef>
+
+namespace gpt2::cuda {
+
+// Doubles of partial sums (parts) an order-s Gram matrix needs; scratch holds s x s
+// doubles when s > kCholeskyShared.
+constexpr int kCholeskyShared = 64;
+size_t cholesky_qr_parts(int s);
+
+// R (s x s, column-major fp32, zero below the diagonal) on update_stream(); a pivot that
+// is not positive sets *failed = 1 and R = I, as a failed Eigen LLT leaves the caller to
+// redo the factorization another way.
+void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
+                   double* scratch, int* failed);
+
+}  // namespace gpt2::cuda
