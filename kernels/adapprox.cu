@@ -108,7 +108,7 @@
 // memory plan counts all of these but cuSOLVER's work (adapprox_workspace_bytes), whose
 // size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
 // peak when it had its own buffer) borrows the V_t scratch, idle when it runs.
-// Side lanes (optimizer.adapprox.lanes, default 4): the pieces above are latency-bound
+// Side lanes (optimizer.adapprox.lanes, default 8): the pieces above are latency-bound
 // and leave most of the GPU idle, so update_many() hands every matrix but the largest
 // to that many host threads, each with a lane of its own (stream, V_t scratch sized for
 // the largest matrix but one, thin buffers, cuBLAS and cuSOLVER handles); the largest
@@ -229,9 +229,6 @@ __global__ void widen_checked(double* out, const float* in, size_t n, double* fa
     out[i] = in[i];
     if (!isfinite(in[i])) *failed = 1.0;
   }
-}
-__global__ void note_failure(const int* info, double* failed) {
-  if (*info != 0) *failed = 1.0;
 }
 
 // W (s x k): the eigenvectors of the k largest eigenvalues, largest first (syevd sorts
@@ -1049,11 +1046,7 @@ class Adapprox final : public Optimizer<T> {
     }
     const float one = 1.f;
     for (int pass = 0; pass < 2; pass++) {
-      CUDA_CHECK(cudaMemsetAsync(L.info.get(), 0, sizeof(int), update_stream()));
-      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(),
-                    L.info.get());
-      note_failure<<<1, 1, 0, update_stream()>>>(L.info.get(), L.flag());
-      CUDA_CHECK_LAUNCH();
+      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag());
       CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
                                CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
     }

@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
 // eigenvalues instead.
 __global__ void __launch_bounds__(kThreads)
     factor(const double* parts, int s, int chunks, double shift, float* R, double* scratch,
-           int* failed) {
+           double* failed) {
   __shared__ double shared[kCholeskyShared * (kCholeskyShared + 1)];
   __shared__ bool ok;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   __syncthreads();
-  if (!ok && tid == 0) *failed = 1;
+  if (!ok && tid == 0) *failed = 1.0;
   for (int e = tid; e < s * s; e += kThreads) {
     const int r = e % s, c = e / s;
     R[e] = ok ? (r <= c ? float(A(r, c)) : 0.f) : (r == c ? 1.f : 0.f);
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads)
 size_t cholesky_qr_parts(int s) { return size_t(std::max(kParts, tiles(s))) * kTile * kTile; }
 
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
-                   double* scratch, int* failed) {
+                   double* scratch, double* failed) {
   const int c = chunks(m, s);
   gram_parts<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(Y, m, s, c, parts);
   CUDA_CHECK_LAUNCH();

@@ -16,9 +16,9 @@ constexpr int kCholeskyShared = 64;
 size_t cholesky_qr_parts(int s);
 
 // R (s x s, column-major fp32, zero below the diagonal) on update_stream(); a pivot that
-// is not positive sets *failed = 1 and R = I, as a failed Eigen LLT leaves the caller to
-// redo the factorization another way.
+// is not positive sets *failed = 1 (else it is left as it was) and R = I, as a failed
+// Eigen LLT leaves the caller to redo the factorization another way.
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
-                   double* scratch, int* failed);
+                   double* scratch, double* failed);
 
 }  // namespace gpt2::cuda

@@ -50,7 +50,7 @@ inline const char* kDefaultConfig = R"json({
              "clip_threshold": 1.0},
     "adapprox": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "clip_threshold": 1.0,
                  "k0": 1, "k_min": 1, "k_max": 0, "rank_divisor": 4, "delta_k": 0, "xi_thr": 1e-2, "rho": 0.9,
-                 "l": 2, "p": 5, "cos_guidance": false, "denominator": "rebuilt", "lanes": 4}
+                 "l": 2, "p": 5, "cos_guidance": false, "denominator": "rebuilt", "lanes": 8}
   },
   "schedule": {"steps": 1000, "warmup_steps": 0, "decay": "cosine", "min_lr_fraction": 0.0},
   "train": {

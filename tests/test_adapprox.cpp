@@ -462,14 +462,14 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
         R(*dev, g.size(), MemCategory::workspace, "R");
     DeviceBuffer<double> parts(*dev, cuda::cholesky_qr_parts(s), MemCategory::workspace, "parts"),
         scratch(*dev, g.size(), MemCategory::workspace, "scratch");
-    DeviceBuffer<int> failed(*dev, 1, MemCategory::workspace, "failed");
+    DeviceBuffer<double> failed(*dev, 1, MemCategory::workspace, "failed");
     auto factor = [&](double shift) {
-      int zero = 0, flag = 0;
+      double zero = 0, flag = 0;
       dev->to_device(Y.get(), y.data(), y.size() * 4);
-      dev->to_device(failed.get(), &zero, 4);
+      dev->to_device(failed.get(), &zero, 8);
       cuda::cholesky_qr_r(Y.get(), m, s, shift, R.get(), parts.get(), scratch.get(), failed.get());
       dev->to_host(got.data(), R.get(), got.size() * 4);
-      dev->to_host(&flag, failed.get(), 4);
+      dev->to_host(&flag, failed.get(), 8);
       return flag;
     };
     CHECK(factor(0) == 0);

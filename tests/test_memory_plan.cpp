@@ -197,7 +197,7 @@ TEST_CASE("GPU workspace plan: cuBLASLt, kernel scratch, gradient norms, optimiz
   const size_t lane = lanes(1) - lanes(0);
   CHECK(lane > size_t(768) * 3072 * 4);
   CHECK(lanes(4) == lanes(0) + 4 * lane);
-  CHECK(opt("adapprox") == lanes(4));  // the default
+  CHECK(opt("adapprox") == lanes(8));  // the default
   // AdaLomo's factored partials, factors and tickets on 132 SMs, with the kernel scratch
   // and the norms above.
   if (gpu.sms == 132) {
