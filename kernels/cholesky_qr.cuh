@@ -1,7 +1,7 @@
 // CholeskyQR's R for a tall thin Y (m x s, column-major fp32), for Adapprox's S-RSI
 // (kernels/adapprox.cu): G = Y^T Y summed in double, then R with R^T R = G + shift
-// max(diag G) I by srsi.hpp's cholesky_upper in double, one block. Two launches, no
-// host round trip. fp32 Gram matrices (cuBLAS) made every d12 S-RSI's Cholesky fail on
+// max(diag G) I in double, one block, as srsi.hpp's cholesky_upper (its test oracle)
+// computes it. Two launches, no host round trip. fp32 Gram matrices (cuBLAS) made every d12 S-RSI's Cholesky fail on
 // real gradients (H200, Brown text; likely cause: after the power iteration Y's entries
 // are ~1e-21, its Gram matrix ~1e-38, at fp32's underflow), each failure a Householder
 // redo.
