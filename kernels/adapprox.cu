@@ -331,11 +331,11 @@ struct LaneSizes {
   }
   size_t bytes() const {
     const size_t ss = size_t(s_max) * s_max;
-    return (v + y + om + 2 * ss + size_t(s_max)) * sizeof(float) +  // V, Y, Om, G, W, tau
-           (ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max)) *
-               sizeof(double) +  // Gd, eig, scalars, Gram parts
-           sizeof(int) +
-           kReduceBlocks * sizeof(double);  // info, partials
+    const size_t floats = v + y + om + 2 * ss + size_t(s_max);  // V, Y, Om, G, W, tau
+    // Gd, eigenvalues with flag and ||V||^2, scalars, Gram partial sums, reduction partials
+    const size_t doubles =
+        ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max) + kReduceBlocks;
+    return floats * sizeof(float) + doubles * sizeof(double) + sizeof(int);  // + info
   }
 };
 
