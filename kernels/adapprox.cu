@@ -3,17 +3,19 @@
 // orthonormal, U n x k) and re-fitted every step by AS-RSI; vectors keep a full v.
 //
 // Per matrix and step:
-//   V_t = beta2 Q U^T + (1 - beta2) g^2   dense m x n fp32 scratch (workspace), one kernel
-//                                         for g^2 and one SGEMM adding the factors
-//   ||V_t||_F^2                            device reduction beside the eigenvalues, so it
+//   V_t = beta2 Q U^T + (1 - beta2) g^2   dense m x n fp32 scratch (workspace), one
+//   with ||V_t||_F^2 and sum D^2            kernel (build_second_moment); ||V_t||^2
 //                                         reaches the host with the first S-RSI's copy
-//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2,
-//                                         SGEMM), Gram U^T U (SGEMM), eigendecomposition
-//                                         in double ((k+p) x (k+p), cuSOLVER's
-//                                         XsyevBatched), eigenvalues to the host (1 sync),
-//                                         Q W and U W (SGEMM) into state
-//   D = g / (sqrt(max(V, 0)) + eps)        one kernel, in place over the V_t scratch
-//   clip, first moment, guidance, decay    reductions + kernels, no sync
+//   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2 in
+//                                         two launches a pass, SGEMM), Gram U^T U
+//                                         (SGEMM), eigendecomposition in double ((k+p)
+//                                         x (k+p), on the host up to kHostSolveMax),
+//                                         eigenvalues to the host (1 sync), Q W and U W
+//                                         (SGEMM) into state
+//   clip, first moment, guidance, decay    one kernel (finish_kernel) that recomputes D =
+//                                         g / (sqrt(max(V_t, 0)) + eps) from the scratch
+//                                         and g, no sync (the "refactored" denominator
+//                                         forms D in place and sums it first)
 // The rank loop (grow by delta_k while xi > xi_thr, shrink with hysteresis) runs on the
 // host exactly as as_rsi does: its branches need xi, so each S-RSI ends with one small
 // copy, the only host sync. The rank k and smoothed error xi_bar live on the host;
@@ -109,11 +111,14 @@
 // size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
 // peak when it had its own buffer) borrows the V_t scratch, idle when it runs.
 // Side lanes (optimizer.adapprox.lanes, default 8): the pieces above are latency-bound
-// and leave most of the GPU idle, so update_many() hands every matrix but the largest
-// to that many host threads, each with a lane of its own (stream, V_t scratch sized for
-// the largest matrix but one, thin buffers, cuBLAS and cuSOLVER handles); the largest
-// and the vectors run on the calling thread meanwhile. A lane takes the next matrix when
-// it is done with one, rank loop and host syncs included. The weights and state are
+// and leave most of the GPU idle, so update_many() queues every matrix but the largest
+// (largest first) for that many host threads, each with a lane of its own (stream, V_t
+// scratch sized for the largest matrix but one, thin buffers, cuBLAS and cuSOLVER
+// handles); the largest and the vectors run on the calling thread meanwhile. A lane
+// takes the next matrix when it is done with one, rank loop and host syncs included.
+// The threads live as long as the optimizer; settle() hands their work to the update
+// stream, at the end of update_many() or, with overlap() (fused, one GPU), when the
+// pipeline reuses a gradient buffer and at the end of backward. The weights and state are
 // those of update() on each tensor in turn, bit for bit (tested). H100, same call,
 // against one lane: bench_optimizers --only adapprox (every rank at 192, deferred)
 // 88.8 / 98.3 -> 49.9 / 51.5 ms, its first step (every rank grows from 1) 1829 -> 910
@@ -168,12 +173,30 @@
 // at s = 19): ~0.2 ms per launch on average where reading every V_t once takes ~0.11,
 // so the 10% goal needs products that read V_t at bandwidth (hand-written, or V_t never
 // stored: beta2 Q (U^T Om) + (1 - beta2) (g o g) Om from the bf16 gradient).
+// 2026-11-27 (H200, Brown d12 B 16 as above, median of steps 101-120, AdamW in the same
+// call): V_t, its norm and sum D^2 in one kernel and the finish recomputing D (g^2's
+// kernel, the SGEMM adding Q U^T, the direction kernel and two sums gone): 35.10 / 35.00
+// -> 33.80 / 33.90 ms a step (AdamW 30.10 / 30.15), with the memsets of columns already
+// zero and the flag's memset dropped as well. Then CholeskyQR's Gram sums and Cholesky
+// in one launch (last block factors) and Y R^-1 by a row kernel at s <= 32 instead of
+// Strsm: 33.70 / 34.40 / 34.05 against AdamW's 30.60 / 29.95 / 30.40, within the noise.
+// Host clocks per step (8 lanes, temporary build): update_many 5.5 ms, each lane job
+// 0.84 ms of which 0.59 ms waiting in its sync; 16 lanes: 5.5 ms, 1.57 / 1.10 ms per job;
+// 2 lanes: 9.3 ms: past 8 lanes the GPU, not the lanes' latency, is the limit. ncu, two
+// steps at step 100 (H200, ms a step): gram_factor 4.8 (200 launches, 24 us each, most
+// of it its chunk sums loaded one at a time; loaded 8 at a time since, same bits, no
+// change in step time), finish 1.4, build 1.25, cuBLAS SGEMMs ~3.5 (the TN products
+// split-K plus their reduce), solve_rows 0.9; forward and backward ~26. Stream priority
+// for the lanes and CUDA_DEVICE_MAX_CONNECTIONS=32 changed nothing (36.35 / 36.50 ms
+// fused against 36.65).
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -207,16 +230,89 @@ constexpr int kHostSolveMax = 128;
 // not fail the Cholesky.
 constexpr double kCholeskyShift = 1e-12;
 
+// V_t = beta2 Q U^T + (1 - beta2) g o g (row-major m x n; Q m x k and U n x k
+// column-major), and in the same pass ||V_t||^2 and sum D^2, D = g / (sqrt(max(V_t, 0)) +
+// eps): the rebuilt denominator's clip scale needs no pass over D of its own, and the
+// finish recomputes D from V_t and g instead of storing it. Against g^2's kernel, an
+// SGEMM adding Q U^T and two sums, V_t is written once and read not at all. A block
+// takes tiles of kBuildRows rows by kBuildCols columns, a thread per column: U's entry
+// is loaded once per tile, Q's rows come from shared memory (kBuildK columns at a time,
+// 4 rows a load). The sums: per block in double, then the last block to finish adds the
+// blocks' partials in index order (a fixed grid: the same bits every run) and resets the
+// ticket.
+constexpr int kBuildRows = 16, kBuildCols = 256, kBuildK = 64, kBuildBlocks = kReduceBlocks / 2;
+
 template <class D>
-__global__ void fresh_second_moment(float* V, const D* g, size_t n, float one_minus_b2) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const float x = to_f(g[i]);
-    V[i] = one_minus_b2 * x * x;
+__global__ void __launch_bounds__(kBuildCols)
+    build_second_moment(float* V, const D* g, const float* Q, const float* U, int m, int n, int k,
+                        float b2, float eps, double* partials, int* ticket, double* norm_sq,
+                        double* sum_d2) {
+  __shared__ float4 q4[kBuildK * kBuildRows / 4];  // column c's rows at q4[c * kBuildRows / 4]
+  float* qs = reinterpret_cast<float*>(q4);
+  __shared__ double red[32];
+  __shared__ bool last;
+  const int strips = (n + kBuildCols - 1) / kBuildCols;
+  const int tiles = strips * ((m + kBuildRows - 1) / kBuildRows);
+  double v2 = 0, d2 = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // the same count per thread
+    const int i0 = (tile / strips) * kBuildRows, j = (tile % strips) * kBuildCols + threadIdx.x;
+    float acc[kBuildRows] = {};
+    for (int c0 = 0; c0 < k; c0 += kBuildK) {
+      const int kc = min(kBuildK, k - c0);
+      __syncthreads();  // the last reads of qs are done
+      for (int e = threadIdx.x; e < kBuildRows * kc; e += blockDim.x) {
+        const int r = e % kBuildRows, c = c0 + e / kBuildRows;
+        qs[e] = i0 + r < m ? Q[i0 + r + size_t(c) * m] : 0.f;
+      }
+      __syncthreads();
+      if (j >= n) continue;
+      for (int c = 0; c < kc; c++) {
+        const float u = U[j + size_t(c0 + c) * n];
+#pragma unroll
+        for (int r4 = 0; r4 < kBuildRows / 4; r4++) {
+          const float4 q = q4[c * (kBuildRows / 4) + r4];
+          acc[4 * r4] = fmaf(q.x, u, acc[4 * r4]);
+          acc[4 * r4 + 1] = fmaf(q.y, u, acc[4 * r4 + 1]);
+          acc[4 * r4 + 2] = fmaf(q.z, u, acc[4 * r4 + 2]);
+          acc[4 * r4 + 3] = fmaf(q.w, u, acc[4 * r4 + 3]);
+        }
+      }
+    }
+    if (j >= n) continue;
+#pragma unroll
+    for (int r = 0; r < kBuildRows; r++) {
+      if (i0 + r >= m) break;
+      const size_t at = size_t(i0 + r) * n + j;
+      const float x = to_f(g[at]);
+      const float v = b2 * acc[r] + (1.f - b2) * x * x;
+      const float d = x / (sqrtf(fmaxf(v, 0.f)) + eps);
+      V[at] = v;
+      v2 += double(v) * v, d2 += double(d) * d;
+    }
   }
+  v2 = block_sum_d(v2, red);
+  d2 = block_sum_d(d2, red);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = v2, partials[gridDim.x + blockIdx.x] = d2;
+    __threadfence();  // the partials are visible before the ticket counts them
+    last = atomicAdd(ticket, 1) == int(gridDim.x) - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  double a = 0, b = 0;
+  for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
+    a += __ldcg(partials + i);  // from L2: other blocks wrote them
+    b += __ldcg(partials + gridDim.x + i);
+  }
+  a = block_sum_d(a, red);
+  b = block_sum_d(b, red);
+  if (threadIdx.x == 0) *norm_sq = a, *sum_d2 = b, *ticket = 0;
 }
 
-__global__ void sketch(float* om, size_t n, uint64_t seed) {
+// Also clears the lane's failure flag for the S-RSI it starts.
+__global__ void sketch(float* om, size_t n, uint64_t seed, double* failed) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) *failed = 0;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x)
     om[i] = float(optim::gaussian(seed, i));  // entry (j, c) is number c * rows + j
@@ -272,6 +368,8 @@ __global__ void vector_direction(const __grid_constant__ Jobs<VectorJob<D>> b, f
 // written back) and, once the cosine's sums are in, kApply.
 enum Pass { kFused, kClip, kApply };
 
+// dir holds D, or with g (a matrix, rebuilt denominator) V_t, and D is recomputed from
+// V_t and g as build_second_moment computed it.
 template <class D>
 struct FinishJob {
   Weights<D> w;
@@ -279,6 +377,8 @@ struct FinishJob {
   double* scal;  // this tensor's kSumD2 slot; kDot and kSumM2 follow `stride` apart
   size_t stride, n;
   float wd;
+  const D* g = nullptr;
+  float eps = 0;
 };
 
 template <class D>
@@ -293,8 +393,10 @@ __global__ void finish_kernel(const __grid_constant__ Jobs<FinishJob<D>> b, Pass
   const float guide =
       pass == kApply ? float((1 + s[j.stride] / (sqrt(s[0] * s[2 * j.stride]) + 1e-12)) / 2) : 1.f;
   for (size_t i = st.start; i < j.n; i += st.step) {
-    float x = j.dir[i];
+    float x = 0;
     if (pass != kApply) {
+      x = j.dir[i];
+      if (j.g) x = to_f(j.g[i]) / (sqrtf(fmaxf(x, 0.f)) + j.eps);
       x = x / clip;
       if (j.m1) j.m1[i] = beta1 * j.m1[i] + (1.f - beta1) * x;
       if (pass == kClip) {
@@ -335,7 +437,7 @@ struct LaneSizes {
     // Gd, eigenvalues with flag and ||V||^2, scalars, Gram partial sums, reduction partials
     const size_t doubles =
         ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max) + kReduceBlocks;
-    return floats * sizeof(float) + doubles * sizeof(double) + sizeof(int);  // + info
+    return floats * sizeof(float) + doubles * sizeof(double) + 2 * sizeof(int);  // + info, ticket
   }
 };
 
@@ -408,7 +510,7 @@ struct Lane {
         Gd(dev, size_t(z.s_max) * z.s_max, MemCategory::workspace, name + " thin Gram64"),
         eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
             name + " thin eigenvalues, failure flag, ||V||^2"),
-        info(dev, 1, MemCategory::workspace, name + " cuSOLVER info"),
+        info(dev, 2, MemCategory::workspace, name + " cuSOLVER info, sums' ticket"),
         gram_parts(dev, cholesky_qr_parts(z.s_max), MemCategory::workspace,
                    name + " thin Gram64 partial sums"),
         host_g(size_t(z.s_max) * z.s_max),
@@ -421,6 +523,7 @@ struct Lane {
     const size_t ss = size_t(z.s_max) * z.s_max;
     Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(ss, "Gram"), W = thin(ss, "W");
     tau = thin(size_t(z.s_max), "tau");
+    dev.zero(info.get(), info.bytes());  // build_second_moment's ticket starts at 0
     CUBLAS_CHECK(cublasCreate(&blas));
     CUSOLVER_CHECK(cusolverDnCreate(&solver));
     CUSOLVER_CHECK(cusolverDnCreateParams(&params));
@@ -430,26 +533,23 @@ struct Lane {
     cusolverDnDestroyParams(params);
     cusolverDnDestroy(solver);
     cublasDestroy(blas);
-    if (done) cudaEventDestroy(done);
     if (stream) cudaStreamDestroy(stream);
   }
   Lane(const Lane&) = delete;
   Lane& operator=(const Lane&) = delete;
-  // A stream of its own (non-blocking: the legacy default stream does not order it),
-  // and an event to hand its end to the update stream.
-  void make_side() {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  }
+  // A stream of its own (non-blocking: the legacy default stream does not order it).
+  void make_side() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking)); }
   // Points the handles at the stream this lane's work goes to now.
   void bind() {
     CUBLAS_CHECK(cublasSetStream(blas, update_stream()));
     CUSOLVER_CHECK(cusolverDnSetStream(solver, update_stream()));
   }
   double* flag() { return eig.get() + (eig.size() - 2); }  // failure flag, then ||V_t||^2
+  // The last-block tickets of build_second_moment and CholeskyQR: one, as the lane's
+  // kernels run one at a time.
+  int* ticket() { return info.get() + 1; }
 
   cudaStream_t stream = nullptr;  // null: the update stream
-  cudaEvent_t done = nullptr;
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t params = nullptr;
@@ -477,6 +577,7 @@ class Adapprox final : public Optimizer<T> {
       Tensor t;
       if (p.is_matrix()) {
         t.k_max = s_.rule(p).k_max;
+        t.nonzero = t.k_max;
         t.rows = int(p.rows), t.cols = int(p.cols);
         t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
         t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
@@ -495,6 +596,10 @@ class Adapprox final : public Optimizer<T> {
         t.v = store_.add(p, "adapprox.v", p.numel);
       }
       if (s_.beta1 > 0) t.m1 = store_.add(p, "adapprox.m1", p.numel);
+      if (p.is_matrix() && z.side_lanes > 0) {
+        CUDA_CHECK(cudaEventCreateWithFlags(&t.ready, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&t.done, cudaEventDisableTiming));
+      }
       tensors_.push_back(t);
     }
     lanes_.push_back(std::make_unique<Lane>(dev, z.main, "adapprox"));
@@ -522,7 +627,6 @@ class Adapprox final : public Optimizer<T> {
     batch_grams_ = DeviceBuffer<double>(dev, z.grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
     batch_eig_ = DeviceBuffer<double>(dev, z.eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
     batch_info_ = DeviceBuffer<int>(dev, size_t(z.matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
-    CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
     Lane& L0 = *lanes_[0];
     for (auto& lane : lanes_) {  // cuSOLVER's work for the matrices each lane takes
       Lane& L = *lane;
@@ -567,9 +671,21 @@ class Adapprox final : public Optimizer<T> {
     if (batch_bytes > L0.V.bytes())
       batch_work_ = DeviceBuffer<char>(dev, batch_bytes, MemCategory::workspace, "adapprox deferred syevBatched work");
     L0.eig_host_work.resize(std::max(L0.eig_host_work.size(), batch_host_bytes));
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    for (size_t l = 1; l < lanes_.size(); l++) servers_.emplace_back([this, l, device] { serve(int(l), device); });
   }
   ~Adapprox() override {
-    cudaEventDestroy(start_);
+    {
+      const std::lock_guard<std::mutex> lock(pool_mutex_);
+      stop_ = true;
+    }
+    work_cv_.notify_all();
+    for (std::thread& s : servers_) s.join();
+    for (Tensor& t : tensors_) {
+      if (t.ready) cudaEventDestroy(t.ready);
+      if (t.done) cudaEventDestroy(t.done);
+    }
   }
 
   void begin_step(int64_t t, float lr) override {
@@ -594,6 +710,9 @@ class Adapprox final : public Optimizer<T> {
     Lane& L = *lanes_[0];
     L.bind();
     if (p.is_matrix()) {
+      Tensor& t = tensors_[p.id];
+      if (t.queued || t.slot >= 0) finish_deferred();  // updated again without begin_step
+      refresh(t);
       matrix_step(L, p, dev_ptr(grad), param, master);
       return;
     }
@@ -602,14 +721,22 @@ class Adapprox final : public Optimizer<T> {
   }
 
   // The same arithmetic as update() on each in turn, on other threads and streams: the
-  // matrices a side lane holds go to optimizer.adapprox.lanes host threads, each with its
-  // own lane (a stream, V_t scratch, thin buffers, cuBLAS and cuSOLVER handles), so
-  // that many S-RSIs (latency-bound Dpotrf, Strsm and eigensolver calls, small GEMMs,
-  // and the host syncs of the rank loop) run at once; the vectors (in batches) and the
-  // largest matrix go through this thread meanwhile. Each tensor's arithmetic is the same
-  // whichever lane runs it; only the order of the deferred Gram matrices in their batch
-  // changes, and the batched eigensolver treats each alone.
+  // matrices a side lane holds are queued for optimizer.adapprox.lanes host threads, each
+  // with its own lane (a stream, V_t scratch, thin buffers, cuBLAS and cuSOLVER handles),
+  // so that many S-RSIs (small GEMMs and Choleskys, eigensolves, and the host syncs of
+  // the rank loop) run at once; the vectors (in batches) and the largest matrix go
+  // through this thread meanwhile. Each tensor's arithmetic is the same whichever lane
+  // runs it; only the order of the deferred Gram matrices in their batch changes, and
+  // the batched eigensolver treats each alone. Unless overlap() was asked for, the call
+  // settles its own work before it returns.
   void update_many(const std::vector<TensorUpdate<T>>& us) override {
+    for (const TensorUpdate<T>& u : us) {
+      const Tensor& t = tensors_[u.p->id];
+      if (t.queued || t.slot >= 0) {  // updated again without begin_step
+        finish_deferred();
+        break;
+      }
+    }
     std::vector<const TensorUpdate<T>*> side, rest, vectors;
     for (const TensorUpdate<T>& u : us) {
       const ParamSpec& p = *u.p;
@@ -617,50 +744,59 @@ class Adapprox final : public Optimizer<T> {
         vectors.push_back(&u);
         continue;
       }
-      Tensor& t = tensors_[p.id];          // before anything runs on another thread
-      if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
-      refresh(t);
+      refresh(tensors_[p.id]);  // before anything runs on another thread
       (lanes_.size() > 1 && p.numel <= lanes_[1]->capacity() ? side : rest).push_back(&u);
     }
-    if (side.size() < 2) rest.insert(rest.end(), side.begin(), side.end()), side.clear();
-    std::vector<std::thread> workers;
-    std::vector<std::exception_ptr> errors(lanes_.size());
-    std::atomic<size_t> next{0};
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    if (!side.empty()) CUDA_CHECK(cudaEventRecord(start_, update_stream()));  // inputs ready
-    const int busy = int(std::min(side.size(), lanes_.size() - 1));
-    for (int l = 1; l <= busy; l++)
-      workers.emplace_back([&, l] {
-        try {
-          CUDA_CHECK(cudaSetDevice(device));
-          Lane& L = *lanes_[l];
-          cuda::UpdateStreamScope scope(L.stream);
-          CUDA_CHECK(cudaStreamWaitEvent(L.stream, start_, 0));
-          L.bind();
-          for (size_t i = next++; i < side.size(); i = next++)
-            matrix_step(L, *side[i]->p, dev_ptr(side[i]->grad), side[i]->param, side[i]->master);
-          CUDA_CHECK(cudaEventRecord(L.done, L.stream));
-        } catch (...) {
-          errors[l] = std::current_exception();
-        }
-      });
-    try {
-      for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
-        update_vectors(
-            {vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
-      for (const TensorUpdate<T>* u : rest) update(*u->p, u->param, u->master, u->grad);
-    } catch (...) {
-      errors[0] = std::current_exception();
+    // Largest first, so that the lanes end together (which lane runs a matrix changes
+    // no bit of it).
+    std::stable_sort(side.begin(), side.end(), [](const TensorUpdate<T>* a, const TensorUpdate<T>* b) {
+      return a->p->numel > b->p->numel;
+    });
+    {
+      const std::lock_guard<std::mutex> lock(pool_mutex_);
+      Call& call = calls_.emplace_back();
+      call.left = int(side.size());
+      for (const TensorUpdate<T>* u : side) {
+        Tensor& t = tensors_[u->p->id];
+        CUDA_CHECK(cudaEventRecord(t.ready, update_stream()));  // its gradient is final
+        t.queued = true;
+        call.ids.push_back(u->p->id);
+        queue_.push_back({*u, &call});
+      }
     }
-    for (std::thread& w : workers) w.join();
-    for (const std::exception_ptr& e : errors)
-      if (e) std::rethrow_exception(e);
-    for (int l = 1; l <= busy; l++) CUDA_CHECK(cudaStreamWaitEvent(update_stream(), lanes_[l]->done, 0));
+    work_cv_.notify_all();
+    for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
+      update_vectors({vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
+    for (const TensorUpdate<T>* u : rest) update(*u->p, u->param, u->master, u->grad);
+    if (!overlap_) settle(0);
+  }
+
+  // With side lanes, update_many() may return before they have queued its matrices'
+  // work: the fused pipeline then goes on with backward (H200, d12 B 16 fused, Brown
+  // text: see the README's Adapprox section).
+  bool overlap() override { return overlap_ = lanes_.size() > 1; }
+
+  void settle(int keep) override {
+    std::unique_lock<std::mutex> lock(pool_mutex_);
+    while (int(calls_.size()) > keep) {
+      Call& call = calls_.front();
+      done_cv_.wait(lock, [&] { return call.left == 0; });
+      for (int id : call.ids) {
+        Tensor& t = tensors_[id];
+        CUDA_CHECK(cudaStreamWaitEvent(update_stream(), t.done, 0));
+        t.queued = false;
+      }
+      calls_.pop_front();
+    }
+    if (error_) {
+      const std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
   }
 
   std::vector<StateBlob> state() override {
-    finish_deferred();
+    finish_deferred();  // settles first
     for (Tensor& t : tensors_)
       if (t.rank_err && !t.stale) {
         const float host[2] = {float(t.rank), t.xi_bar};
@@ -678,6 +814,11 @@ class Adapprox final : public Optimizer<T> {
     int rank = 0;       // the truth between state() calls
     float xi_bar = 0;
     bool stale = false;  // rank_err on the device may be newer than rank, xi_bar
+    // Columns of Q and U past it are zero (the rank loop zeroes those it wrote past the
+    // rank it keeps, and only those: two memsets a matrix and step fewer at a steady rank).
+    int nonzero = 0;
+    bool queued = false;  // in an update_many() call not yet settled
+    cudaEvent_t ready = nullptr, done = nullptr;  // side lanes: its gradient, its update
     int group = 0;       // groups_ entry of its s
     size_t side = 0;     // its iterate columns past k_max in side_ (Y's, then Om's)
     int slot = -1;       // position in its group's batch while its S-RSI is deferred
@@ -693,12 +834,55 @@ class Adapprox final : public Optimizer<T> {
     int info = 0;              // offset into batch_info_
   };
 
+  // Side lane l's host thread: takes the next queued matrix, runs its update on the
+  // lane's stream once its gradient is final, and marks it done, until the destructor
+  // stops it with the queue empty.
+  void serve(int l, int device) {
+    Lane& L = *lanes_[l];
+    std::unique_ptr<cuda::UpdateStreamScope> scope;
+    try {
+      CUDA_CHECK(cudaSetDevice(device));
+      scope = std::make_unique<cuda::UpdateStreamScope>(L.stream);
+      L.bind();
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(pool_mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+    for (;;) {
+      Job job{};
+      {
+        std::unique_lock<std::mutex> lock(pool_mutex_);
+        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      try {
+        if (!scope) fail("internal: Adapprox lane ", l, " has no stream");
+        const TensorUpdate<T>& u = job.u;
+        const Tensor& t = tensors_[u.p->id];
+        CUDA_CHECK(cudaStreamWaitEvent(L.stream, t.ready, 0));
+        matrix_step(L, *u.p, dev_ptr(u.grad), u.param, u.master);
+        CUDA_CHECK(cudaEventRecord(t.done, L.stream));
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(pool_mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      {
+        const std::lock_guard<std::mutex> lock(pool_mutex_);
+        job.call->left--;
+      }
+      done_cv_.notify_all();
+    }
+  }
+
   // rank and xi_bar from the device after state() handed out the blobs.
   void refresh(Tensor& t) {
     if (!t.stale) return;
     float rank_err[2];
     copy_to_host_on_update_stream(rank_err, t.rank_err, sizeof(rank_err));
     t.rank = int(rank_err[0]), t.xi_bar = rank_err[1], t.stale = false;
+    t.nonzero = t.k_max;  // a checkpoint's factors: any column may be nonzero
   }
 
   // Neither growth nor shrinking can follow this step's S-RSI: its eigenvalues only feed
@@ -707,12 +891,6 @@ class Adapprox final : public Optimizer<T> {
   bool deferrable(const ParamSpec& p) const {
     const Tensor& t = tensors_[p.id];
     return !s_.refactored && t.rank == s_.rule(p).k_max && !(t.xi_bar < s_.xi_thr / 2);
-  }
-
-  // Spec 6.5 steps 5-8 (and 6.7) over one matrix's direction D: clip, momentum,
-  // guidance, decoupled decay.
-  void finish(Lane& L, const ParamSpec& p, T* param, float* master, float* Dir) {
-    finish_jobs({finish_job(p, param, master, Dir, L.scal.get(), 1)}, L.partials);
   }
 
   // Tensor p's share of a finish_jobs() launch; its scalars at scal, `stride` apart.
@@ -727,15 +905,16 @@ class Adapprox final : public Optimizer<T> {
             float(common_.wd(p))};
   }
 
-  // The same for up to kMaxJobs tensors in one launch of each kernel; partials as
-  // sum_jobs() needs them for the jobs' sums, one sum per job and launch.
-  void finish_jobs(const std::vector<FinishJob<device_t<T>>>& jobs,
-                   DeviceBuffer<double>& partials) {
+  // Spec 6.5 steps 5-8 (and 6.7): clip, momentum, guidance, decoupled decay, for up to
+  // kMaxJobs tensors in one launch of each kernel; partials as sum_jobs() needs them for
+  // the jobs' sums, one sum per job and launch. `summed`: sum D^2 is in already.
+  void finish_jobs(const std::vector<FinishJob<device_t<T>>>& jobs, DeviceBuffer<double>& partials,
+                   bool summed) {
     using J = FinishJob<device_t<T>>;
     auto slot = [](const J& j, Slot k) { return j.scal + size_t(k) * j.stride; };
     std::vector<SumJob<Squares<float>>> d2;
     for (const J& j : jobs) d2.push_back({{j.dir}, j.n, slot(j, kSumD2)});
-    sum_jobs(d2, partials);
+    if (!summed) sum_jobs(d2, partials);
     auto run = [&](Pass pass) {
       launch_jobs(
           jobs, [](const J& j) { return elementwise_blocks(j.n); },
@@ -778,40 +957,49 @@ class Adapprox final : public Optimizer<T> {
           vector_direction<<<grid, kThreads, 0, update_stream()>>>(b, float(s_.beta2),
                                                                    float(s_.eps));
         });
-    finish_jobs(finishing, vec_partials_);
+    finish_jobs(finishing, vec_partials_, false);
   }
 
-  // V_t = beta2 Q U^T + (1 - beta2) g^2 into the lane's scratch, ||V_t||^2 into the slot
-  // after its failure flag.
+  // V_t into the lane's scratch, ||V_t||^2 into the slot after its failure flag, and
+  // sum D^2 (rebuilt denominator) into the lane's kSumD2.
   template <class D>
   void build_v(Lane& L, const ParamSpec& p, const D* g) {
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
-    float* V = L.V.get();  // row-major m x n = column-major n x m for cuBLAS
-    fresh_second_moment<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(V, g, p.numel,
-                                                                    float(1 - s_.beta2));
+    const int tiles = int(ceil_div(n, kBuildCols) * ceil_div(m, kBuildRows));
+    build_second_moment<<<std::min(tiles, kBuildBlocks), kBuildCols, 0, update_stream()>>>(
+        L.V.get(), g, t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), L.partials.get(),
+        L.ticket(), L.flag() + 1, L.scal.get() + kSumD2);
     CUDA_CHECK_LAUNCH();
-    const float b2 = float(s_.beta2), one = 1.f;
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, t.rank, &b2, t.U, n, t.Q, m, &one, V, n));
-    sum_jobs<Squares<float>>({{{V}, p.numel, L.flag() + 1}}, L.partials);
+  }
+
+  // Steps 5-8 for a matrix whose V_hat fills the lane's V scratch: with the rebuilt
+  // denominator, sum D^2 came with V_t (build_v) and the finish recomputes D; with the
+  // refactored one, D is formed in place and summed first.
+  template <class D>
+  void finish_matrix(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
+    FinishJob<device_t<T>> job = finish_job(p, param, master, L.V.get(), L.scal.get(), 1);
+    if (s_.refactored) {
+      matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
+          L.V.get(), g, p.numel, float(s_.eps));
+      CUDA_CHECK_LAUNCH();
+      return finish_jobs({job}, L.partials, false);
+    }
+    job.g = g, job.eps = float(s_.eps);
+    finish_jobs({job}, L.partials, true);
   }
 
   // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
   // steps 5-8.
   template <class D>
   void matrix_step(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
-    Tensor& t = tensors_[p.id];
-    if (t.slot >= 0) finish_deferred();  // an update without begin_step in between
-    refresh(t);
+    const Tensor& t = tensors_[p.id];
     if (deferrable(p)) return deferred_step(L, p, g, param, master);
     build_v(L, p, g);
     double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
     const std::vector<double> lambda = srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), &norm_sq);
     adapt(L, p, lambda, norm_sq);
-    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(L.V.get(), g, p.numel,
-                                                                                   float(s_.eps));
-    CUDA_CHECK_LAUNCH();
-    finish(L, p, param, master, L.V.get());
+    finish_matrix(L, p, g, param, master);
   }
 
   // as_rsi (srsi.cpp) from the first S-RSI's eigenvalues on, step for step: grow while
@@ -837,14 +1025,17 @@ class Adapprox final : public Optimizer<T> {
       lambda = srsi(L, p, rank, seed, nullptr);
       xi = rel_error(head(lambda, rank));
     }
+    const int written = std::max(rank, t.nonzero);  // columns of Q and U that may be nonzero
     if (t.xi_bar < s_.xi_thr / 2) {  // shrink allowed
       int k_new = rank;
       while (k_new > rule.k_min && rel_error(head(lambda, k_new - 1)) < rule.xi_thr / 2) k_new--;
       if (k_new < rank) rank = k_new, xi = rel_error(head(lambda, rank));
     }
-    CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (t.k_max - rank) * sizeof(float), update_stream()));
-    CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (t.k_max - rank) * sizeof(float), update_stream()));
-    t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
+    if (written > rank) {
+      CUDA_CHECK(cudaMemsetAsync(t.Q + size_t(m) * rank, 0, size_t(m) * (written - rank) * sizeof(float), update_stream()));
+      CUDA_CHECK(cudaMemsetAsync(t.U + size_t(n) * rank, 0, size_t(n) * (written - rank) * sizeof(float), update_stream()));
+    }
+    t.nonzero = rank, t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
       const float one = 1.f, zero = 0.f;
       CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero,
@@ -923,8 +1114,8 @@ class Adapprox final : public Optimizer<T> {
     const int m = int(p.rows), n = int(p.cols);
     const float one = 1.f, zero = 0.f;
     float *V = L.V.get(), *Y = L.Y.get(), *Om = L.Om.get();
-    CUDA_CHECK(cudaMemsetAsync(L.flag(), 0, sizeof(double), update_stream()));
-    sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed);
+    sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed,
+                                                                                 L.flag());
     CUDA_CHECK_LAUNCH();
     for (int it = 0; it < s_.rule(p).l; it++) {
       CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, m, s, n, &one, V, n, Om, n, &zero, Y, m));
@@ -978,16 +1169,14 @@ class Adapprox final : public Optimizer<T> {
       t.slot = -1;
       adapt(L, p, srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), nullptr, true), t.norm_sq);
     }
-    matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(L.V.get(), g, p.numel,
-                                                                                   float(s_.eps));
-    CUDA_CHECK_LAUNCH();
-    finish(L, p, param, master, L.V.get());
+    finish_matrix(L, p, g, param, master);
   }
 
   // The deferred S-RSIs' second half: batched eigensolver calls per group, one copy of
   // all eigenvalues, then per matrix xi_bar (its rank stays k_max) and Q = Y W, U = Om W.
   // A slot whose S-RSI failed holds the identity and no pending matrix.
   void finish_deferred() {
+    settle(0);  // every lane's Gram matrices are in
     if (pending_.empty() && std::all_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.count == 0; }))
       return;
     Lane& L = *lanes_[0];
@@ -1046,9 +1235,13 @@ class Adapprox final : public Optimizer<T> {
     }
     const float one = 1.f;
     for (int pass = 0; pass < 2; pass++) {
-      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag());
-      CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                               CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
+      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag(),
+                    L.ticket());
+      if (s <= kSolveMax)
+        solve_rows_upper(Y, m, s, L.G.get());
+      else
+        CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                                 CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
     }
   }
 
@@ -1059,7 +1252,23 @@ class Adapprox final : public Optimizer<T> {
   optim::StateStore store_;
   std::vector<Tensor> tensors_;
   std::vector<std::unique_ptr<Lane>> lanes_;  // [0] on the update stream; then the side lanes
-  cudaEvent_t start_ = nullptr;               // update_many's inputs are ready
+  // The side lanes' host threads (serve), a queue of matrices, and the update_many()
+  // calls not yet settled, oldest first (a deque: a queued job's Call stays put).
+  struct Call {
+    int left = 0;  // its matrices not yet done
+    std::vector<int> ids;
+  };
+  struct Job {
+    TensorUpdate<T> u;
+    Call* call;
+  };
+  std::vector<std::thread> servers_;
+  std::deque<Job> queue_;
+  std::deque<Call> calls_;
+  std::mutex pool_mutex_;  // queue_, calls_, error_, stop_
+  std::condition_variable work_cv_, done_cv_;
+  std::exception_ptr error_;  // the first a side lane met, for settle() to throw
+  bool stop_ = false, overlap_ = false;
   std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
   std::atomic<int> srsi_calls_{0};             // this step's, on every lane
   DeviceBuffer<float> dvec_;

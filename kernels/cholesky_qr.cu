@@ -16,11 +16,17 @@ int chunks(int m, int s) {
   return std::max(1, std::min(int(ceil_div(m, kRows)), kParts / tiles(s)));
 }
 
+// Shared memory: the factor's order-kCholeskyShared triangle, or the Gram sums' staging
+// (two kRows x (kTile + 1) floats) in its front.
+constexpr int kSharedDoubles = kCholeskyShared * (kCholeskyShared + 1);
+static_assert(2 * kRows * (kTile + 1) * sizeof(float) <= kSharedDoubles * sizeof(double));
+using Staging = float[kRows][kTile + 1];
+
 // A block per (chunk of rows, 32 x 32 tile of G): kRows rows of the tile's two column
 // ranges at a time in shared memory, each thread 4 entries, summed in double.
-__global__ void __launch_bounds__(kThreads)
-    gram_parts(const float* Y, int m, int s, int chunks, double* parts) {
-  __shared__ float xs[kRows][kTile + 1], zs[kRows][kTile + 1];
+__device__ void gram_parts(const float* Y, int m, int s, int chunks, double* parts, double* shared) {
+  Staging& xs = reinterpret_cast<Staging*>(shared)[0];
+  Staging& zs = reinterpret_cast<Staging*>(shared)[1];
   const int T = tiles(s), per_side = int(ceil_div(s, kTile));
   const int tile = int(blockIdx.x) % T, chunk = int(blockIdx.x) / T;
   const int a0 = tile % per_side * kTile, b0 = tile / per_side * kTile;
@@ -49,10 +55,8 @@ __global__ void __launch_bounds__(kThreads)
 // then factored row p by row p, the trailing rows a warp each. A pivot that is not
 // positive fails (R = I); a NaN pivot does not, as in Eigen's LLT, and reaches the
 // eigenvalues instead.
-__global__ void __launch_bounds__(kThreads)
-    factor(const double* parts, int s, int chunks, double shift, float* R, double* scratch,
-           double* failed) {
-  __shared__ double shared[kCholeskyShared * (kCholeskyShared + 1)];
+__device__ void factor(const double* parts, int s, int chunks, double shift, float* R,
+                       double* scratch, double* failed, double* shared) {
   __shared__ bool ok;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const bool in_shared = s <= kCholeskyShared;
@@ -65,8 +69,19 @@ __global__ void __launch_bounds__(kThreads)
     if (r > c) continue;
     const size_t at =
         size_t(r / kTile + c / kTile * per_side) * kTile * kTile + r % kTile + c % kTile * kTile;
+    // The chunks' sums in chunk order, loaded 8 at a time: a load per add, one after the
+    // other, made this loop most of the kernel's ~24 us (H200, ncu, 64 chunks at s ~ 17).
+    const size_t stride = size_t(T) * kTile * kTile;
     double sum = 0;
-    for (int ch = 0; ch < chunks; ch++) sum += parts[size_t(ch) * T * kTile * kTile + at];
+    int ch = 0;
+    for (; ch + 8 <= chunks; ch += 8) {
+      double v[8];
+#pragma unroll
+      for (int u = 0; u < 8; u++) v[u] = __ldcg(parts + size_t(ch + u) * stride + at);
+#pragma unroll
+      for (int u = 0; u < 8; u++) sum += v[u];
+    }
+    for (; ch < chunks; ch++) sum += __ldcg(parts + size_t(ch) * stride + at);
     A(r, c) = sum;
   }
   __syncthreads();
@@ -100,16 +115,62 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One launch for both: the block that finishes its sums last (by the ticket, which it
+// resets) factors G from every block's sums, fenced before they were counted.
+__global__ void __launch_bounds__(kThreads)
+    gram_factor(const float* Y, int m, int s, int chunks, double shift, double* parts, float* R,
+                double* scratch, double* failed, int* ticket) {
+  __shared__ double shared[kSharedDoubles];
+  __shared__ bool last;
+  gram_parts(Y, m, s, chunks, parts, shared);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ticket, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  factor(parts, s, chunks, shift, R, scratch, failed, shared);
+  if (threadIdx.x == 0) *ticket = 0;
+}
+
+// Y <- Y R^-1, a thread per row: the row in registers (every index a constant, the
+// columns past s masked), R in shared memory; y_c = (x_c - sum_{p<c} y_p R_pc) / R_cc.
+__global__ void __launch_bounds__(kThreads) solve_rows(float* Y, int m, int s, const float* R) {
+  constexpr int S = kSolveMax;
+  __shared__ float r[S * S];  // R_pc at r[p + c * S]
+  for (int e = threadIdx.x; e < s * s; e += blockDim.x) r[e % s + e / s * S] = R[e];
+  __syncthreads();
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= m) return;
+  float y[S];
+#pragma unroll
+  for (int c = 0; c < S; c++) y[c] = c < s ? Y[i + size_t(c) * m] : 0.f;
+#pragma unroll
+  for (int c = 0; c < S; c++) {
+    if (c >= s) break;
+    float x = y[c];
+#pragma unroll
+    for (int p = 0; p < c; p++) x -= y[p] * r[p + c * S];
+    y[c] = x / r[c + c * S];
+    Y[i + size_t(c) * m] = y[c];
+  }
+}
+
 }  // namespace
+
+void solve_rows_upper(float* Y, int m, int s, const float* R) {
+  if (s > kSolveMax) fail("internal: solve_rows_upper takes s <= ", kSolveMax, ", got ", s);
+  solve_rows<<<unsigned(ceil_div(m, kThreads)), kThreads, 0, update_stream()>>>(Y, m, s, R);
+  CUDA_CHECK_LAUNCH();
+}
 
 size_t cholesky_qr_parts(int s) { return size_t(std::max(kParts, tiles(s))) * kTile * kTile; }
 
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
-                   double* scratch, double* failed) {
+                   double* scratch, double* failed, int* ticket) {
   const int c = chunks(m, s);
-  gram_parts<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(Y, m, s, c, parts);
-  CUDA_CHECK_LAUNCH();
-  factor<<<1, kThreads, 0, update_stream()>>>(parts, s, c, shift, R, scratch, failed);
+  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(Y, m, s, c, shift, parts, R,
+                                                                        scratch, failed, ticket);
   CUDA_CHECK_LAUNCH();
 }
 

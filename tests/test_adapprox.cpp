@@ -373,7 +373,9 @@ TEST_CASE("Adapprox on the GPU matches the CPU reference and its rank decisions"
 // bit for bit, through the steps where ranks grow (the rank loop's host syncs on every
 // lane) and then sit at k_max (deferred S-RSIs, their Gram matrices batched in whatever
 // order the lanes finish), and for the "refactored" denominator, which never defers. The
-// vectors go through update_many in one batched launch of each kernel.
+// vectors go through update_many in one batched launch of each kernel. With overlap()
+// (the fused pipeline's mode) update_many returns before the lanes are done and settle()
+// waits: the steps here go in two calls, settled all but the last, then all.
 TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gpu]") {
   std::vector<ParamSpec> specs = {spec(0, 300, 410)};  // the largest: the update stream
   for (int i = 1; i <= 7; i++) specs.push_back(spec(i, i % 2 ? 96 : 200, i % 2 ? 200 : 96));
@@ -387,50 +389,63 @@ TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gp
     cfg["optimizer"]["adapprox"]["denominator"] = denominator;
     auto dev = make_cuda_device(0);
     auto one = make_cuda_optimizer<float>(cfg, t, *dev, 3), many = make_cuda_optimizer<float>(cfg, t, *dev, 3);
+    auto over = make_cuda_optimizer<float>(cfg, t, *dev, 3);
+    REQUIRE(over->overlap());
     std::mt19937 rng(5);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
-    struct Buffers { DeviceBuffer<float> w1, wm, g1, gm; };
+    struct Buffers { DeviceBuffer<float> w1, wm, wo, g1, gm, go; };
     std::vector<Buffers> b;
     for (const ParamSpec& p : t.params) {
       std::vector<float> w(p.numel);
       for (float& x : w) x = u(rng);
-      Buffers x{DeviceBuffer<float>(*dev, p.numel, MemCategory::params, "w"),
-                DeviceBuffer<float>(*dev, p.numel, MemCategory::params, "w"),
-                DeviceBuffer<float>(*dev, p.numel, MemCategory::grads, "g"),
-                DeviceBuffer<float>(*dev, p.numel, MemCategory::grads, "g")};
-      dev->to_device(x.w1.get(), w.data(), p.numel * 4), dev->to_device(x.wm.get(), w.data(), p.numel * 4);
+      auto buf = [&](MemCategory c) { return DeviceBuffer<float>(*dev, p.numel, c, "w or g"); };
+      Buffers x{buf(MemCategory::params), buf(MemCategory::params), buf(MemCategory::params),
+                buf(MemCategory::grads),  buf(MemCategory::grads),  buf(MemCategory::grads)};
+      for (float* to : {x.w1.get(), x.wm.get(), x.wo.get()}) dev->to_device(to, w.data(), p.numel * 4);
       b.push_back(std::move(x));
     }
     for (int step = 1; step <= 5; step++) {
-      one->begin_step(step, 0.01f), many->begin_step(step, 0.01f);
-      std::vector<TensorUpdate<float>> us;
+      one->begin_step(step, 0.01f), many->begin_step(step, 0.01f), over->begin_step(step, 0.01f);
+      std::vector<TensorUpdate<float>> us, first, second;
       for (const ParamSpec& p : t.params) {
         std::vector<float> g(p.numel);
         for (float& x : g) x = u(rng);
         dev->to_device(b[p.id].g1.get(), g.data(), p.numel * 4);
         dev->to_device(b[p.id].gm.get(), g.data(), p.numel * 4);
+        dev->to_device(b[p.id].go.get(), g.data(), p.numel * 4);
         one->update(p, b[p.id].w1.get(), nullptr, b[p.id].g1.get());
         us.push_back({&t.params[p.id], b[p.id].wm.get(), nullptr, b[p.id].gm.get()});
+        (p.id % 2 ? first : second).push_back({&t.params[p.id], b[p.id].wo.get(), nullptr, b[p.id].go.get()});
       }
       many->update_many(us);
+      over->update_many(first);
+      over->update_many(second);
+      over->settle(1);
+      over->settle(0);
       for (const ParamSpec& p : t.params) {
-        std::vector<float> w1(p.numel), wm(p.numel);
+        std::vector<float> w1(p.numel), wm(p.numel), wo(p.numel);
         dev->to_host(w1.data(), b[p.id].w1.get(), p.numel * 4);
         dev->to_host(wm.data(), b[p.id].wm.get(), p.numel * 4);
+        dev->to_host(wo.data(), b[p.id].wo.get(), p.numel * 4);
         INFO("step " << step << ", " << p.name);
         CHECK(w1 == wm);
+        CHECK(w1 == wo);
       }
     }
-    const std::vector<StateBlob> s1 = one->state(), sm = many->state();
+    const std::vector<StateBlob> s1 = one->state(), sm = many->state(), so = over->state();
     REQUIRE(s1.size() == sm.size());
+    REQUIRE(s1.size() == so.size());
     for (size_t i = 0; i < s1.size(); i++) {
       INFO(s1[i].name);
-      std::vector<char> a(s1[i].bytes), c(sm[i].bytes);
+      std::vector<char> a(s1[i].bytes), c(sm[i].bytes), o(so[i].bytes);
       dev->to_host(a.data(), s1[i].data, a.size());
       dev->to_host(c.data(), sm[i].data, c.size());
+      dev->to_host(o.data(), so[i].data, o.size());
       CHECK(a == c);
+      CHECK(a == o);
     }
     CHECK(one->step_stats() == many->step_stats());  // S-RSIs counted on every lane
+    CHECK(one->step_stats() == over->step_stats());
     // The ranks reached k_max, so the later steps took the deferred path.
     std::vector<float> rank_err(2);
     for (const StateBlob& s : s1)
@@ -443,7 +458,8 @@ TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gp
 // CholeskyQR's R on the GPU (the Gram matrix summed in double, one block) against
 // cholesky_upper on the same Gram matrix: in shared memory (s = 23) and in its global
 // scratch (s = 80), columns of falling norm as the power iteration leaves them; a zero
-// column fails the Cholesky (R = I, flagged) unless the shift lifts it.
+// column fails the Cholesky (R = I, flagged) unless the shift lifts it. At s <= kSolveMax
+// the row solve Y R^-1 against Eigen's triangular solve with the same R.
 TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
   auto dev = make_cuda_device(0);
   for (int s : {23, 80}) {
@@ -463,11 +479,14 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
     DeviceBuffer<double> parts(*dev, cuda::cholesky_qr_parts(s), MemCategory::workspace, "parts"),
         scratch(*dev, g.size(), MemCategory::workspace, "scratch");
     DeviceBuffer<double> failed(*dev, 1, MemCategory::workspace, "failed");
+    DeviceBuffer<int> ticket(*dev, 1, MemCategory::workspace, "ticket");
+    dev->zero(ticket.get(), ticket.bytes());
     auto factor = [&](double shift) {
       double zero = 0, flag = 0;
       dev->to_device(Y.get(), y.data(), y.size() * 4);
       dev->to_device(failed.get(), &zero, 8);
-      cuda::cholesky_qr_r(Y.get(), m, s, shift, R.get(), parts.get(), scratch.get(), failed.get());
+      cuda::cholesky_qr_r(Y.get(), m, s, shift, R.get(), parts.get(), scratch.get(), failed.get(),
+                          ticket.get());
       dev->to_host(got.data(), R.get(), got.size() * 4);
       dev->to_host(&flag, failed.get(), 8);
       return flag;
@@ -478,6 +497,22 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
     CHECK(err <= 1e-5 * std::abs(want[0]));
     for (int c = 0; c < s; c++)
       for (int r = c + 1; r < s; r++) CHECK(got[r + size_t(c) * s] == 0.f);
+    if (s <= cuda::kSolveMax) {
+      // The oracle in double from the same fp32 R; fp32 forward substitution errs by up
+      // to ~s u cond(R) (~2e-4 here, columns falling 0.8 a column), typically far less.
+      const MatrixXd Rd = Eigen::Map<const Eigen::MatrixXf>(got.data(), s, s).cast<double>();
+      const MatrixXd want_q = Rd.triangularView<Eigen::Upper>().solve<Eigen::OnTheRight>(
+          Eigen::Map<const Eigen::MatrixXf>(y.data(), m, s).cast<double>());
+      cuda::solve_rows_upper(Y.get(), m, s, R.get());
+      std::vector<float> q(y.size());
+      dev->to_host(q.data(), Y.get(), q.size() * 4);
+      const MatrixXd got_q = Eigen::Map<const Eigen::MatrixXf>(q.data(), m, s).cast<double>();
+      CHECK((got_q - want_q).cwiseAbs().maxCoeff() <= 1e-4 * want_q.cwiseAbs().maxCoeff());
+      // R was this Y's: its columns come out orthonormal
+      CHECK((got_q.transpose() * got_q - MatrixXd::Identity(s, s)).cwiseAbs().maxCoeff() < 1e-3);
+    } else {
+      CHECK_THROWS(cuda::solve_rows_upper(Y.get(), m, s, R.get()));
+    }
     for (int i = 0; i < m; i++) y[i + size_t(m) * (s / 2)] = 0.f;  // a zero column
     CHECK(factor(0) == 1);
     for (size_t i = 0; i < got.size(); i++) CHECK(got[i] == (i % (size_t(s) + 1) == 0 ? 1.f : 0.f));

@@ -122,6 +122,21 @@ TEST_CASE("a data-parallel rank's plan: the second arena half and the comm scrat
   CHECK(two.total() == one.total() + arena * 2 + 64 * sizeof(double));
 }
 
+TEST_CASE("fused Adapprox with side lanes on one GPU double-buffers the arena; lanes 0 does not") {
+  auto grads = [](const std::string& name, int lanes, bool cuda, int world = 1) {
+    const json cfg = load_config("", {"optimizer.name=\"" + name + "\"", "optimizer.update=\"fused\"",
+                                      "optimizer.adapprox.lanes=" + std::to_string(lanes)});
+    return plan_memory(cfg, cuda, world).bytes[int(MemCategory::grads)];
+  };
+  const ParamTable t(ModelConfig::from_depth(12));
+  const size_t arena_bytes = grad_memory_plan(t, true).arena_elems * 2;  // bf16
+  CHECK(grads("adapprox", 8, true) == grads("adapprox", 0, true) + arena_bytes);
+  CHECK(grads("adapprox", 0, true) == grads("adalomo", 8, true));
+  CHECK(grads("adapprox", 8, false) == grads("adapprox", 0, false));  // the CPU reference
+  CHECK(grads("adapprox", 8, true, 2) == grads("adalomo", 8, true, 2));  // two halves anyway
+  CHECK(grad_memory_plan(t, true, 1, false, true).arena_elems == 2 * grad_memory_plan(t, true).arena_elems);
+}
+
 TEST_CASE("bf16 GPU plan: 2-byte params and grads, fp32 master weights and state") {
   const json cfg = load_config("", {"optimizer.name=\"adamw\"", "data.batch_size=16",
                                     "data.seq_len=1024"});
