@@ -447,6 +447,7 @@ struct LaneSizes {
 struct Sizes {
   LaneSizes main, side;  // lane 0 (every matrix), each side lane (all but the largest)
   int side_lanes = 0;
+  int largest = -1;  // the id of the matrix side lanes are not sized for
   size_t vec = 1;                             // the vectors' D, side by side
   size_t side_cols = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
   int matrices = 0;
@@ -481,6 +482,7 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
   for (const ParamSpec& p : table.params)
     if (p.is_matrix() && &p != largest) z.side.add(p, st.thin_cols(p)), fits++;
   z.side_lanes = fits >= 2 ? st.lanes : 0;
+  if (largest) z.largest = largest->id;
   return z;
 }
 
@@ -562,8 +564,6 @@ struct Lane {
   Pinned<float> host_g, host_r;  // host solves: a Gram matrix down, W up
   Pinned<double> host_eig;       // eigenvalues, failure flag, ||V_t||^2
   std::vector<double> host_vecs;
-  // The largest matrix (elements) it takes: what its V_t scratch holds.
-  size_t capacity() const { return V.size(); }
 };
 
 template <class T>
@@ -572,6 +572,7 @@ class Adapprox final : public Optimizer<T> {
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
       : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev) {
     const Sizes z = sizes(s_, table);
+    largest_ = z.largest;
     size_t side = 1;
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       Tensor t;
@@ -633,7 +634,7 @@ class Adapprox final : public Optimizer<T> {
       int lwork = 1;
       size_t eig_bytes = 1, eig_host_bytes = 1;
       for (const ParamSpec& p : table.params) {
-        if (!p.is_matrix() || p.numel > L.capacity()) continue;
+        if (!p.is_matrix() || (&L != &L0 && p.id == largest_)) continue;
         const int m = int(p.rows), s = s_.thin_cols(p);
         int a = 0, b = 0;
         size_t c = 0, ch = 0;
@@ -677,7 +678,11 @@ class Adapprox final : public Optimizer<T> {
   }
   ~Adapprox() override {
     {
+      // Unsettled work (an error cut a step short) is dropped: the pipeline's buffers it
+      // would read may be gone (~UpdatePipeline settles what was already running).
       const std::lock_guard<std::mutex> lock(pool_mutex_);
+      for (Job& job : queue_) job.call->left--;
+      queue_.clear();
       stop_ = true;
     }
     work_cv_.notify_all();
@@ -745,23 +750,24 @@ class Adapprox final : public Optimizer<T> {
         continue;
       }
       refresh(tensors_[p.id]);  // before anything runs on another thread
-      (lanes_.size() > 1 && p.numel <= lanes_[1]->capacity() ? side : rest).push_back(&u);
+      // By identity, not size: a matrix as large as the largest but of another shape
+      // would not fit a side lane's thin buffers.
+      (lanes_.size() > 1 && p.id != largest_ ? side : rest).push_back(&u);
     }
     // Largest first, so that the lanes end together (which lane runs a matrix changes
     // no bit of it).
     std::stable_sort(side.begin(), side.end(), [](const TensorUpdate<T>* a, const TensorUpdate<T>* b) {
       return a->p->numel > b->p->numel;
     });
+    for (const TensorUpdate<T>* u : side)  // their gradients are final
+      CUDA_CHECK(cudaEventRecord(tensors_[u->p->id].ready, update_stream()));
     {
       const std::lock_guard<std::mutex> lock(pool_mutex_);
       Call& call = calls_.emplace_back();
-      call.left = int(side.size());
       for (const TensorUpdate<T>* u : side) {
-        Tensor& t = tensors_[u->p->id];
-        CUDA_CHECK(cudaEventRecord(t.ready, update_stream()));  // its gradient is final
-        t.queued = true;
-        call.ids.push_back(u->p->id);
         queue_.push_back({*u, &call});
+        call.left++, call.ids.push_back(u->p->id);  // counted once queued
+        tensors_[u->p->id].queued = true;
       }
     }
     work_cv_.notify_all();
@@ -857,17 +863,18 @@ class Adapprox final : public Optimizer<T> {
         job = queue_.front();
         queue_.pop_front();
       }
+      const TensorUpdate<T>& u = job.u;
+      const Tensor& t = tensors_[u.p->id];
       try {
         if (!scope) fail("internal: Adapprox lane ", l, " has no stream");
-        const TensorUpdate<T>& u = job.u;
-        const Tensor& t = tensors_[u.p->id];
         CUDA_CHECK(cudaStreamWaitEvent(L.stream, t.ready, 0));
         matrix_step(L, *u.p, dev_ptr(u.grad), u.param, u.master);
-        CUDA_CHECK(cudaEventRecord(t.done, L.stream));
       } catch (...) {
         const std::lock_guard<std::mutex> lock(pool_mutex_);
         if (!error_) error_ = std::current_exception();
       }
+      // Also after an error: what the lane queued before it still orders settle()'s wait.
+      if (scope) cudaEventRecord(t.done, L.stream);
       {
         const std::lock_guard<std::mutex> lock(pool_mutex_);
         job.call->left--;
@@ -1269,6 +1276,7 @@ class Adapprox final : public Optimizer<T> {
   std::condition_variable work_cv_, done_cv_;
   std::exception_ptr error_;  // the first a side lane met, for settle() to throw
   bool stop_ = false, overlap_ = false;
+  int largest_ = -1;  // the matrix that stays on lane 0 (Sizes::largest)
   std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
   std::atomic<int> srsi_calls_{0};             // this step's, on every lane
   DeviceBuffer<float> dvec_;

@@ -277,8 +277,15 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   inputs_.resize(n), targets_.resize(n);
 }
 
+// An error may leave updates queued on the optimizer's threads (Optimizer::settle): they
+// run to their end before the gradient arena and master weights they read are freed.
 template <class T>
-UpdatePipeline<T>::~UpdatePipeline() = default;
+UpdatePipeline<T>::~UpdatePipeline() {
+  try {
+    opt_.settle(0);
+  } catch (...) {  // the error that cut the step short is already on its way
+  }
+}
 
 template <class T>
 void UpdatePipeline<T>::set_weights(const std::vector<float>& host) {
