@@ -237,22 +237,20 @@ constexpr double kCholeskyShift = 1e-12;
 // SGEMM adding Q U^T and two sums, V_t is written once and read not at all. A block
 // takes tiles of kBuildRows rows by kBuildCols columns, a thread per column: U's entry
 // is loaded once per tile, Q's rows come from shared memory (kBuildK columns at a time,
-// 4 rows a load). The sums: per block in double, then the last block to finish adds the
-// blocks' partials in index order (a fixed grid: the same bits every run) and resets the
-// ticket.
+// 4 rows a load). The sums: per block in double, then the last block to finish (arrive)
+// adds the blocks' partials in index order (a fixed grid: the same bits every run).
 constexpr int kBuildRows = 16, kBuildCols = 256, kBuildK = 64, kBuildBlocks = kReduceBlocks / 2;
 
 template <class D>
 __global__ void __launch_bounds__(kBuildCols)
     build_second_moment(float* V, const D* g, const float* Q, const float* U, int m, int n, int k,
-                        float b2, float eps, double* partials, int* ticket, double* norm_sq,
+                        float b2, float eps, double* partials, unsigned* ticket, double* norm_sq,
                         double* sum_d2) {
   __shared__ float4 q4[kBuildK * kBuildRows / 4];  // column c's rows at q4[c * kBuildRows / 4]
   float* qs = reinterpret_cast<float*>(q4);
   __shared__ double red[32];
   __shared__ bool last;
-  const int strips = (n + kBuildCols - 1) / kBuildCols;
-  const int tiles = strips * ((m + kBuildRows - 1) / kBuildRows);
+  const int strips = int(ceil_div(n, kBuildCols)), tiles = strips * int(ceil_div(m, kBuildRows));
   double v2 = 0, d2 = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // the same count per thread
     const int i0 = (tile / strips) * kBuildRows, j = (tile % strips) * kBuildCols + threadIdx.x;
@@ -292,14 +290,8 @@ __global__ void __launch_bounds__(kBuildCols)
   }
   v2 = block_sum_d(v2, red);
   d2 = block_sum_d(d2, red);
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = v2, partials[gridDim.x + blockIdx.x] = d2;
-    __threadfence();  // the partials are visible before the ticket counts them
-    last = atomicAdd(ticket, 1) == int(gridDim.x) - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (threadIdx.x == 0) partials[blockIdx.x] = v2, partials[gridDim.x + blockIdx.x] = d2;
+  if (!arrive(ticket, gridDim.x, &last)) return;
   double a = 0, b = 0;
   for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
     a += __ldcg(partials + i);  // from L2: other blocks wrote them
@@ -307,7 +299,7 @@ __global__ void __launch_bounds__(kBuildCols)
   }
   a = block_sum_d(a, red);
   b = block_sum_d(b, red);
-  if (threadIdx.x == 0) *norm_sq = a, *sum_d2 = b, *ticket = 0;
+  if (threadIdx.x == 0) *norm_sq = a, *sum_d2 = b;
 }
 
 // Also clears the lane's failure flag for the S-RSI it starts.
@@ -437,7 +429,8 @@ struct LaneSizes {
     // Gd, eigenvalues with flag and ||V||^2, scalars, Gram partial sums, reduction partials
     const size_t doubles =
         ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max) + kReduceBlocks;
-    return floats * sizeof(float) + doubles * sizeof(double) + 2 * sizeof(int);  // + info, ticket
+    return floats * sizeof(float) + doubles * sizeof(double) + sizeof(int) +  // + info
+           sizeof(unsigned);                                                  // + ticket
   }
 };
 
@@ -512,7 +505,8 @@ struct Lane {
         Gd(dev, size_t(z.s_max) * z.s_max, MemCategory::workspace, name + " thin Gram64"),
         eig(dev, size_t(z.s_max) + 2, MemCategory::workspace,
             name + " thin eigenvalues, failure flag, ||V||^2"),
-        info(dev, 2, MemCategory::workspace, name + " cuSOLVER info, sums' ticket"),
+        info(dev, 1, MemCategory::workspace, name + " cuSOLVER info"),
+        ticket(dev, 1, MemCategory::workspace, name + " arrive ticket"),
         gram_parts(dev, cholesky_qr_parts(z.s_max), MemCategory::workspace,
                    name + " thin Gram64 partial sums"),
         host_g(size_t(z.s_max) * z.s_max),
@@ -525,7 +519,7 @@ struct Lane {
     const size_t ss = size_t(z.s_max) * z.s_max;
     Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(ss, "Gram"), W = thin(ss, "W");
     tau = thin(size_t(z.s_max), "tau");
-    dev.zero(info.get(), info.bytes());  // build_second_moment's ticket starts at 0
+    dev.zero(ticket.get(), ticket.bytes());  // arrive() counts from 0
     CUBLAS_CHECK(cublasCreate(&blas));
     CUSOLVER_CHECK(cusolverDnCreate(&solver));
     CUSOLVER_CHECK(cusolverDnCreateParams(&params));
@@ -547,9 +541,6 @@ struct Lane {
     CUSOLVER_CHECK(cusolverDnSetStream(solver, update_stream()));
   }
   double* flag() { return eig.get() + (eig.size() - 2); }  // failure flag, then ||V_t||^2
-  // The last-block tickets of build_second_moment and CholeskyQR: one, as the lane's
-  // kernels run one at a time.
-  int* ticket() { return info.get() + 1; }
 
   cudaStream_t stream = nullptr;  // null: the update stream
   cublasHandle_t blas = nullptr;
@@ -557,6 +548,9 @@ struct Lane {
   cusolverDnParams_t params = nullptr;
   DeviceBuffer<double> partials, scal, Gd, eig;
   DeviceBuffer<int> info;
+  // arrive()'s counter for build_second_moment and CholeskyQR: one, as the lane's
+  // kernels run one at a time.
+  DeviceBuffer<unsigned> ticket;
   DeviceBuffer<double> gram_parts;  // CholeskyQR's Gram matrix, Gd its Cholesky scratch
   DeviceBuffer<float> V, Y, Om, G, W, tau, work;
   DeviceBuffer<char> eig_work;
@@ -976,7 +970,7 @@ class Adapprox final : public Optimizer<T> {
     const int tiles = int(ceil_div(n, kBuildCols) * ceil_div(m, kBuildRows));
     build_second_moment<<<std::min(tiles, kBuildBlocks), kBuildCols, 0, update_stream()>>>(
         L.V.get(), g, t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), L.partials.get(),
-        L.ticket(), L.flag() + 1, L.scal.get() + kSumD2);
+        L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
     CUDA_CHECK_LAUNCH();
   }
 
@@ -1243,7 +1237,7 @@ class Adapprox final : public Optimizer<T> {
     const float one = 1.f;
     for (int pass = 0; pass < 2; pass++) {
       cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag(),
-                    L.ticket());
+                    L.ticket.get());
       if (s <= kSolveMax)
         solve_rows_upper(Y, m, s, L.G.get());
       else

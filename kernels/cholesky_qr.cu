@@ -115,22 +115,15 @@ __device__ void factor(const double* parts, int s, int chunks, double shift, flo
   }
 }
 
-// One launch for both: the block that finishes its sums last (by the ticket, which it
-// resets) factors G from every block's sums, fenced before they were counted.
+// One launch for both: the block that finishes its sums last (arrive) factors G from
+// every block's sums.
 __global__ void __launch_bounds__(kThreads)
     gram_factor(const float* Y, int m, int s, int chunks, double shift, double* parts, float* R,
-                double* scratch, double* failed, int* ticket) {
+                double* scratch, double* failed, unsigned* ticket) {
   __shared__ double shared[kSharedDoubles];
   __shared__ bool last;
   gram_parts(Y, m, s, chunks, parts, shared);
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(ticket, 1) == int(gridDim.x) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  factor(parts, s, chunks, shift, R, scratch, failed, shared);
-  if (threadIdx.x == 0) *ticket = 0;
+  if (arrive(ticket, gridDim.x, &last)) factor(parts, s, chunks, shift, R, scratch, failed, shared);
 }
 
 // Y <- Y R^-1, a thread per row: the row in registers (every index a constant, the
@@ -167,7 +160,7 @@ void solve_rows_upper(float* Y, int m, int s, const float* R) {
 size_t cholesky_qr_parts(int s) { return size_t(std::max(kParts, tiles(s))) * kTile * kTile; }
 
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
-                   double* scratch, double* failed, int* ticket) {
+                   double* scratch, double* failed, unsigned* ticket) {
   const int c = chunks(m, s);
   gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(Y, m, s, c, shift, parts, R,
                                                                         scratch, failed, ticket);

@@ -1,10 +1,10 @@
 // CholeskyQR's R for a tall thin Y (m x s, column-major fp32), for Adapprox's S-RSI
 // (kernels/adapprox.cu): G = Y^T Y summed in double, then R with R^T R = G + shift
 // max(diag G) I in double, one block, as srsi.hpp's cholesky_upper (its test oracle)
-// computes it. One launch, no host round trip. fp32 Gram matrices (cuBLAS) made every d12 S-RSI's Cholesky fail on
-// real gradients (H200, Brown text; likely cause: after the power iteration Y's entries
-// are ~1e-21, its Gram matrix ~1e-38, at fp32's underflow), each failure a Householder
-// redo.
+// computes it. One launch, no host round trip. fp32 Gram matrices (cuBLAS) made every
+// d12 S-RSI's Cholesky fail on real gradients (H200, Brown text; likely cause: after the
+// power iteration Y's entries are ~1e-21, its Gram matrix ~1e-38, at fp32's underflow),
+// each failure a Householder redo.
 #pragma once
 #include <cstddef>
 
@@ -17,10 +17,10 @@ size_t cholesky_qr_parts(int s);
 
 // R (s x s, column-major fp32, zero below the diagonal) on update_stream(); a pivot that
 // is not positive sets *failed = 1 (else it is left as it was) and R = I, as a failed
-// Eigen LLT leaves the caller to redo the factorization another way. *ticket: a device
-// int at 0, which the call leaves at 0 (kernels of one stream may share it).
+// Eigen LLT leaves the caller to redo the factorization another way. *ticket: arrive()'s
+// counter, 0 before and after (kernels of one stream may share it).
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
-                   double* scratch, double* failed, int* ticket);
+                   double* scratch, double* failed, unsigned* ticket);
 
 // Y <- Y R^-1 (Y m x s column-major, R as cholesky_qr_r leaves it) for s <= kSolveMax, in
 // one launch: cuBLAS's Strsm costs ~15-25 us a call at these widths whatever m.

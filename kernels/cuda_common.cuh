@@ -65,6 +65,21 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   return warp_max(v);
 }
 
+// The last-block pattern: true for the block that completes `ticket` at `total` arrivals
+// (it also resets it), which then finishes from every block's partial results. Every
+// thread's earlier writes are fenced first, so the finisher sees them.
+__device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *flag = atomicAdd(ticket, 1u) == total - 1;
+    if (*flag) *ticket = 0;
+  }
+  __syncthreads();
+  if (*flag) __threadfence();
+  return *flag;
+}
+
 // make(device) for the current device, run once per device and kept for the process: for
 // what the runtime wants asked or set per device (a kernel's opt-in shared memory, its
 // occupancy) and is too slow to ask at every launch. Each call site, a Make type of its

@@ -175,20 +175,6 @@ __device__ __forceinline__ void finish_factors(const SweepShape& s, const SweepP
     e.rf[i] = float(1.0 / sqrt(double(__ldcg(e.r + i)) / mean_r));
 }
 
-// True for the block that completes `ticket` at `total` arrivals (it also resets it).
-// Every thread's earlier writes are fenced first, so the finisher sees them.
-__device__ __forceinline__ bool arrive(unsigned* ticket, unsigned total, bool* flag) {
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    *flag = atomicAdd(ticket, 1u) == total - 1;
-    if (*flag) *ticket = 0;
-  }
-  __syncthreads();
-  if (*flag) __threadfence();
-  return *flag;
-}
-
 // One matrix's sweep: f.visit<kVec>(i, j, left, x, scal) fills x with X over columns
 // j..j+7 of row i (0 past the row) and adds its scalar to `scal`. With kRowCol the sums
 // of X go into `ema`; the scalar's total goes to *scal_out (if given).

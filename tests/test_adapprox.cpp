@@ -522,7 +522,7 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
     DeviceBuffer<double> parts(*dev, cuda::cholesky_qr_parts(s), MemCategory::workspace, "parts"),
         scratch(*dev, g.size(), MemCategory::workspace, "scratch");
     DeviceBuffer<double> failed(*dev, 1, MemCategory::workspace, "failed");
-    DeviceBuffer<int> ticket(*dev, 1, MemCategory::workspace, "ticket");
+    DeviceBuffer<unsigned> ticket(*dev, 1, MemCategory::workspace, "ticket");
     dev->zero(ticket.get(), ticket.bytes());
     auto factor = [&](double shift) {
       double zero = 0, flag = 0;
