@@ -86,6 +86,28 @@ class CudaReplay final : public Replay {
   cudaGraphExec_t exec_ = nullptr;
 };
 
+// Events on the compute stream: the update's time as the GPU runs it, host syncs and idle
+// gaps inside it included, without a sync before start().
+class CudaStopwatch final : public Stopwatch {
+ public:
+  CudaStopwatch() {
+    CUDA_CHECK(cudaEventCreate(&start_));
+    CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  ~CudaStopwatch() override { cudaEventDestroy(start_), cudaEventDestroy(stop_); }
+  void start() override { CUDA_CHECK(cudaEventRecord(start_, cuda::compute_stream())); }
+  void stop() override { CUDA_CHECK(cudaEventRecord(stop_, cuda::compute_stream())); }
+  double ms() override {
+    CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms;
+  }
+
+ private:
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
 class CudaDevice final : public Device {
  public:
   explicit CudaDevice(int gpu) : gpu_(gpu) { CUDA_CHECK(cudaSetDevice(gpu)); }
@@ -110,6 +132,7 @@ class CudaDevice final : public Device {
     return std::make_unique<CudaReplay>(recordings_);
   }
   bool holds_recording() const override { return recordings_ > 0; }
+  std::unique_ptr<Stopwatch> make_stopwatch() override { return std::make_unique<CudaStopwatch>(); }
   size_t driver_bytes_in_use() const override {
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaMemGetInfo(&free, &total));

@@ -4,6 +4,7 @@
 // equal on the CPU.
 #pragma once
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <map>
@@ -44,6 +45,20 @@ class Replay {
   virtual bool recorded() const { return false; }  // run() launches a recording now
 };
 
+// Times work queued on a device as the device runs it: start() and stop() mark the
+// queue, ms() waits for the stop mark and returns the milliseconds between the marks. On
+// the CPU, where queued work runs as it is queued, the host clock.
+class Stopwatch {
+ public:
+  virtual ~Stopwatch() = default;
+  virtual void start() { t0_ = std::chrono::steady_clock::now(); }
+  virtual void stop() { t1_ = std::chrono::steady_clock::now(); }
+  virtual double ms() { return std::chrono::duration<double, std::milli>(t1_ - t0_).count(); }
+
+ private:
+  std::chrono::steady_clock::time_point t0_, t1_;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -57,6 +72,7 @@ class Device {
   virtual void synchronize() {}
   // A Replay for work queued on this device; other devices just run it.
   virtual std::unique_ptr<Replay> make_replay() { return std::make_unique<Replay>(); }
+  virtual std::unique_ptr<Stopwatch> make_stopwatch() { return std::make_unique<Stopwatch>(); }
   // Whether a Replay of this device holds recorded work: the buffers it uses must stay.
   virtual bool holds_recording() const { return false; }
   // Bytes in use on the device as its driver sees them (cudaMemGetInfo: total - free,

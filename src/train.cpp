@@ -251,9 +251,12 @@ void train_on(const json& cfg, RunBackend<T>& be, const LaunchEnv& env) {
         pipeline.step(step + 1, lr, [&](int* in, int* tg) { train_loader.next(in, tg); });
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (lead)
+    if (lead) {
+      std::vector<std::pair<std::string, double>> stats = opt->step_stats();
+      if (r.update_ms >= 0) stats.insert(stats.begin(), {"update_ms", r.update_ms});
       log->step(step, steps, r.loss, lr, r.grad_norm, ms, tokens_per_step, flops_per_token,
-                be.peak_flops, dev.ledger(), r.skipped, opt->step_stats());
+                be.peak_flops, dev.ledger(), r.skipped, stats);
+    }
 
     // Ranks stop together (a launcher forwards Ctrl-C to each, not at the same step).
     double stop = g_interrupted;

@@ -260,10 +260,12 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
                                   "fp32 master weights");
   if (model.late_wte_grad != tr["late_wte_grad"].get<bool>())
     fail("internal: the model's late_wte_grad differs from the config's");
-  if (fused_)
+  if (fused_) {
     fused_sink_ = std::make_unique<FusedSink>(*this, model.table, dev);
-  else
+  } else {
     full_ = std::make_unique<FullSink>(model.table, dev, comm);
+    update_watch_ = dev.make_stopwatch();
+  }
   if (zero1_) full_->owners = &owners_;
   if (comm.world() == 1 && tr["cuda_graph"].get<bool>()) {
     if (!fused_) {
@@ -396,7 +398,9 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     }
     const double norm = total_norm();
     clip_coef_ = clip_coef(norm);
+    update_watch_->start();
     update(slices);
+    update_watch_->stop();
     if (zero1_) {  // every rank takes each tensor's new weights from its owner
       std::vector<GradBuf> bufs;
       for (const ParamSpec& p : model_.table.params)
@@ -404,7 +408,7 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
       comm_.broadcast(bufs);
       comm_.join();
     }
-    return {float(loss_sum / accum_), norm, false};
+    return {float(loss_sum / accum_), norm, false, update_watch_->ms()};
   }
 
   // The forward's chunked classifier writes d(lnf) (and, without late_wte_grad, wte's

@@ -120,8 +120,15 @@ class UpdatePipeline {
   // once. next_batch(inputs, targets) fills host arrays of batch*seq_len ids. A NaN/Inf
   // loss (the mean over ranks, so all ranks agree) is caught before any weight changes:
   // train.nan_policy "stop" throws an Error naming the step, "skip" returns skipped =
-  // true with the weights untouched.
-  struct StepResult { float loss; double grad_norm; bool skipped; };
+  // true with the weights untouched. update_ms: the after_backward update's time on the
+  // device (Device::make_stopwatch; waits for it), -1 with fused updates, which run
+  // inside backward.
+  struct StepResult {
+    float loss;
+    double grad_norm;
+    bool skipped;
+    double update_ms = -1;
+  };
   StepResult step(int64_t t, float lr, const std::function<void(int*, int*)>& next_batch);
 
   bool fused() const { return fused_; }
@@ -160,6 +167,7 @@ class UpdatePipeline {
   // one still stops the step before any update. Null otherwise: data parallelism queues
   // its all-reduces only on a step's last micro-step.
   std::unique_ptr<Replay> replay_, replay_backward_;
+  std::unique_ptr<Stopwatch> update_watch_;
   std::vector<int> inputs_, targets_;
 };
 

@@ -1,10 +1,12 @@
 // The update pipeline: fused and after_backward give bit-identical weights for every
 // optimizer (clipping included), AdamW's own scaling of clipped gradients, NaN handling,
-// gradient accumulation, and a tiny model memorizing one batch.
+// gradient accumulation, the update's stopwatch, and a tiny model memorizing one batch.
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <thread>
 
 #include "backend.hpp"
 #include "catch.hpp"
@@ -58,6 +60,28 @@ class UnscalingOptimizer final : public Optimizer<float> {
 
  private:
   std::unique_ptr<Optimizer<float>> o_;
+};
+
+// An optimizer whose update_many sleeps kSlowMs on the host first, so that a stopwatch
+// around the update must read at least that.
+constexpr int kSlowMs = 30;
+template <class T>
+class SlowOptimizer final : public Optimizer<T> {
+ public:
+  explicit SlowOptimizer(std::unique_ptr<Optimizer<T>> o) : o_(std::move(o)) {}
+  void begin_step(int64_t t, float lr) override { o_->begin_step(t, lr); }
+  void update(const ParamSpec& p, T* param, float* master, T* grad) override {
+    o_->update(p, param, master, grad);
+  }
+  void update_many(const std::vector<TensorUpdate<T>>& us) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(kSlowMs));
+    o_->update_many(us);
+  }
+  bool scales_grads() const override { return o_->scales_grads(); }
+  std::vector<StateBlob> state() override { return o_->state(); }
+
+ private:
+  std::unique_ptr<Optimizer<T>> o_;
 };
 
 // A CPU model of batch B x 8 with its optimizer and pipeline, weights from init_params.
@@ -277,6 +301,41 @@ TEST_CASE("gradient accumulation over micro-batches equals one batch of the same
   CHECK(std::sqrt(num / den) < 1e-5);  // same sums in another order: fp32 rounding only
 }
 
+// Steps of `pipe` on random batches: each one's update_ms and the host's time for the step.
+template <class Pipe>
+std::vector<std::pair<double, double>> timed_steps(Pipe& pipe, int steps) {
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> tok(0, 49);
+  auto batch = [&](int* in, int* tg) {
+    for (int i = 0; i < 16; i++) in[i] = tok(rng), tg[i] = tok(rng);
+  };
+  std::vector<std::pair<double, double>> out;
+  for (int t = 1; t <= steps; t++) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double update_ms = pipe.step(t, 1e-2f, batch).update_ms;
+    const std::chrono::duration<double, std::milli> host = std::chrono::steady_clock::now() - t0;
+    out.push_back({update_ms, host.count()});
+  }
+  return out;
+}
+
+TEST_CASE("an after_backward step times its update; a fused one reports none") {
+  const json cfg = tiny("adamw", {"optimizer.update=\"after_backward\""});
+  CpuDevice dev;
+  CpuOps ops;
+  GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0, 0, false);
+  SlowOptimizer<float> opt(make_optimizer(cfg, model.table, dev, 5));
+  CpuGradOps gops(model.table.params.size());
+  UpdatePipeline<float> pipe(cfg, model, opt, gops, dev);
+  pipe.set_weights(init_params(model.table, 1));
+  for (const auto& [update_ms, step_ms] : timed_steps(pipe, 3)) {
+    CHECK(update_ms >= kSlowMs);
+    CHECK(update_ms <= step_ms);
+  }
+  CpuRun fused(tiny("adamw", {"optimizer.update=\"fused\"", "train.grad_clip=0"}), 2, 1);
+  for (const auto& step : timed_steps(fused.pipe, 2)) CHECK(step.first == -1);
+}
+
 TEST_CASE("a tiny model memorizes one batch") {
   CpuRun run(tiny("adamw", {"optimizer.lr=3e-3", "optimizer.weight_decay=0"}), 2, 1);
   UpdatePipeline<float>& pipe = run.pipe;
@@ -323,6 +382,24 @@ TEST_CASE("on the GPU, fused and after_backward updates agree after 20 steps", "
     CHECK(rel(fused, after) < 1e-6);
     INFO("late_wte_grad vs fused, relative RMS difference " << rel(late, fused));
     CHECK(rel(late, fused) < 1e-6);
+  }
+}
+
+TEST_CASE("on the GPU, an after_backward step times its update on the device", "[gpu]") {
+  // The events bracket update_many (its host sleep included) and are read after the
+  // update has run: not less than the sleep, not more than the host's time for the step.
+  const json cfg = tiny("adamw", {"optimizer.update=\"after_backward\"", "train.device=\"cuda\"",
+                                  "train.precision=\"bf16\"", "model.channels=64"});
+  std::unique_ptr<Device> dev = make_cuda_device(0);
+  std::unique_ptr<Ops<bf16>> ops = make_cuda_ops<bf16>(*dev);
+  GPT2<bf16> model(model_config(cfg), *ops, *dev, 2, 8, 0, 0, false);
+  SlowOptimizer<bf16> opt(make_cuda_optimizer<bf16>(cfg, model.table, *dev, 5));
+  std::unique_ptr<GradOps<bf16>> gops = make_cuda_grad_ops<bf16>(model.table.params.size(), *dev);
+  UpdatePipeline<bf16> pipe(cfg, model, opt, *gops, *dev);
+  pipe.set_weights(init_params(model.table, 1));
+  for (const auto& [update_ms, step_ms] : timed_steps(pipe, 3)) {
+    CHECK(update_ms >= kSlowMs);
+    CHECK(update_ms <= step_ms);
   }
 }
 
