@@ -7,11 +7,13 @@
 //   with ||V_t||_F^2 and sum D^2            kernel (build_second_moment); ||V_t||^2
 //                                         reaches the host with the first S-RSI's copy
 //   S-RSI(k), once per rank tried          device sketch, l x (SGEMM, CholeskyQR2 in
-//                                         two launches a pass, SGEMM), Gram U^T U
-//                                         (SGEMM), eigendecomposition in double ((k+p)
-//                                         x (k+p), on the host up to kHostSolveMax),
-//                                         eigenvalues to the host (1 sync), Q W and U W
-//                                         (SGEMM) into state
+//                                         three launches at s <= 32, else four, SGEMM),
+//                                         Gram U^T U summed in double (gram_matrix, the
+//                                         failure flag and ||V_t||^2 after it: one copy
+//                                         down), eigendecomposition in double ((k+p) x
+//                                         (k+p), on the host up to kHostSolveMax; 1 sync),
+//                                         Q W and U W into state (at s <= 32 one launch,
+//                                         rotate, W a kernel parameter; else 2 SGEMMs)
 //   clip, first moment, guidance, decay    one kernel (finish_kernel) that recomputes D =
 //                                         g / (sqrt(max(V_t, 0)) + eps) from the scratch
 //                                         and g, no sync (the "refactored" denominator
@@ -189,6 +191,21 @@
 // split-K plus their reduce), solve_rows 0.9; forward and backward ~26. Stream priority
 // for the lanes and CUDA_DEVICE_MAX_CONNECTIONS=32 changed nothing (36.35 / 36.50 ms
 // fused against 36.65).
+// 2026-11-27, timed by update_ms (the update's own time on the device, events around
+// update_many): H200, Brown d12 B 16, median of steps 101-120, the update took 5.39-5.56
+// ms of a 33.5 ms step (16.6%; AdamW's 0.91). Marginal costs, each piece of every side
+// job repeated once in a temporary build (same call): orth (4 launches) +1.13 ms, the 4
+// V products (cuBLAS) +1.23, build_second_moment +0.56, 20 empty kernel launches +0.84,
+// 100 us of host work +0.27; 4 lanes 7.11, 16 lanes 5.63: every operation on a lane's
+// chain costs ~0.04 ms of the step in launch latency alone, beyond its own run time.
+// So: the first pass's solve fused with the second pass's Gram and Cholesky
+// (solve_cholesky_qr_r), the final Gram matrix by gram_matrix instead of an SGEMM (its
+// flag and ||V_t||^2 in the same copy down), Q W and U W by one kernel with W passed by
+// value (no copy up): 5 operations fewer per matrix. Same call, at a fixed rank (k0 =
+// k_min = k_max = 16, xi_thr 1: one S-RSI per matrix and step in both): 5.61 / 5.67 ->
+// 5.42 / 5.47 ms. At the default rank loop the trajectory moves (Gram sums in double):
+// mean rank 12.34 -> 15.12 at step 120, 5.41 -> 5.63 ms; such drifts come and go with
+// any change of rounding (15.2 -> 12.34 with build_second_moment's sums).
 #include <cublas_v2.h>
 #include <cusolverDn.h>
 
@@ -196,6 +213,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -328,6 +346,36 @@ __global__ void top_eigenvectors(float* W, const double* vecs, int s, int k) {
   W[i] = float(vecs[(s - 1 - j) * s + r]);
 }
 
+// W (s x k, s <= kSolveMax) by value: a kernel parameter (up to 32 KiB since CUDA 12.1),
+// so the host's eigenvectors need no copy of their own on the lane's chain.
+struct Rotation {
+  float w[kSolveMax * kSolveMax];  // W_cj at w[c + j * kSolveMax], zero past s
+};
+
+// Q = Y W and U = Om W (Y m x s, Om n x s, column-major) in one launch, a thread per row of
+// Q or U: against two cuBLAS SGEMMs and W's copy, two operations less on the lane's chain.
+__global__ void __launch_bounds__(kThreads)
+    rotate(float* Q, float* U, const float* Y, const float* Om, const __grid_constant__ Rotation r,
+           int m, int n, int s, int k) {
+  constexpr int S = kSolveMax;
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= m + n) return;
+  const bool q = i < m;
+  const float* in = q ? Y : Om;
+  float* out = q ? Q : U;
+  const int rows = q ? m : n;
+  if (!q) i -= m;
+  float y[S];
+#pragma unroll
+  for (int c = 0; c < S; c++) y[c] = c < s ? in[i + size_t(c) * rows] : 0.f;
+  for (int j = 0; j < k; j++) {
+    float x = 0;
+#pragma unroll
+    for (int c = 0; c < S; c++) x = fmaf(y[c], r.w[c + j * S], x);
+    out[i + size_t(j) * rows] = x;
+  }
+}
+
 template <class D>
 __global__ void matrix_direction(float* V, const D* g, size_t n, float eps) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -425,7 +473,8 @@ struct LaneSizes {
   }
   size_t bytes() const {
     const size_t ss = size_t(s_max) * s_max;
-    const size_t floats = v + y + om + 2 * ss + size_t(s_max);  // V, Y, Om, G, W, tau
+    // V, Y, Om, G (with gram_matrix's tail), W, tau
+    const size_t floats = v + y + om + gram_tail(s_max) + 4 + ss + size_t(s_max);
     // Gd, eigenvalues with flag and ||V||^2, scalars, Gram partial sums, reduction partials
     const size_t doubles =
         ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max) + kReduceBlocks;
@@ -509,7 +558,7 @@ struct Lane {
         ticket(dev, 1, MemCategory::workspace, name + " arrive ticket"),
         gram_parts(dev, cholesky_qr_parts(z.s_max), MemCategory::workspace,
                    name + " thin Gram64 partial sums"),
-        host_g(size_t(z.s_max) * z.s_max),
+        host_g(gram_tail(z.s_max) + 4),
         host_r(size_t(z.s_max) * z.s_max),
         host_eig(size_t(z.s_max) + 2) {
     if (z.v) V = DeviceBuffer<float>(dev, z.v, MemCategory::workspace, name + " V_t");
@@ -517,7 +566,8 @@ struct Lane {
       return DeviceBuffer<float>(dev, n, MemCategory::workspace, name + " thin " + what);
     };
     const size_t ss = size_t(z.s_max) * z.s_max;
-    Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(ss, "Gram"), W = thin(ss, "W");
+    Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(gram_tail(z.s_max) + 4, "Gram");
+    W = thin(ss, "W");
     tau = thin(size_t(z.s_max), "tau");
     dev.zero(ticket.get(), ticket.bytes());  // arrive() counts from 0
     CUBLAS_CHECK(cublasCreate(&blas));
@@ -1068,8 +1118,19 @@ class Adapprox final : public Optimizer<T> {
       top_eigenvectors<<<ceil_div(size_t(s) * k, kThreads), kThreads, 0, update_stream()>>>(L.W.get(), L.Gd.get(), s, k);
       CUDA_CHECK_LAUNCH();
     }
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m, L.W.get(), s, &zero, t.Q, m));
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n, L.W.get(), s, &zero, t.U, n));
+    if (s <= kSolveMax) {
+      Rotation r{};
+      for (int j = 0; j < k; j++)
+        for (int c = 0; c < s; c++) r.w[c + j * kSolveMax] = L.host_r.get()[c + size_t(j) * s];
+      rotate<<<ceil_div(size_t(m) + n, kThreads), kThreads, 0, update_stream()>>>(
+          t.Q, t.U, L.Y.get(), L.Om.get(), r, m, n, s, k);
+      CUDA_CHECK_LAUNCH();
+    } else {
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, m, k, s, &one, L.Y.get(), m,
+                               L.W.get(), s, &zero, t.Q, m));
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, k, s, &one, L.Om.get(), n,
+                               L.W.get(), s, &zero, t.U, n));
+    }
     return lambda;
   }
 
@@ -1087,30 +1148,30 @@ class Adapprox final : public Optimizer<T> {
     return std::vector<double>(L.host_eig.get(), L.host_eig.get() + L.eig.size());
   }
 
-  // The same on the host, in double: the Gram matrix, failure flag and ||V_t||^2 down,
-  // the top k eigenvectors (largest first) up into the lane's W.
+  // The same on the host, in double: the Gram matrix with the failure flag and ||V_t||^2
+  // after it (gram_matrix) down in one copy, the top k eigenvectors (largest first) into
+  // host_r and, for s > kSolveMax, up into the lane's W.
   std::vector<double> host_eigen(Lane& L, int s, int k) {
-    const size_t ss = size_t(s) * s;
-    L.host_vecs.resize(ss);
-    CUDA_CHECK(cudaMemcpyAsync(L.host_g.get(), L.G.get(), ss * sizeof(float),
-                               cudaMemcpyDeviceToHost, update_stream()));
-    copy_to_host_on_update_stream(L.host_eig.get(), L.flag(), 2 * sizeof(double));
+    L.host_vecs.resize(size_t(s) * s);
+    copy_to_host_on_update_stream(L.host_g.get(), L.G.get(), (gram_tail(s) + 4) * sizeof(float));
     std::vector<double> eig(size_t(s) + 2);
-    eig[s] = L.host_eig.get()[0], eig[s + 1] = L.host_eig.get()[1];
+    std::memcpy(&eig[s], L.host_g.get() + gram_tail(s), 2 * sizeof(double));
     optim::symmetric_eigen(L.host_g.get(), s, eig.data(), L.host_vecs.data());
     float* W = L.host_r.get();
     for (int j = 0; j < k; j++)
       for (int r = 0; r < s; r++)
         W[r + size_t(j) * s] = float(L.host_vecs[r + size_t(s - 1 - j) * s]);
     // Pinned: copied when the stream gets there; host_r is next written after this lane's
-    // next sync, which waits for it.
-    CUDA_CHECK(cudaMemcpyAsync(L.W.get(), W, size_t(s) * k * sizeof(float), cudaMemcpyHostToDevice,
-                               update_stream()));
+    // next sync, which waits for it. At s <= kSolveMax, rotate takes W by value instead.
+    if (s > kSolveMax)
+      CUDA_CHECK(cudaMemcpyAsync(L.W.get(), W, size_t(s) * k * sizeof(float),
+                                 cudaMemcpyHostToDevice, update_stream()));
     return eig;
   }
 
   // S-RSI up to its Gram matrix: the sketch, l rounds of Y = V Om, orth(Y), Om = V^T Y,
-  // then G = Om^T Om (fp32); a failed Cholesky is flagged in the lane's failure slot.
+  // then G = Om^T Om (summed in double, rounded to fp32; the failure flag and ||V_t||^2
+  // after it); a failed Cholesky is flagged in the lane's failure slot.
   void iterate(Lane& L, const ParamSpec& p, int s, uint64_t seed, bool householder) {
     const int m = int(p.rows), n = int(p.cols);
     const float one = 1.f, zero = 0.f;
@@ -1123,7 +1184,7 @@ class Adapprox final : public Optimizer<T> {
       orthonormalize(L, Y, m, s, householder);
       CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, s, m, &one, V, n, Y, m, &zero, Om, n));
     }
-    CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_T, CUBLAS_OP_N, s, s, n, &one, Om, n, Om, n, &zero, L.G.get(), s));
+    gram_matrix(Om, n, s, L.G.get(), L.flag(), L.gram_parts.get(), L.Gd.get(), L.ticket.get());
   }
 
   // A deferred S-RSI (k = k_max): up to its Gram matrix, which goes into the next slot of
@@ -1234,16 +1295,22 @@ class Adapprox final : public Optimizer<T> {
                                       L.info.get()));
       return;
     }
-    const float one = 1.f;
-    for (int pass = 0; pass < 2; pass++) {
-      cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag(),
-                    L.ticket.get());
-      if (s <= kSolveMax)
-        solve_rows_upper(Y, m, s, L.G.get());
-      else
-        CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                                 CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
+    cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag(),
+                  L.ticket.get());
+    if (s <= kSolveMax) {  // the first pass's solve and the second's R in one launch
+      solve_cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(),
+                          L.flag(), L.ticket.get());
+      return solve_rows_upper(Y, m, s, L.G.get());
     }
+    const float one = 1.f;
+    auto trsm = [&] {
+      CUBLAS_CHECK(cublasStrsm(L.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, m, s, &one, L.G.get(), s, Y, m));
+    };
+    trsm();
+    cholesky_qr_r(Y, m, s, kCholeskyShift, L.G.get(), L.gram_parts.get(), L.Gd.get(), L.flag(),
+                  L.ticket.get());
+    trsm();
   }
 
   optim::Common common_;

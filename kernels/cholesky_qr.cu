@@ -1,5 +1,5 @@
 // cholesky_qr.cuh: G = Y^T Y in double over chunks of rows (each chunk's sums in a fixed
-// order, the chunks added in order), then the Cholesky of G in one block.
+// order, the chunks added in order), then the Cholesky of G in one block, or G itself.
 #include <algorithm>
 
 #include "cholesky_qr.cuh"
@@ -22,14 +22,34 @@ constexpr int kSharedDoubles = kCholeskyShared * (kCholeskyShared + 1);
 static_assert(2 * kRows * (kTile + 1) * sizeof(float) <= kSharedDoubles * sizeof(double));
 using Staging = float[kRows][kTile + 1];
 
+// Y <- Y R^-1 on a staged block of rows, a thread per row, as solve_rows computes it (the
+// same bits); then the solved rows back into Y.
+__device__ void solve_staged(Staging& xs, float* Y, int m, int s, int r0, int r_end,
+                             const float* rs) {
+  if (threadIdx.x < kRows)
+    for (int c = 0; c < s; c++) {
+      float x = xs[threadIdx.x][c];
+      for (int p = 0; p < c; p++) x -= xs[threadIdx.x][p] * rs[p + c * kSolveMax];
+      xs[threadIdx.x][c] = x / rs[c + c * kSolveMax];
+    }
+  __syncthreads();
+  for (int e = threadIdx.x; e < kRows * s; e += kThreads) {
+    const int r = e % kRows, c = e / kRows;
+    if (r0 + r < r_end) Y[r0 + r + size_t(c) * m] = xs[r][c];
+  }
+}
+
 // A block per (chunk of rows, 32 x 32 tile of G): kRows rows of the tile's two column
-// ranges at a time in shared memory, each thread 4 entries, summed in double.
-__device__ void gram_parts(const float* Y, int m, int s, int chunks, double* parts, double* shared) {
-  Staging& xs = reinterpret_cast<Staging*>(shared)[0];
-  Staging& zs = reinterpret_cast<Staging*>(shared)[1];
+// ranges at a time in shared memory (one range on the diagonal), each thread 4 entries,
+// summed in double. With rs (R in shared memory, s <= kSolveMax: one tile), the rows are
+// first solved by R and written back.
+__device__ void gram_parts(float* Y, int m, int s, int chunks, const float* rs, double* parts,
+                           double* shared) {
   const int T = tiles(s), per_side = int(ceil_div(s, kTile));
   const int tile = int(blockIdx.x) % T, chunk = int(blockIdx.x) / T;
   const int a0 = tile % per_side * kTile, b0 = tile / per_side * kTile;
+  Staging& xs = reinterpret_cast<Staging*>(shared)[0];
+  Staging& zs = reinterpret_cast<Staging*>(shared)[a0 == b0 ? 0 : 1];
   const int per = int(ceil_div(m, chunks));
   const int r_begin = chunk * per, r_end = min(m, r_begin + per);
   const int i = threadIdx.x % kTile, jc = threadIdx.x / kTile;  // entries (i, jc + 8 q)
@@ -38,9 +58,10 @@ __device__ void gram_parts(const float* Y, int m, int s, int chunks, double* par
     for (int e = threadIdx.x; e < kRows * kTile; e += kThreads) {
       const int r = e % kRows, c = e / kRows, row = r0 + r;
       xs[r][c] = row < r_end && a0 + c < s ? Y[row + size_t(a0 + c) * m] : 0.f;
-      zs[r][c] = row < r_end && b0 + c < s ? Y[row + size_t(b0 + c) * m] : 0.f;
+      if (a0 != b0) zs[r][c] = row < r_end && b0 + c < s ? Y[row + size_t(b0 + c) * m] : 0.f;
     }
     __syncthreads();
+    if (rs) solve_staged(xs, Y, m, s, r0, r_end, rs);
     for (int r = 0; r < kRows; r++)
 #pragma unroll
       for (int q = 0; q < 4; q++) acc[q] += double(xs[r][i]) * zs[r][jc + 8 * q];
@@ -50,21 +71,21 @@ __device__ void gram_parts(const float* Y, int m, int s, int chunks, double* par
   for (int q = 0; q < 4; q++) out[i + (jc + 8 * q) * kTile] = acc[q];
 }
 
-// The chunks added in order into G's upper triangle (shared memory up to
-// kCholeskyShared, else scratch), the diagonal raised by shift times its largest entry,
-// then factored row p by row p, the trailing rows a warp each. A pivot that is not
-// positive fails (R = I); a NaN pivot does not, as in Eigen's LLT, and reaches the
-// eigenvalues instead.
-__device__ void factor(const double* parts, int s, int chunks, double shift, float* R,
-                       double* scratch, double* failed, double* shared) {
-  __shared__ bool ok;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const bool in_shared = s <= kCholeskyShared;
-  double* a = in_shared ? shared : scratch;
-  const int ld = in_shared ? kCholeskyShared + 1 : s;
-  auto A = [&](int r, int c) -> double& { return a[r * ld + c]; };  // upper: r <= c
+// G's upper triangle (r <= c) at a[r * ld + c]: in shared memory up to kCholeskyShared,
+// else in scratch.
+struct Upper {
+  double* a;
+  int ld;
+  __device__ Upper(int s, double* scratch, double* shared)
+      : a(s <= kCholeskyShared ? shared : scratch),
+        ld(s <= kCholeskyShared ? kCholeskyShared + 1 : s) {}
+  __device__ double& operator()(int r, int c) const { return a[r * ld + c]; }
+};
+
+// The chunks added in order into G's upper triangle.
+__device__ void sum_parts(const double* parts, int s, int chunks, const Upper& A) {
   const int T = tiles(s), per_side = int(ceil_div(s, kTile));
-  for (int e = tid; e < s * s; e += kThreads) {
+  for (int e = threadIdx.x; e < s * s; e += kThreads) {
     const int r = e % s, c = e / s;
     if (r > c) continue;
     const size_t at =
@@ -85,6 +106,14 @@ __device__ void factor(const double* parts, int s, int chunks, double shift, flo
     A(r, c) = sum;
   }
   __syncthreads();
+}
+
+// G (sum_parts) with its diagonal raised by shift times its largest entry, factored row
+// p by row p, the trailing rows a warp each. A pivot that is not positive fails (R = I);
+// a NaN pivot does not, as in Eigen's LLT, and reaches the eigenvalues instead.
+__device__ void factor(int s, double shift, float* R, double* failed, const Upper& A) {
+  __shared__ bool ok;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   if (tid == 0) {
     ok = true;
     double top = 0;
@@ -115,15 +144,32 @@ __device__ void factor(const double* parts, int s, int chunks, double shift, flo
   }
 }
 
-// One launch for both: the block that finishes its sums last (arrive) factors G from
-// every block's sums.
+// One launch for the sums and what follows them, done by the block that finishes its sums
+// last (arrive) from every block's: R = chol(G + shift) into R (with solve, of Y <- Y R^-1,
+// R read before it is overwritten), or with gram, G itself (fp32, both triangles) and the
+// two doubles at tail after it (gram_tail).
 __global__ void __launch_bounds__(kThreads)
-    gram_factor(const float* Y, int m, int s, int chunks, double shift, double* parts, float* R,
-                double* scratch, double* failed, unsigned* ticket) {
+    gram_factor(float* Y, int m, int s, int chunks, double shift, double* parts, float* R,
+                bool solve, float* gram, const double* tail, double* scratch, double* failed,
+                unsigned* ticket) {
   __shared__ double shared[kSharedDoubles];
+  __shared__ float rs[kSolveMax * kSolveMax];
   __shared__ bool last;
-  gram_parts(Y, m, s, chunks, parts, shared);
-  if (arrive(ticket, gridDim.x, &last)) factor(parts, s, chunks, shift, R, scratch, failed, shared);
+  if (solve) {
+    for (int e = threadIdx.x; e < s * s; e += kThreads) rs[e % s + e / s * kSolveMax] = R[e];
+    __syncthreads();
+  }
+  gram_parts(Y, m, s, chunks, solve ? rs : nullptr, parts, shared);
+  if (!arrive(ticket, gridDim.x, &last)) return;
+  const Upper A(s, scratch, shared);
+  sum_parts(parts, s, chunks, A);
+  if (!gram) return factor(s, shift, R, failed, A);
+  for (int e = threadIdx.x; e < s * s; e += kThreads) {
+    const int r = e % s, c = e / s;
+    gram[e] = float(r <= c ? A(r, c) : A(c, r));
+  }
+  if (threadIdx.x < 2)
+    reinterpret_cast<double*>(gram + gram_tail(s))[threadIdx.x] = tail[threadIdx.x];
 }
 
 // Y <- Y R^-1, a thread per row: the row in registers (every index a constant, the
@@ -162,8 +208,26 @@ size_t cholesky_qr_parts(int s) { return size_t(std::max(kParts, tiles(s))) * kT
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
                    double* scratch, double* failed, unsigned* ticket) {
   const int c = chunks(m, s);
-  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(Y, m, s, c, shift, parts, R,
-                                                                        scratch, failed, ticket);
+  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
+      const_cast<float*>(Y), m, s, c, shift, parts, R, false, nullptr, nullptr, scratch, failed,
+      ticket);
+  CUDA_CHECK_LAUNCH();
+}
+
+void solve_cholesky_qr_r(float* Y, int m, int s, double shift, float* R, double* parts,
+                         double* scratch, double* failed, unsigned* ticket) {
+  if (s > kSolveMax) fail("internal: solve_cholesky_qr_r takes s <= ", kSolveMax, ", got ", s);
+  const int c = chunks(m, s);
+  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
+      Y, m, s, c, shift, parts, R, true, nullptr, nullptr, scratch, failed, ticket);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gram_matrix(const float* Y, int m, int s, float* G, const double* tail, double* parts,
+                 double* scratch, unsigned* ticket) {
+  const int c = chunks(m, s);
+  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
+      const_cast<float*>(Y), m, s, c, 0, parts, nullptr, false, G, tail, scratch, nullptr, ticket);
   CUDA_CHECK_LAUNCH();
 }
 

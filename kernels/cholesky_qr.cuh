@@ -27,4 +27,17 @@ void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double*
 constexpr int kSolveMax = 32;
 void solve_rows_upper(float* Y, int m, int s, const float* R);
 
+// solve_rows_upper and then cholesky_qr_r of the solved Y, in one launch (the same bits):
+// CholeskyQR2's first pass ends where its second begins. R: the first pass's R, then the
+// second's.
+void solve_cholesky_qr_r(float* Y, int m, int s, double shift, float* R, double* parts,
+                         double* scratch, double* failed, unsigned* ticket);
+
+// G = Y^T Y (s x s, column-major fp32, summed in double as cholesky_qr_r sums it), and the
+// two doubles at tail copied to G + gram_tail(s), so that one copy brings both to the
+// host. G holds gram_tail(s) + 4 floats.
+constexpr size_t gram_tail(int s) { return (size_t(s) * s + 1) / 2 * 2; }
+void gram_matrix(const float* Y, int m, int s, float* G, const double* tail, double* parts,
+                 double* scratch, unsigned* ticket);
+
 }  // namespace gpt2::cuda

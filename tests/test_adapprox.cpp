@@ -462,7 +462,9 @@ TEST_CASE("Adapprox update_many on side lanes equals update() bit for bit", "[gp
 // cholesky_upper on the same Gram matrix: in shared memory (s = 23) and in its global
 // scratch (s = 80), columns of falling norm as the power iteration leaves them; a zero
 // column fails the Cholesky (R = I, flagged) unless the shift lifts it. At s <= kSolveMax
-// the row solve Y R^-1 against Eigen's triangular solve with the same R.
+// the row solve Y R^-1 against Eigen's triangular solve with the same R, and the solve
+// fused with the next pass's R against the two launches. The Gram matrix alone
+// (gram_matrix) against Eigen's in double.
 TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
   auto dev = make_cuda_device(0);
   for (int s : {23, 80}) {
@@ -515,6 +517,56 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
       CHECK((got_q.transpose() * got_q - MatrixXd::Identity(s, s)).cwiseAbs().maxCoeff() < 1e-3);
     } else {
       CHECK_THROWS(cuda::solve_rows_upper(Y.get(), m, s, R.get()));
+    }
+    {  // G = Y^T Y against Eigen's in double, and the tail after it
+      const double tail[2] = {1.5, -2.25};
+      DeviceBuffer<double> tail_d(*dev, 2, MemCategory::workspace, "tail");
+      DeviceBuffer<float> Gd(*dev, cuda::gram_tail(s) + 4, MemCategory::workspace, "G");
+      dev->to_device(Y.get(), y.data(), y.size() * 4);
+      dev->to_device(tail_d.get(), tail, sizeof tail);
+      cuda::gram_matrix(Y.get(), m, s, Gd.get(), tail_d.get(), parts.get(), scratch.get(),
+                        ticket.get());
+      std::vector<float> gram(cuda::gram_tail(s) + 4);
+      dev->to_host(gram.data(), Gd.get(), gram.size() * 4);
+      double err = 0;
+      for (int c = 0; c < s; c++)
+        for (int r = 0; r < s; r++) {
+          err = std::max(err, std::abs(gram[r + size_t(c) * s] - G(r, c)));
+          CHECK(gram[r + size_t(c) * s] == gram[c + size_t(r) * s]);
+        }
+      CHECK(err <= 1e-6 * G.cwiseAbs().maxCoeff());  // fp32 rounding of double sums
+      double got_tail[2];
+      std::memcpy(got_tail, gram.data() + cuda::gram_tail(s), sizeof got_tail);
+      CHECK(got_tail[0] == tail[0]);
+      CHECK(got_tail[1] == tail[1]);
+    }
+    if (s <= cuda::kSolveMax) {
+      // The fused launch against its two parts: Y R^-1 and the next pass's R, same bits.
+      auto first_r = [&] {
+        double zero = 0;
+        dev->to_device(Y.get(), y.data(), y.size() * 4);
+        dev->to_device(failed.get(), &zero, 8);
+        cuda::cholesky_qr_r(Y.get(), m, s, 0, R.get(), parts.get(), scratch.get(), failed.get(),
+                            ticket.get());
+      };
+      std::vector<float> y2(y.size()), r2(got.size()), y2_fused(y.size()), r2_fused(got.size());
+      first_r();
+      cuda::solve_rows_upper(Y.get(), m, s, R.get());
+      cuda::cholesky_qr_r(Y.get(), m, s, 0, R.get(), parts.get(), scratch.get(), failed.get(),
+                          ticket.get());
+      dev->to_host(y2.data(), Y.get(), y2.size() * 4);
+      dev->to_host(r2.data(), R.get(), r2.size() * 4);
+      first_r();
+      cuda::solve_cholesky_qr_r(Y.get(), m, s, 0, R.get(), parts.get(), scratch.get(), failed.get(),
+                                ticket.get());
+      dev->to_host(y2_fused.data(), Y.get(), y2.size() * 4);
+      dev->to_host(r2_fused.data(), R.get(), r2.size() * 4);
+      CHECK(y2_fused == y2);
+      CHECK(r2_fused == r2);
+      CHECK(r2 != got);  // the second pass's R, not the first's
+    } else {
+      CHECK_THROWS(cuda::solve_cholesky_qr_r(Y.get(), m, s, 0, R.get(), parts.get(), scratch.get(),
+                                             failed.get(), ticket.get()));
     }
     for (int i = 0; i < m; i++) y[i + size_t(m) * (s / 2)] = 0.f;  // a zero column
     CHECK(factor(0) == 1);
