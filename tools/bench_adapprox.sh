@@ -5,11 +5,18 @@
 # to 0), and prints the median ms of the last 20 steps of each run and of their updates
 # (the step line's update_ms: the update's time on the device), Adapprox's mean rank and
 # S-RSIs at the last step, and the update's share of Adapprox's step.
-#   tools/bench_adapprox.sh                  BIN=build-gpu/train_gpt2 RUNS=2 STEPS=120
+# FIXED=k pins every matrix's rank at k (k0 = k_min = k_max = k, xi_thr 1: one S-RSI per
+# matrix and step), so that two builds whose rounding differs do the same work: the rank
+# loop's trajectory moves with any change of rounding (mean rank 12.34 or 15.12 at step
+# 120 from the same code but for the order of a sum), and the update's time with it.
+#   tools/bench_adapprox.sh                  BIN=build-gpu/train_gpt2 RUNS=2 STEPS=120 FIXED=16
 set -euo pipefail
 bin=${BIN:-build/train_gpt2}
 runs=${RUNS:-2}
 steps=${STEPS:-120}
+fixed=()
+[[ -n ${FIXED:-} ]] && for key in k0 k_min k_max; do fixed+=(--set optimizer.adapprox.$key="$FIXED"); done
+[[ -n ${FIXED:-} ]] && fixed+=(--set optimizer.adapprox.xi_thr=1)
 [[ -f data/brown/train_000000.bin ]] ||
   { echo "bench_adapprox: no data/brown shards (make data)" >&2; exit 1; }
 log=$(mktemp) results=$(mktemp)
@@ -40,7 +47,7 @@ for r in $(seq "$runs"); do
     lr=6e-4; [[ $opt == adapprox ]] && lr=2e-3
     "$bin" train configs/gpt2-124m.json --set optimizer.name=$opt --set optimizer.lr=$lr \
       --set schedule.steps="$steps" --set schedule.warmup_steps=10 --set checkpoint.every=0 \
-      --set eval.every=0 --set sample.every=0 > "$log" 2>&1 || { tail -5 "$log" >&2; exit 1; }
+      --set eval.every=0 --set sample.every=0 "${fixed[@]}" > "$log" 2>&1 || { tail -5 "$log" >&2; exit 1; }
     row "$r" "$opt"
   done
 done
