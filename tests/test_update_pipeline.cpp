@@ -47,42 +47,32 @@ class CountingGradOps final : public GradOps<float> {
   CpuGradOps cpu_;
 };
 
-// An optimizer with scales_grads() hidden, so the pipeline scales gradients for it with
-// clip_scale, as it does for the optimizers that do not scale them themselves.
-class UnscalingOptimizer final : public Optimizer<float> {
- public:
-  explicit UnscalingOptimizer(std::unique_ptr<Optimizer<float>> o) : o_(std::move(o)) {}
-  void begin_step(int64_t t, float lr) override { o_->begin_step(t, lr); }
-  void update(const ParamSpec& p, float* param, float* master, float* grad) override {
-    o_->update(p, param, master, grad);
-  }
-  std::vector<StateBlob> state() override { return o_->state(); }
-
- private:
-  std::unique_ptr<Optimizer<float>> o_;
-};
-
-// An optimizer whose update_many sleeps kSlowMs on the host first, so that a stopwatch
-// around the update must read at least that.
-constexpr int kSlowMs = 30;
+// Another optimizer behind a wrapper that can hide its scales_grads(), so that the
+// pipeline scales gradients for it with clip_scale as it does for the optimizers that do
+// not scale them themselves, or sleep sleep_ms on the host before each update_many, so
+// that a stopwatch around the update must read at least that.
 template <class T>
-class SlowOptimizer final : public Optimizer<T> {
+class WrappedOptimizer final : public Optimizer<T> {
  public:
-  explicit SlowOptimizer(std::unique_ptr<Optimizer<T>> o) : o_(std::move(o)) {}
+  WrappedOptimizer(std::unique_ptr<Optimizer<T>> o, bool hide_scaling, int sleep_ms = 0)
+      : o_(std::move(o)), hide_scaling_(hide_scaling), sleep_ms_(sleep_ms) {}
   void begin_step(int64_t t, float lr) override { o_->begin_step(t, lr); }
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
     o_->update(p, param, master, grad);
   }
   void update_many(const std::vector<TensorUpdate<T>>& us) override {
-    std::this_thread::sleep_for(std::chrono::milliseconds(kSlowMs));
+    std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
     o_->update_many(us);
   }
-  bool scales_grads() const override { return o_->scales_grads(); }
+  bool scales_grads() const override { return !hide_scaling_ && o_->scales_grads(); }
   std::vector<StateBlob> state() override { return o_->state(); }
 
  private:
   std::unique_ptr<Optimizer<T>> o_;
+  bool hide_scaling_;
+  int sleep_ms_;
 };
+constexpr int kSlowMs = 30;
 
 // A CPU model of batch B x 8 with its optimizer and pipeline, weights from init_params.
 // !opt_scales: the optimizer's scales_grads() is hidden from the pipeline.
@@ -96,8 +86,8 @@ struct CpuRun {
   CpuRun(const json& cfg, int B, uint64_t init_seed, bool opt_scales = true)
       : model(model_config(cfg), ops, dev, B, 8, 0, 0, cfg["train"]["late_wte_grad"].get<bool>()),
         opt(opt_scales ? make_optimizer(cfg, model.table, dev, 5)
-                       : std::make_unique<UnscalingOptimizer>(
-                             make_optimizer(cfg, model.table, dev, 5))),
+                       : std::make_unique<WrappedOptimizer<float>>(
+                             make_optimizer(cfg, model.table, dev, 5), true)),
         gops(model.table.params.size()),
         pipe(cfg, model, *opt, gops, dev) {
     pipe.set_weights(init_params(model.table, init_seed));
@@ -324,7 +314,7 @@ TEST_CASE("an after_backward step times its update; a fused one reports none") {
   CpuDevice dev;
   CpuOps ops;
   GPT2<float> model(model_config(cfg), ops, dev, 2, 8, 0, 0, false);
-  SlowOptimizer<float> opt(make_optimizer(cfg, model.table, dev, 5));
+  WrappedOptimizer<float> opt(make_optimizer(cfg, model.table, dev, 5), false, kSlowMs);
   CpuGradOps gops(model.table.params.size());
   UpdatePipeline<float> pipe(cfg, model, opt, gops, dev);
   pipe.set_weights(init_params(model.table, 1));
@@ -393,7 +383,7 @@ TEST_CASE("on the GPU, an after_backward step times its update on the device", "
   std::unique_ptr<Device> dev = make_cuda_device(0);
   std::unique_ptr<Ops<bf16>> ops = make_cuda_ops<bf16>(*dev);
   GPT2<bf16> model(model_config(cfg), *ops, *dev, 2, 8, 0, 0, false);
-  SlowOptimizer<bf16> opt(make_cuda_optimizer<bf16>(cfg, model.table, *dev, 5));
+  WrappedOptimizer<bf16> opt(make_cuda_optimizer<bf16>(cfg, model.table, *dev, 5), false, kSlowMs);
   std::unique_ptr<GradOps<bf16>> gops = make_cuda_grad_ops<bf16>(model.table.params.size(), *dev);
   UpdatePipeline<bf16> pipe(cfg, model, opt, *gops, *dev);
   pipe.set_weights(init_params(model.table, 1));
