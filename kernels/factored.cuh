@@ -297,12 +297,16 @@ struct GradStats {
   Weights<D> w;
   bool with_w;
   float eps1;
+  float scale = 1.f;  // the gradient is scale * g (TensorUpdate::grad_scale)
   template <bool kVec>
   __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
     const size_t at = size_t(i) * size_t(n) + j;
     load_run<kVec>(g + at, left, x);
 #pragma unroll
-    for (int k = 0; k < kRun; k++) x[k] = (kVec || k < left) ? x[k] * x[k] + eps1 : 0.f;
+    for (int k = 0; k < kRun; k++) {
+      const float y = x[k] * scale;
+      x[k] = (kVec || k < left) ? y * y + eps1 : 0.f;
+    }
     if (with_w) {
       float y[kRun];
       load_weights<kVec>(w, at, left, y);
@@ -320,6 +324,7 @@ struct DirectionSquares {
   const D* g;
   const float *rf, *cf;
   int64_t n;
+  float scale = 1.f;  // as GradStats::scale
   template <bool kVec>
   __device__ void visit(int64_t i, int64_t j, int left, float (&x)[kRun], double& scal) const {
     float cv[kRun];
@@ -329,7 +334,7 @@ struct DirectionSquares {
     float t = 0;
 #pragma unroll
     for (int k = 0; k < kRun; k++) {
-      const float u = x[k] * a * cv[k];
+      const float u = x[k] * scale * a * cv[k];
       t += u * u;
     }
     scal += t;

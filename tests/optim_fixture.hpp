@@ -3,6 +3,7 @@
 #pragma once
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "config.hpp"
@@ -130,6 +131,47 @@ inline bool state_round_trips(const json& cfg, int split, int more, bool restore
   TinyRun wb = wa;
   for (int s = split + 1; s <= split + more; s++) step(*a, wa, s), step(*b, wb, s);
   return wa.wm == wb.wm && wa.wv == wb.wv;
+}
+
+// For an optimizer that scales_grads(): whether update_many with a grad_scale that
+// changes every step (as the clip coefficient does) leaves the weights and state of
+// update() on fp32 g * scale, the very number the pipeline's clip_scale would store, bit
+// for bit; and other weights than update() on the raw g (an ignored grad_scale; Adam and
+// CAME are invariant, but for eps, to a constant scale, under which it would pass unseen).
+inline bool grad_scale_matches_prescaled(const json& cfg) {
+  const ParamTable t = table_of({spec(0, 37, 29), spec(1, 1, 101)});
+  CpuDevice dev;
+  auto scaled = make_optimizer(cfg, t, dev, 0), first = make_optimizer(cfg, t, dev, 0),
+       unscaled = make_optimizer(cfg, t, dev, 0);
+  if (!scaled->scales_grads()) return false;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<std::vector<float>> w_scaled, w_first, w_unscaled;
+  for (const ParamSpec& p : t.params) {
+    std::vector<float> w(p.numel);
+    for (float& x : w) x = u(rng);
+    w_scaled.push_back(w), w_first.push_back(w), w_unscaled.push_back(w);
+  }
+  for (int s = 1; s <= 4; s++) {
+    const float scale = 1.0f / (1.0f + 0.7f * float(s));
+    scaled->begin_step(s, 0.01f), first->begin_step(s, 0.01f), unscaled->begin_step(s, 0.01f);
+    std::vector<std::vector<float>> g(t.params.size());
+    std::vector<TensorUpdate<float>> us;
+    for (const ParamSpec& p : t.params) {
+      for (size_t i = 0; i < p.numel; i++) g[p.id].push_back(u(rng));
+      std::vector<float> pre = g[p.id], raw = g[p.id];
+      for (float& x : pre) x *= scale;
+      first->update(p, w_first[p.id].data(), nullptr, pre.data());
+      unscaled->update(p, w_unscaled[p.id].data(), nullptr, raw.data());
+      us.push_back({&p, w_scaled[p.id].data(), nullptr, g[p.id].data(), scale});
+    }
+    scaled->update_many(us);
+  }
+  const std::vector<StateBlob> a = scaled->state(), b = first->state();
+  bool same_state = a.size() == b.size();
+  for (size_t i = 0; same_state && i < a.size(); i++)
+    same_state = a[i].bytes == b[i].bytes && std::memcmp(a[i].data, b[i].data, a[i].bytes) == 0;
+  return w_scaled == w_first && same_state && w_scaled != w_unscaled;
 }
 
 }  // namespace gpt2::test

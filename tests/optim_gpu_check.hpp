@@ -212,6 +212,23 @@ inline bool gpu_state_round_trips(const json& cfg, int split, int more, bool res
 // fp32 run, param == bf16_rn(master) exactly), a CPU checkpoint resumed on the GPU, and
 // GPU state round-trips. 1e-5: both sides compute in fp32 with double (reference) or
 // double/fp32 (kernel) sums, ~1e-6 apart after 10 steps; any wrong term is far larger.
+// An optimizer that scales_grads() against its CPU reference, both given a grad_scale
+// that changes every step: fp32 and bf16 (master weights), aligned buffers (the 16-byte
+// path) and buffers one element in (the element path).
+inline void check_gpu_grad_scale(const json& cfg) {
+  for (size_t shift : {0, 1}) {
+    INFO((shift == 0 ? "aligned buffers" : "buffers one element in"));
+    const auto f = compare_with_reference<float>(cfg, gpu_shapes(), false, {1, 2, 10}, 0, 0.05f, 11,
+                                                 true, shift);
+    CHECK(f.weights <= 1e-5);
+    CHECK(max_state_err(f) <= 1e-5);
+    const auto b = compare_with_reference<bf16>(cfg, gpu_shapes(), true, {1, 2, 10}, 0, 0.05f, 11,
+                                                true, shift);
+    CHECK(b.weights <= 1e-5);
+    CHECK(b.not_rounded == 0);
+  }
+}
+
 inline void check_gpu_against_reference(const json& cfg) {
   const auto f = compare_with_reference<float>(cfg, gpu_shapes(), false);
   CHECK(f.weights <= 1e-5);

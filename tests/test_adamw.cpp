@@ -70,46 +70,10 @@ TEST_CASE("AdamW minimizes a convex quadratic and its state round-trips") {
 }
 
 TEST_CASE("AdamW's grad_scale equals scaling the gradient first, bit for bit") {
-  // The pipeline skips clip_scale for AdamW on this promise: fp32 g * s, the very number
-  // clip_scale stores. The scale changes every step, as the clip coefficient does; Adam
-  // is invariant (but for eps) to a constant one, under which an ignored grad_scale would
-  // pass unseen.
+  // The pipeline skips clip_scale for AdamW on this promise.
   json cfg = optimizer_cfg("adamw");
   cfg["optimizer"]["weight_decay"] = 0.1;
-  const ParamTable t = table_of({spec(0, 37, 29), spec(1, 1, 101)});
-  CpuDevice dev;
-  auto scaled = make_optimizer(cfg, t, dev, 0), first = make_optimizer(cfg, t, dev, 0),
-       unscaled = make_optimizer(cfg, t, dev, 0);
-  REQUIRE(scaled->scales_grads());
-  std::mt19937 rng(5);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  std::vector<std::vector<float>> w_scaled, w_first, w_unscaled;
-  for (const ParamSpec& p : t.params) {
-    std::vector<float> w(p.numel);
-    for (float& x : w) x = u(rng);
-    w_scaled.push_back(w), w_first.push_back(w), w_unscaled.push_back(w);
-  }
-  for (int s = 1; s <= 4; s++) {
-    const float scale = 1.0f / (1.0f + 0.7f * float(s));
-    scaled->begin_step(s, 0.01f), first->begin_step(s, 0.01f), unscaled->begin_step(s, 0.01f);
-    std::vector<std::vector<float>> g(t.params.size());
-    std::vector<TensorUpdate<float>> us;
-    for (const ParamSpec& p : t.params) {
-      for (size_t i = 0; i < p.numel; i++) g[p.id].push_back(u(rng));
-      std::vector<float> pre = g[p.id], raw = g[p.id];
-      for (float& x : pre) x *= scale;
-      first->update(p, w_first[p.id].data(), nullptr, pre.data());
-      unscaled->update(p, w_unscaled[p.id].data(), nullptr, raw.data());
-      us.push_back({&p, w_scaled[p.id].data(), nullptr, g[p.id].data(), scale});
-    }
-    scaled->update_many(us);
-  }
-  CHECK(w_scaled == w_first);
-  CHECK(w_scaled != w_unscaled);
-  const std::vector<StateBlob> a = scaled->state(), b = first->state();
-  REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); i++)
-    CHECK(std::memcmp(a[i].data, b[i].data, a[i].bytes) == 0);
+  CHECK(grad_scale_matches_prescaled(cfg));
 }
 
 TEST_CASE("AdamW on the GPU matches the CPU reference", "[gpu]") {
@@ -128,16 +92,5 @@ TEST_CASE("AdamW's batched GPU update equals its update() per tensor, bit for bi
 TEST_CASE("AdamW on the GPU applies grad_scale as the CPU reference does", "[gpu]") {
   json cfg = optimizer_cfg("adamw");
   cfg["optimizer"]["weight_decay"] = 0.1;
-  for (size_t shift : {0, 1}) {
-    INFO((shift == 0 ? "aligned buffers: the 16-byte path"
-                     : "buffers one element in: the element path"));
-    const auto f = compare_with_reference<float>(cfg, gpu_shapes(), false, {1, 2, 10}, 0, 0.05f, 11,
-                                                 true, shift);
-    CHECK(f.weights <= 1e-5);
-    CHECK(max_state_err(f) <= 1e-5);
-    const auto b = compare_with_reference<bf16>(cfg, gpu_shapes(), true, {1, 2, 10}, 0, 0.05f, 11,
-                                                true, shift);
-    CHECK(b.weights <= 1e-5);
-    CHECK(b.not_rounded == 0);
-  }
+  check_gpu_grad_scale(cfg);
 }
