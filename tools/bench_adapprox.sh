@@ -15,8 +15,10 @@ bin=${BIN:-build/train_gpt2}
 runs=${RUNS:-2}
 steps=${STEPS:-120}
 fixed=()
-[[ -n ${FIXED:-} ]] && for key in k0 k_min k_max; do fixed+=(--set optimizer.adapprox.$key="$FIXED"); done
-[[ -n ${FIXED:-} ]] && fixed+=(--set optimizer.adapprox.xi_thr=1)
+if [[ -n ${FIXED:-} ]]; then
+  for key in k0 k_min k_max; do fixed+=(--set optimizer.adapprox.$key="$FIXED"); done
+  fixed+=(--set optimizer.adapprox.xi_thr=1)
+fi
 [[ -f data/brown/train_000000.bin ]] ||
   { echo "bench_adapprox: no data/brown shards (make data)" >&2; exit 1; }
 log=$(mktemp) results=$(mktemp)
