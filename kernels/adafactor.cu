@@ -49,6 +49,7 @@ struct AdafactorApply {
   const double* scal;
   StepArgs a;
   float* m1;
+  float scale;  // the gradient is scale * g (TensorUpdate::grad_scale)
   __device__ AdafactorApply now() const {
     AdafactorApply f = *this;
     f.w = w.now();
@@ -66,7 +67,7 @@ struct AdafactorApply {
     const float r = rf[i];
 #pragma unroll
     for (int e = 0; e < kRun; e++) {
-      float u = k.step * ((x[e] * r * cv[e]) / k.clip);  // lr applied BEFORE the momentum EMA
+      float u = k.step * ((x[e] * scale * r * cv[e]) / k.clip);  // lr BEFORE the momentum EMA
       if (m1) u = mv[e] = a.beta1 * mv[e] + (1.f - a.beta1) * u;
       y[e] = y[e] * k.keep - u;
     }
@@ -84,6 +85,7 @@ struct AdafactorVector {
   float *v, *m1;
   size_t n;
   StepArgs a;
+  float scale;  // as AdafactorApply::scale
 };
 template <class D>
 __global__ void __launch_bounds__(kVectorThreads)
@@ -96,9 +98,10 @@ __global__ void __launch_bounds__(kVectorThreads)
   float *v = job.v, *m1 = job.m1;
   const size_t n = job.n;
   const StepArgs& a = job.a;
+  const float scale = job.scale;
   double w2 = 0, u2 = 0;
   const auto first = [&](size_t i, float& x, float& vi, float& y) {
-    const double xd = to_f(g[i]);
+    const double xd = to_f(g[i]) * scale;
     vi = float(beta2 * v[i] + (1 - beta2) * (xd * xd + eps1));
     v[i] = vi;
     x = float(xd);
@@ -127,7 +130,7 @@ __global__ void __launch_bounds__(kVectorThreads)
   for (int q = 0; q < kVectorCached; q++)
     if (threadIdx.x + q * kVectorThreads < n) second(threadIdx.x + q * kVectorThreads, xs[q], vs[q], ys[q]);
   for (size_t i = threadIdx.x + kVectorCached * kVectorThreads; i < n; i += kVectorThreads)
-    second(i, to_f(g[i]), v[i], w.load(i));
+    second(i, to_f(g[i]) * scale, v[i], w.load(i));
 }
 
 template <class T>
@@ -170,18 +173,21 @@ class Adafactor final : public Optimizer<T> {
       const StepArgs a{rule_.eps2, rule_.clip, common_.wd(p), rule_.scale_parameter,
                        float(rule_.beta1)};
       if (!p.is_matrix()) {
-        vectors.push_back({w, g, s.v, m1, p.numel, a});
+        vectors.push_back({w, g, s.v, m1, p.numel, a, u.grad_scale});
         continue;
       }
       double* sc = scal_.get() + kSlots * p.id;
       const int vec = vectorizable(p.cols, {u.grad, u.master, u.param, m1});
       const Factored::Matrix x = fac_.matrix(p);
-      stats[vec].push_back({GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1)},
-                            x.s, x.parts, Ema{0, s.r, s.c, x.rf, x.cf, true},
-                            rule_.scale_parameter ? sc + kSumW2 : nullptr});
-      squares[vec].push_back({DirectionSquares<D>{g, x.rf, x.cf, p.cols}, x.s, x.parts, Ema{}, sc + kSumU2});
+      stats[vec].push_back(
+          {GradStats<D>{g, p.cols, w, rule_.scale_parameter, float(rule_.eps1), u.grad_scale}, x.s,
+           x.parts, Ema{0, s.r, s.c, x.rf, x.cf, true},
+           rule_.scale_parameter ? sc + kSumW2 : nullptr});
+      squares[vec].push_back({DirectionSquares<D>{g, x.rf, x.cf, p.cols, u.grad_scale}, x.s,
+                              x.parts, Ema{}, sc + kSumU2});
       applies[vec].push_back(Factored::runs_job(
-          AdafactorApply<D>{w, g, x.rf, x.cf, p.cols, p.numel, sc, a, m1}, p.rows, p.cols));
+          AdafactorApply<D>{w, g, x.rf, x.cf, p.cols, p.numel, sc, a, m1, u.grad_scale}, p.rows,
+          p.cols));
     }
     launch_jobs(vectors, [](const AdafactorVector<D>&) { return 1u; },
                 [&](const Jobs<AdafactorVector<D>>& b, unsigned grid) {
@@ -194,6 +200,9 @@ class Adafactor final : public Optimizer<T> {
     }
   }
 
+  // Every pass that reads the gradient takes TensorUpdate::grad_scale with it, sparing
+  // the pipeline's clip pass over every gradient.
+  bool scales_grads() const override { return true; }
   bool replayable() const override { return true; }
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

@@ -262,8 +262,8 @@ constexpr int kBuildRows = 16, kBuildCols = 256, kBuildK = 64, kBuildBlocks = kR
 template <class D>
 __global__ void __launch_bounds__(kBuildCols)
     build_second_moment(float* V, const D* g, const float* Q, const float* U, int m, int n, int k,
-                        float b2, float eps, double* partials, unsigned* ticket, double* norm_sq,
-                        double* sum_d2) {
+                        float b2, float eps, float scale, double* partials, unsigned* ticket,
+                        double* norm_sq, double* sum_d2) {
   __shared__ float4 q4[kBuildK * kBuildRows / 4];  // column c's rows at q4[c * kBuildRows / 4]
   float* qs = reinterpret_cast<float*>(q4);
   __shared__ double red[32];
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kBuildCols)
     for (int r = 0; r < kBuildRows; r++) {
       if (i0 + r >= m) break;
       const size_t at = size_t(i0 + r) * n + j;
-      const float x = to_f(g[at]);
+      const float x = to_f(g[at]) * scale;
       const float v = b2 * acc[r] + (1.f - b2) * x * x;
       const float d = x / (sqrtf(fmaxf(v, 0.f)) + eps);
       V[at] = v;
@@ -377,16 +377,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class D>
-__global__ void matrix_direction(float* V, const D* g, size_t n, float eps) {
+__global__ void matrix_direction(float* V, const D* g, float scale, size_t n, float eps) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x)
-    V[i] = to_f(g[i]) / (sqrtf(fmaxf(V[i], 0.f)) + eps);
+    V[i] = to_f(g[i]) * scale / (sqrtf(fmaxf(V[i], 0.f)) + eps);
 }
 
 template <class D>
 struct VectorJob {
   float *out, *v;
   const D* g;
+  float scale;  // the gradient is scale * g (TensorUpdate::grad_scale)
   size_t n;
 };
 
@@ -397,7 +398,7 @@ __global__ void vector_direction(const __grid_constant__ Jobs<VectorJob<D>> b, f
   const VectorJob<D>& j = b.job[k];
   const GridStride st = job_stride(b, k);
   for (size_t i = st.start; i < j.n; i += st.step) {
-    const float x = to_f(j.g[i]);
+    const float x = to_f(j.g[i]) * j.scale;
     j.v[i] = b2 * j.v[i] + (1.f - b2) * x * x;
     j.out[i] = x / (sqrtf(j.v[i]) + eps);
   }
@@ -418,7 +419,7 @@ struct FinishJob {
   size_t stride, n;
   float wd;
   const D* g = nullptr;
-  float eps = 0;
+  float scale = 1, eps = 0;
 };
 
 template <class D>
@@ -436,7 +437,7 @@ __global__ void finish_kernel(const __grid_constant__ Jobs<FinishJob<D>> b, Pass
     float x = 0;
     if (pass != kApply) {
       x = j.dir[i];
-      if (j.g) x = to_f(j.g[i]) / (sqrtf(fmaxf(x, 0.f)) + j.eps);
+      if (j.g) x = to_f(j.g[i]) * j.scale / (sqrtf(fmaxf(x, 0.f)) + j.eps);
       x = x / clip;
       if (j.m1) j.m1[i] = beta1 * j.m1[i] + (1.f - beta1) * x;
       if (pass == kClip) {
@@ -756,17 +757,18 @@ class Adapprox final : public Optimizer<T> {
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {
+    update_one({&p, param, master, grad});
+  }
+
+  // One tensor on this thread (lane 0), on grad_scale * grad.
+  void update_one(const TensorUpdate<T>& u) {
     Lane& L = *lanes_[0];
     L.bind();
-    if (p.is_matrix()) {
-      Tensor& t = tensors_[p.id];
-      if (t.queued || t.slot >= 0) finish_deferred();  // updated again without begin_step
-      refresh(t);
-      matrix_step(L, p, dev_ptr(grad), param, master);
-      return;
-    }
-    const TensorUpdate<T> u{&p, param, master, grad};
-    update_vectors({&u});
+    if (!u.p->is_matrix()) return update_vectors({&u});
+    Tensor& t = tensors_[u.p->id];
+    if (t.queued || t.slot >= 0) finish_deferred();  // updated again without begin_step
+    refresh(t);
+    matrix_step(L, u);
   }
 
   // The same arithmetic as update() on each in turn, on other threads and streams: the
@@ -817,9 +819,14 @@ class Adapprox final : public Optimizer<T> {
     work_cv_.notify_all();
     for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
       update_vectors({vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
-    for (const TensorUpdate<T>* u : rest) update(*u->p, u->param, u->master, u->grad);
+    for (const TensorUpdate<T>* u : rest) update_one(*u);
     if (!overlap_) settle(0);
   }
+
+  // Every gradient read multiplies by grad_scale (build_second_moment, the finish's
+  // recomputed D, vector_direction, matrix_direction), sparing the pipeline's clip pass
+  // over every gradient, which update_ms counts.
+  bool scales_grads() const override { return true; }
 
   // With side lanes, update_many() may return before they have queued its matrices'
   // work: the fused pipeline then goes on with backward (H200, d12 B 16 fused, Brown
@@ -912,7 +919,7 @@ class Adapprox final : public Optimizer<T> {
       try {
         if (!scope) fail("internal: Adapprox lane ", l, " has no stream");
         CUDA_CHECK(cudaStreamWaitEvent(L.stream, t.ready, 0));
-        matrix_step(L, *u.p, dev_ptr(u.grad), u.param, u.master);
+        matrix_step(L, u);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(pool_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -997,7 +1004,7 @@ class Adapprox final : public Optimizer<T> {
     for (size_t i = 0; i < us.size(); i++) {
       const ParamSpec& p = *us[i]->p;
       float* Dir = dvec_.get() + at;
-      jobs.push_back({Dir, tensors_[p.id].v, dev_ptr<T>(us[i]->grad), p.numel});
+      jobs.push_back({Dir, tensors_[p.id].v, dev_ptr<T>(us[i]->grad), us[i]->grad_scale, p.numel});
       finishing.push_back(
           finish_job(p, us[i]->param, us[i]->master, Dir, vec_scal_.get() + i, kMaxJobs));
       at += p.numel;
@@ -1014,43 +1021,44 @@ class Adapprox final : public Optimizer<T> {
   // V_t into the lane's scratch, ||V_t||^2 into the slot after its failure flag, and
   // sum D^2 (rebuilt denominator) into the lane's kSumD2.
   template <class D>
-  void build_v(Lane& L, const ParamSpec& p, const D* g) {
+  void build_v(Lane& L, const ParamSpec& p, const D* g, float scale) {
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     const int tiles = int(ceil_div(n, kBuildCols) * ceil_div(m, kBuildRows));
     build_second_moment<<<std::min(tiles, kBuildBlocks), kBuildCols, 0, update_stream()>>>(
-        L.V.get(), g, t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), L.partials.get(),
-        L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
+        L.V.get(), g, t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), scale,
+        L.partials.get(), L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
     CUDA_CHECK_LAUNCH();
   }
 
   // Steps 5-8 for a matrix whose V_hat fills the lane's V scratch: with the rebuilt
   // denominator, sum D^2 came with V_t (build_v) and the finish recomputes D; with the
   // refactored one, D is formed in place and summed first.
-  template <class D>
-  void finish_matrix(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
-    FinishJob<device_t<T>> job = finish_job(p, param, master, L.V.get(), L.scal.get(), 1);
+  void finish_matrix(Lane& L, const TensorUpdate<T>& u) {
+    const ParamSpec& p = *u.p;
+    const device_t<T>* g = dev_ptr(u.grad);
+    FinishJob<device_t<T>> job = finish_job(p, u.param, u.master, L.V.get(), L.scal.get(), 1);
     if (s_.refactored) {
       matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-          L.V.get(), g, p.numel, float(s_.eps));
+          L.V.get(), g, u.grad_scale, p.numel, float(s_.eps));
       CUDA_CHECK_LAUNCH();
       return finish_jobs({job}, L.partials, false);
     }
-    job.g = g, job.eps = float(s_.eps);
+    job.g = g, job.scale = u.grad_scale, job.eps = float(s_.eps);
     finish_jobs({job}, L.partials, true);
   }
 
   // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
   // steps 5-8.
-  template <class D>
-  void matrix_step(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
+  void matrix_step(Lane& L, const TensorUpdate<T>& u) {
+    const ParamSpec& p = *u.p;
     const Tensor& t = tensors_[p.id];
-    if (deferrable(p)) return deferred_step(L, p, g, param, master);
-    build_v(L, p, g);
+    if (deferrable(p)) return deferred_step(L, u);
+    build_v(L, p, dev_ptr(u.grad), u.grad_scale);
     double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
     const std::vector<double> lambda = srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), &norm_sq);
     adapt(L, p, lambda, norm_sq);
-    finish_matrix(L, p, g, param, master);
+    finish_matrix(L, u);
   }
 
   // as_rsi (srsi.cpp) from the first S-RSI's eigenvalues on, step for step: grow while
@@ -1193,11 +1201,11 @@ class Adapprox final : public Optimizer<T> {
   // finish_deferred(); a failed Cholesky (or a non-finite Gram) gives the slot back as
   // the identity and redoes the S-RSI with Householder QR. Then D over the V_t scratch,
   // and steps 5-8.
-  template <class D>
-  void deferred_step(Lane& L, const ParamSpec& p, const D* g, T* param, float* master) {
+  void deferred_step(Lane& L, const TensorUpdate<T>& u) {
+    const ParamSpec& p = *u.p;
     Tensor& t = tensors_[p.id];
     const Group& grp = groups_[t.group];
-    build_v(L, p, g);
+    build_v(L, p, dev_ptr(u.grad), u.grad_scale);
     srsi_calls_++;
     iterate(L, p, grp.s, optim::mix_seed(seed_, t_, p.id), false);
     const size_t ss = size_t(grp.s) * grp.s;
@@ -1231,7 +1239,7 @@ class Adapprox final : public Optimizer<T> {
       t.slot = -1;
       adapt(L, p, srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), nullptr, true), t.norm_sq);
     }
-    finish_matrix(L, p, g, param, master);
+    finish_matrix(L, u);
   }
 
   // The deferred S-RSIs' second half: batched eigensolver calls per group, one copy of

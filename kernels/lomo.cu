@@ -2,7 +2,8 @@
 // decoupled weight decay, no state. One grid-stride elementwise kernel, up to kMaxJobs
 // tensors per launch (launch_jobs; most of GPT-2's tensors are short vectors, so a launch
 // per tensor would cost more than the arithmetic), each tensor with the grid a launch of
-// its own would get; clipping already happened in the update pipeline.
+// its own would get; the global-norm clip coefficient comes as grad_scale, applied as g
+// is read (an elementwise clamp already happened in the update pipeline).
 #include "optim_common.cuh"
 #include "reference/optim/optim_common.hpp"
 
@@ -15,6 +16,7 @@ struct LomoJob {
   const D* grad;
   size_t n;
   double wd;
+  float scale;  // the gradient is scale * grad (TensorUpdate::grad_scale)
 };
 
 // lr from g_step (the step's, see optim_common.cuh).
@@ -26,7 +28,7 @@ __global__ void lomo_kernel(const __grid_constant__ Jobs<LomoJob<D>> b) {
   const Weights<D> w = j.w.now();
   const GridStride stride = job_stride(b, k);
   for (size_t i = stride.start; i < j.n; i += stride.step)
-    w.store(i, w.load(i) * keep - lr * to_f(j.grad[i]));
+    w.store(i, w.load(i) * keep - lr * (to_f(j.grad[i]) * j.scale));
 }
 
 template <class T>
@@ -45,13 +47,14 @@ class Lomo final : public Optimizer<T> {
     std::vector<LomoJob<D>> jobs;
     for (const TensorUpdate<T>& u : us)
       jobs.push_back({weights(u.param, u.master, seed_, u.p->id), dev_ptr(u.grad), u.p->numel,
-                      common_.wd(*u.p)});
+                      common_.wd(*u.p), u.grad_scale});
     launch_jobs(jobs, [](const LomoJob<D>& j) { return elementwise_blocks(j.n); },
                 [&](const Jobs<LomoJob<D>>& b, unsigned grid) {
                   lomo_kernel<<<grid, kThreads, 0, update_stream()>>>(b);
                 });
   }
 
+  bool scales_grads() const override { return true; }
   bool replayable() const override { return true; }
   std::vector<StateBlob> state() override { return {}; }
 

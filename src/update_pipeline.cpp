@@ -326,7 +326,7 @@ double UpdatePipeline<T>::total_norm() {
 
 template <class T>
 void UpdatePipeline<T>::update(const std::vector<GradSlice<T>>& slices) {
-  // An optimizer that scales gradients as it reads them (AdamW, CAME) takes the global-norm
+  // An optimizer that scales gradients as it reads them (all six) takes the global-norm
   // coefficient itself, sparing clip_scale's read and write of every gradient (H100, ncu:
   // 0.18 ms a d12 B16 step, ~0.5 ms at d24); an elementwise clamp (train.grad_clip_value)
   // still needs the pass. The same weights bit for bit in fp32; with bf16 gradients more

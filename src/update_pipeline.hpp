@@ -1,7 +1,7 @@
 // What happens to a gradient once backward has produced it:
 //   [value clip] -> [global-norm scale] -> optimizer.update -> buffer released.
-// An optimizer that scales_grads() (AdamW) does the global-norm scale as it reads the
-// gradient, when there is no value clip: one pass over the gradients fewer.
+// An optimizer that scales_grads() (all six do) does the global-norm scale as it reads
+// the gradient, when there is no value clip: one pass over the gradients fewer.
 // Two modes (config optimizer.update):
 // - after_backward: a full gradient buffer (category grads), micro-step accumulation,
 //   global-norm clipping measured over the whole gradient, then one update per tensor.

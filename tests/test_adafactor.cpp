@@ -155,6 +155,26 @@ TEST_CASE("Adafactor minimizes a convex quadratic and its state round-trips") {
                     Catch::Contains("optimizer.adafactor.warmup_init"));
 }
 
+TEST_CASE("Adafactor's grad_scale equals scaling the gradient first, bit for bit") {
+  // The pipeline skips clip_scale for Adafactor on this promise.
+  json cfg = optimizer_cfg("adafactor");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(grad_scale_matches_prescaled(cfg));
+  cfg["optimizer"]["adafactor"]["beta1"] = 0.9;
+  cfg["optimizer"]["adafactor"]["scale_parameter"] = true;
+  CHECK(grad_scale_matches_prescaled(cfg));
+}
+
+// Both configurations: every kernel that reads g (the two sweeps, the apply, the vectors).
+TEST_CASE("Adafactor on the GPU applies grad_scale as the CPU reference does", "[gpu]") {
+  json cfg = optimizer_cfg("adafactor");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  check_gpu_grad_scale(cfg);
+  cfg["optimizer"]["adafactor"]["beta1"] = 0.9;
+  cfg["optimizer"]["adafactor"]["scale_parameter"] = true;
+  check_gpu_grad_scale(cfg);
+}
+
 TEST_CASE("Adafactor on the GPU matches the CPU reference", "[gpu]") {
   json cfg = optimizer_cfg("adafactor");  // HF defaults: no first moment, lr from schedule
   cfg["optimizer"]["weight_decay"] = 0.1;

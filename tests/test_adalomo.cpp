@@ -85,6 +85,19 @@ TEST_CASE("AdaLomo minimizes a convex quadratic and its state round-trips") {
   CHECK_FALSE(state_round_trips(cfg, 2, 2, false));
 }
 
+TEST_CASE("AdaLomo's grad_scale equals scaling the gradient first, bit for bit") {
+  // The pipeline skips clip_scale for AdaLomo on this promise.
+  json cfg = optimizer_cfg("adalomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(grad_scale_matches_prescaled(cfg));
+}
+
+TEST_CASE("AdaLomo on the GPU applies grad_scale as the CPU reference does", "[gpu]") {
+  json cfg = optimizer_cfg("adalomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  check_gpu_grad_scale(cfg);
+}
+
 TEST_CASE("AdaLomo on the GPU matches the CPU reference", "[gpu]") {
   json cfg = optimizer_cfg("adalomo");
   cfg["optimizer"]["weight_decay"] = 0.1;

@@ -323,10 +323,11 @@ TEST_CASE("Adapprox minimizes a convex quadratic and its state round-trips") {
 // thin iterates (sketch, QR, Gram) in fp32 where the reference uses doubles, and the
 // eigen-decomposition of an fp32 Gram matrix; ~1e-6 on V_t becomes ~1e-5 on the
 // factors. Q and U are skipped: eigenvector signs are arbitrary per column (Q U^T and
-// the weights are not). The ranks chosen must be the same, step for step.
-static void check_adapprox_gpu(const json& cfg, const ParamTable& t) {
+// the weights are not). The ranks chosen must be the same, step for step. `scaled`: both
+// take the gradient with a grad_scale that changes every step, through update_many.
+static void check_adapprox_gpu(const json& cfg, const ParamTable& t, bool scaled = false) {
   for (int last : {1, 2, 10}) {
-    const auto f = compare_with_reference<float>(cfg, t, false, {last});
+    const auto f = compare_with_reference<float>(cfg, t, false, {last}, 0, 0.05f, 11, scaled);
     CHECK(f.weights <= 1e-4);
     CHECK(f.same_blobs);
     CHECK(f.state_bytes_match);
@@ -345,9 +346,10 @@ static void check_adapprox_gpu(const json& cfg, const ParamTable& t) {
         err = std::max(err, e);
     CHECK(err <= 1e-4);
   }
-  const auto b = compare_with_reference<bf16>(cfg, t, true, {10});
+  const auto b = compare_with_reference<bf16>(cfg, t, true, {10}, 0, 0.05f, 11, scaled);
   CHECK(b.weights <= 1e-4);
   CHECK(b.not_rounded == 0);
+  if (scaled) return;
   CHECK(compare_with_reference<float>(cfg, t, false, {4}, 2).weights <= 1e-4);
   CHECK(gpu_state_round_trips(cfg, 2, 2));
   CHECK_FALSE(gpu_state_round_trips(cfg, 2, 2, false));
@@ -365,6 +367,26 @@ TEST_CASE("Adapprox on the GPU matches the CPU reference and its rank decisions"
   // Over 131,072 elements a matrix's sums take more than half a lane's reduction
   // partials, which cos_guidance's two post-clip sums once overran by sharing a launch.
   check_adapprox_gpu(cfg, table_of({spec(0, 400, 401), spec(1, 1, 777)}));
+}
+
+TEST_CASE("Adapprox's grad_scale equals scaling the gradient first, bit for bit") {
+  // The pipeline skips clip_scale for Adapprox on this promise.
+  json cfg = optimizer_cfg("adapprox");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(grad_scale_matches_prescaled(cfg));
+  cfg["optimizer"]["adapprox"]["denominator"] = "refactored";
+  CHECK(grad_scale_matches_prescaled(cfg));
+}
+
+// The largest matrix runs on the calling thread, the other on a side lane; the
+// "refactored" denominator forms D in a kernel of its own (matrix_direction).
+TEST_CASE("Adapprox on the GPU applies grad_scale as the CPU reference does", "[gpu]") {
+  const ParamTable t = table_of({spec(0, 37, 129), spec(1, 200, 96), spec(2, 1, 1001)});
+  json cfg = optimizer_cfg("adapprox");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  check_adapprox_gpu(cfg, t, true);
+  cfg["optimizer"]["adapprox"]["denominator"] = "refactored";
+  check_adapprox_gpu(cfg, t, true);
 }
 
 // update_many runs all matrices but the largest on side lanes (host threads, each with

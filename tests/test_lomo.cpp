@@ -44,6 +44,19 @@ TEST_CASE("LOMO minimizes a convex quadratic and keeps no state") {
   CHECK(state_round_trips(cfg, 2, 2));
 }
 
+TEST_CASE("LOMO's grad_scale equals scaling the gradient first, bit for bit") {
+  // The pipeline skips clip_scale for LOMO on this promise.
+  json cfg = optimizer_cfg("lomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  CHECK(grad_scale_matches_prescaled(cfg));
+}
+
+TEST_CASE("LOMO on the GPU applies grad_scale as the CPU reference does", "[gpu]") {
+  json cfg = optimizer_cfg("lomo");
+  cfg["optimizer"]["weight_decay"] = 0.1;
+  check_gpu_grad_scale(cfg);
+}
+
 TEST_CASE("LOMO on the GPU matches the CPU reference", "[gpu]") {
   json cfg = optimizer_cfg("lomo");
   cfg["optimizer"]["weight_decay"] = 0.1;

@@ -65,6 +65,11 @@ class Adafactor final : public Optimizer<float> {
     }
   }
 
+  void update_many(const std::vector<TensorUpdate<float>>& us) override {
+    optim::update_scaled(*this, us);
+  }
+  bool scales_grads() const override { return true; }
+
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
  private:

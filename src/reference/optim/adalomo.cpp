@@ -36,6 +36,11 @@ class AdaLomo final : public Optimizer<float> {
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - alpha * g[i]);
   }
 
+  void update_many(const std::vector<TensorUpdate<float>>& us) override {
+    optim::update_scaled(*this, us);
+  }
+  bool scales_grads() const override { return true; }
+
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
  private:

@@ -67,6 +67,11 @@ class Adapprox final : public Optimizer<float> {
     apply(p, w, g);
   }
 
+  void update_many(const std::vector<TensorUpdate<float>>& us) override {
+    optim::update_scaled(*this, us);
+  }
+  bool scales_grads() const override { return true; }
+
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
   // Mean rank over the matrices this optimizer keeps (all, or a ZeRO-1 rank's), and the

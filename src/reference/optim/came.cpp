@@ -61,15 +61,8 @@ class Came final : public Optimizer<float> {
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - lr_ * g[i]);
   }
 
-  // The pipeline's clip coefficient taken here, as the fp32 product its clip_scale would
-  // store (in place: the gradient is scratch), so that it skips that pass over every
-  // gradient, as the CUDA twin does.
   void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    for (const TensorUpdate<float>& u : us) {
-      if (u.grad_scale != 1.0f)
-        for (size_t i = 0; i < u.p->numel; i++) u.grad[i] *= u.grad_scale;
-      update(*u.p, u.param, u.master, u.grad);
-    }
+    optim::update_scaled(*this, us);
   }
 
   bool scales_grads() const override { return true; }

@@ -19,6 +19,11 @@ class Lomo final : public Optimizer<float> {
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - lr_ * g[i]);
   }
 
+  void update_many(const std::vector<TensorUpdate<float>>& us) override {
+    optim::update_scaled(*this, us);
+  }
+  bool scales_grads() const override { return true; }
+
   std::vector<StateBlob> state() override { return {}; }
 
  private:

@@ -39,6 +39,14 @@ Common::Common(const json& cfg)
   decay_vectors = v.get<bool>();
 }
 
+void update_scaled(Optimizer<float>& opt, const std::vector<TensorUpdate<float>>& us) {
+  for (const TensorUpdate<float>& u : us) {
+    if (u.grad_scale != 1.0f)
+      for (size_t i = 0; i < u.p->numel; i++) u.grad[i] *= u.grad_scale;
+    opt.update(*u.p, u.param, u.master, u.grad);
+  }
+}
+
 float* StateStore::add(const ParamSpec& p, const std::string& what, size_t n) {
   if (!p.local) return nullptr;
   const std::string name = what + "." + p.name;

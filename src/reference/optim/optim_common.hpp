@@ -31,6 +31,11 @@ struct Common {
   }
 };
 
+// update_many of a reference that scales_grads(): the pipeline's clip coefficient taken
+// here, as the fp32 product its clip_scale would store (in place: the gradient is
+// scratch), then update() on each tensor, as the CUDA twin does in its own passes.
+void update_scaled(Optimizer<float>& opt, const std::vector<TensorUpdate<float>>& us);
+
 inline double sum_sq(const float* x, size_t n) {
   double s = 0;
   for (size_t i = 0; i < n; i++) s += double(x[i]) * x[i];
