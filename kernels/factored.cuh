@@ -23,6 +23,19 @@
 // block finishing everything (its serial loop over ~10^5 partials cost ~30 us per
 // matrix); one launch per matrix and pass (d12 step on an H200: AdaLomo 2.5 ms, Adafactor
 // 2.3, CAME 3.5, AdamW 1.3: 248-298 launches, latency more than bytes).
+// Where CAME's 1.3x AdamW comes from, at AdamW's bytes (28 per element either way, bf16
+// weights + fp32 master): ncu, H100, bench_optimizers d12, ms a step: the g^2 sweep 0.29
+// (0.9 TB/s), sum U^2 0.12 (2.2 TB/s), the moment sweep 0.55 (2.25 TB/s), the apply 0.57
+// (3.0 TB/s), against AdamW's one kernel at 1.18 (2.95 TB/s). The two row/column sweeps
+// keep 8 rows x 8 columns in registers (122-128 a thread: 2 blocks an SM, 25% occupancy)
+// and issue 0.26 instructions per scheduler cycle, waiting on loads. Lost (same calls,
+// CAME against AdamW's 1.26-1.30 ms in bench_optimizers): at least 128 / 256 / 512 rows per
+// block (training update_ms 1.76 / 1.78 / 1.83 against 1.76); 4 rows in flight, alone or
+// with __launch_bounds__ asking 3 or 4 blocks an SM (1.66-1.76 against 1.66-1.70); 3 blocks
+// at 8 rows (spills, 1.85-1.89); an L2 prefetch of the next 8 rows, one or two iterations
+// ahead, at 256 or 512 rows per block (1.80-1.90). Left to try: fewer registers by keeping
+// the loaded runs as packed bf16 until they are summed, or the g^2 sums taken in the
+// pipeline's norm pass (one read of g fewer).
 #pragma once
 #include <type_traits>
 #include <vector>
