@@ -62,9 +62,13 @@ void RunLog::startup(const ParamTable& table, const MemoryLedger& ledger, bool f
               cfg_["data"]["batch_size"].get<int>(), cfg_["data"]["seq_len"].get<int>(),
               cfg_["data"]["train"].get<std::string>().c_str(),
               cfg_["data"]["val"].get<std::string>().c_str());
-  std::printf("optimizer  %s, %s update, lr %g, weight_decay %g\n",
+  // The clip norm in force (train.grad_clip, or its default for the update mode): the
+  // step lines' norm says which steps it scales.
+  const double clip_value = cfg_["train"]["grad_clip_value"].get<double>();
+  std::printf("optimizer  %s, %s update, lr %g, weight_decay %g, grad_clip %g%s\n",
               o["name"].get<std::string>().c_str(), fused ? "fused" : "after_backward",
-              o["lr"].get<double>(), o["weight_decay"].get<double>());
+              o["lr"].get<double>(), o["weight_decay"].get<double>(), resolved_grad_clip(cfg_),
+              clip_value > 0 ? cat(", grad_clip_value ", clip_value).c_str() : "");
   std::printf("schedule   %lld steps, warmup %lld, %s decay to %g x lr\n",
               (long long)cfg_["schedule"]["steps"].get<int64_t>(),
               (long long)cfg_["schedule"]["warmup_steps"].get<int64_t>(),
