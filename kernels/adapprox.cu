@@ -745,15 +745,18 @@ class Adapprox final : public Optimizer<T> {
     srsi_calls_ = 0;
   }
 
-  // As the reference's: the mean rank over the matrices kept here and this step's
-  // S-RSIs (a Householder redo counts as one more).
+  // As the reference's: the mean rank over the matrices kept here, this step's S-RSIs (a
+  // Householder redo counts as one more) and the largest rank (past k + p = kSolveMax a
+  // matrix leaves the one-launch paths).
   std::vector<std::pair<std::string, double>> step_stats() const override {
-    double ranks = 0;
+    double ranks = 0, widest = 0;
     int matrices = 0;
     for (const Tensor& t : tensors_)
-      if (t.rank_err) ranks += t.rank, matrices++;
+      if (t.rank_err) ranks += t.rank, widest = std::max(widest, double(t.rank)), matrices++;
     if (matrices == 0) return {};
-    return {{"adapprox_rank", ranks / matrices}, {"adapprox_srsi", double(srsi_calls_.load())}};
+    return {{"adapprox_rank", ranks / matrices},
+            {"adapprox_srsi", double(srsi_calls_.load())},
+            {"adapprox_rank_max", widest}};
   }
 
   void update(const ParamSpec& p, T* param, float* master, T* grad) override {

@@ -213,7 +213,7 @@ static std::vector<float> run_matrix(Optimizer<float>& o, const ParamTable& t, i
   return w;
 }
 
-TEST_CASE("Adapprox's step stats: mean rank of its matrices, S-RSIs this step") {
+TEST_CASE("Adapprox's step stats: mean and largest rank of its matrices, S-RSIs this step") {
   const ParamTable t = table_of({spec(0, 37, 129), spec(1, 200, 96), spec(2, 1, 1001)});
   json cfg = optimizer_cfg("adapprox");
   // Growth by 1 from rank 1 against an unreachable error bound: k_max S-RSIs per matrix
@@ -231,11 +231,13 @@ TEST_CASE("Adapprox's step stats: mean rank of its matrices, S-RSIs this step") 
     opt->update(p, w.data(), nullptr, g.data());
   }
   const auto stats = opt->step_stats();
-  REQUIRE(stats.size() == 2);
+  REQUIRE(stats.size() == 3);
   CHECK(stats[0].first == "adapprox_rank");
   CHECK(stats[0].second == Approx((9 + 24) / 2.0));
   CHECK(stats[1].first == "adapprox_srsi");
   CHECK(stats[1].second == 9 + 24);
+  CHECK(stats[2].first == "adapprox_rank_max");
+  CHECK(stats[2].second == 24);
   opt->begin_step(2, 0.01f);  // a new step starts the count again
   CHECK(opt->step_stats()[1].second == 0);
   CHECK(make_optimizer(optimizer_cfg("adamw"), t, dev, 3)->step_stats().empty());

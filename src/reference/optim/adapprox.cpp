@@ -74,15 +74,19 @@ class Adapprox final : public Optimizer<float> {
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 
-  // Mean rank over the matrices this optimizer keeps (all, or a ZeRO-1 rank's), and the
-  // S-RSIs since begin_step.
+  // Mean rank over the matrices this optimizer keeps (all, or a ZeRO-1 rank's), the
+  // S-RSIs since begin_step, and the largest rank (a few wide matrices can cost more than
+  // the mean suggests).
   std::vector<std::pair<std::string, double>> step_stats() const override {
-    double ranks = 0;
+    double ranks = 0, widest = 0;
     int matrices = 0;
     for (const Tensor& t : tensors_)
-      if (t.rank_err) ranks += t.rank_err[0], matrices++;
+      if (t.rank_err)
+        ranks += t.rank_err[0], widest = std::max(widest, double(t.rank_err[0])), matrices++;
     if (matrices == 0) return {};
-    return {{"adapprox_rank", ranks / matrices}, {"adapprox_srsi", srsi_calls_}};
+    return {{"adapprox_rank", ranks / matrices},
+            {"adapprox_srsi", srsi_calls_},
+            {"adapprox_rank_max", widest}};
   }
 
  private:
