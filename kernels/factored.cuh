@@ -416,8 +416,8 @@ class Factored {
     dev.zero(ticket_.get(), ticket_.bytes());
   }
 
-  // Row chunks sized for about 2 blocks per SM (each keeps 8 rows x 16 bytes per thread
-  // in flight); more blocks only lengthen the partial sums the finishers add.
+  // Row chunks sized for about 2 blocks per SM, in whole iterations of 8 rows per warp;
+  // more blocks only lengthen the partial sums the finishers add.
   static SweepShape shape(int64_t m, int64_t n, int sms) {
     const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms / tiles);
     const int64_t step = kSweepWarps * kRowsInFlight;

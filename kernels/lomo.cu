@@ -3,7 +3,8 @@
 // tensors per launch (launch_jobs; most of GPT-2's tensors are short vectors, so a launch
 // per tensor would cost more than the arithmetic), each tensor with the grid a launch of
 // its own would get; the global-norm clip coefficient comes as grad_scale, applied as g
-// is read (an elementwise clamp already happened in the update pipeline).
+// is read (with an elementwise clamp, train.grad_clip_value, the pipeline clamps and
+// scales in a pass of its own and grad_scale is 1).
 #include "optim_common.cuh"
 #include "reference/optim/optim_common.hpp"
 

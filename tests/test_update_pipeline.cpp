@@ -212,24 +212,28 @@ TEST_CASE("two-pass clipping in fused mode equals global clipping after backward
   }
 }
 
-TEST_CASE("AdamW scales clipped gradients itself: the weights of clip_scale then update") {
-  // fp32: AdamW's g * coef is the product clip_scale stores, so the two routes agree bit
-  // for bit. The coefficient changes every step, so an AdamW that ignored grad_scale
-  // would end at other weights than the clip_scale route's.
-  const std::vector<float> unclipped =
-      train_steps(tiny("adamw", {"optimizer.update=\"after_backward\"", "train.grad_clip=0"}), 10);
-  for (const char* mode : {"after_backward", "fused"}) {
-    INFO(mode);
-    const json cfg = tiny("adamw", {std::string("optimizer.update=\"") + mode + "\"",
-                                    "train.grad_clip=0.05", "train.two_pass_clip=true"});
-    CpuRun scaling(cfg, 2, 1), pipeline_scales(cfg, 2, 1, false);
-    const std::vector<float> a = train_steps(scaling, 10), b = train_steps(pipeline_scales, 10);
-    CHECK(scaling.gops.clip_scale_calls == 0);
-    CHECK(pipeline_scales.gops.clip_scale_calls > 0);
-    CHECK(a == b);
-    CHECK(a != unclipped);  // the clip was active
+TEST_CASE(
+    "Every optimizer scales clipped gradients itself: the weights of clip_scale then update") {
+  // fp32: an optimizer's g * coef is the product clip_scale stores, so the two routes agree
+  // bit for bit. The coefficient changes every step, so an optimizer that ignored
+  // grad_scale would end at other weights than the clip_scale route's.
+  for (const char* name : {"adamw", "lomo", "adalomo", "adafactor", "came", "adapprox"}) {
+    INFO(name);
+    const std::vector<float> unclipped =
+        train_steps(tiny(name, {"optimizer.update=\"after_backward\"", "train.grad_clip=0"}), 10);
+    for (const char* mode : {"after_backward", "fused"}) {
+      INFO(mode);
+      const json cfg = tiny(name, {std::string("optimizer.update=\"") + mode + "\"",
+                                   "train.grad_clip=0.05", "train.two_pass_clip=true"});
+      CpuRun scaling(cfg, 2, 1), pipeline_scales(cfg, 2, 1, false);
+      const std::vector<float> a = train_steps(scaling, 10), b = train_steps(pipeline_scales, 10);
+      CHECK(scaling.gops.clip_scale_calls == 0);
+      CHECK(pipeline_scales.gops.clip_scale_calls > 0);
+      CHECK(a == b);
+      CHECK(a != unclipped);  // the clip was active
+    }
   }
-  // A value clip comes before the scale, so AdamW too gets it from clip_scale.
+  // A value clip comes before the scale, so the optimizers too get it from clip_scale.
   CpuRun value_clip(tiny("adamw", {"train.grad_clip=0.05", "train.grad_clip_value=0.01"}), 2, 1);
   train_steps(value_clip, 2);
   CHECK(value_clip.gops.clip_scale_calls > 0);

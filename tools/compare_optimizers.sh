@@ -2,9 +2,9 @@
 # Trains the quickstart model with each of the six optimizers for the same number of
 # steps and prints a table of val loss, mean step time, the median update_ms over the
 # second half of the steps (after_backward updates; fused ones run inside backward), and
-# how many of those steps the global-norm clip scaled (norm above the run's grad_clip):
-# on those, an optimizer that does not scale gradients itself also pays the pipeline's
-# clip pass. Warmup is a tenth of the steps, whatever the config says (gpt2-124m.json's
+# how many of those steps the global-norm clip scaled (norm above the run's grad_clip;
+# with train.grad_clip_value the pipeline's clip pass runs on every step whatever this
+# says). Warmup is a tenth of the steps, whatever the config says (gpt2-124m.json's
 # 700 would not fit a short comparison).
 # Usage: tools/compare_optimizers.sh [steps] ["optimizer names"]
 # CONFIG=configs/gpt2-124m.json EXTRA="--set data.batch_size=16" for another run.
