@@ -22,7 +22,7 @@ bool flag(const json& cfg, const std::string& key) {
 
 bool has_first_moment(const json& cfg) { return !entry(cfg, "adafactor", "beta1").is_null(); }
 
-class Adafactor final : public Optimizer<float> {
+class Adafactor final : public ScalingOptimizer {
  public:
   Adafactor(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -64,11 +64,6 @@ class Adafactor final : public Optimizer<float> {
       w[i] = float(w[i] * keep - u);
     }
   }
-
-  void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    optim::update_scaled(*this, us);
-  }
-  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

@@ -12,7 +12,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class AdaLomo final : public Optimizer<float> {
+class AdaLomo final : public ScalingOptimizer {
  public:
   AdaLomo(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -35,11 +35,6 @@ class AdaLomo final : public Optimizer<float> {
     const double keep = 1.0 - alpha * common_.wd(p);  // decay scaled by alpha, not lr
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - alpha * g[i]);
   }
-
-  void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    optim::update_scaled(*this, us);
-  }
-  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

@@ -30,7 +30,7 @@ inline double qut(const float* Q, const float* U, int64_t m, int64_t n, int k, i
   return s;
 }
 
-class Adapprox final : public Optimizer<float> {
+class Adapprox final : public ScalingOptimizer {
  public:
   Adapprox(const json& cfg, const ParamTable& table, Device& dev, uint64_t seed)
       : common_(cfg), s_(cfg), seed_(seed), store_(dev) {
@@ -66,11 +66,6 @@ class Adapprox final : public Optimizer<float> {
       vector_direction(p, g);
     apply(p, w, g);
   }
-
-  void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    optim::update_scaled(*this, us);
-  }
-  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

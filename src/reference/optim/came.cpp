@@ -13,7 +13,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class Came final : public Optimizer<float> {
+class Came final : public ScalingOptimizer {
  public:
   Came(const json& cfg, const ParamTable& table, Device& dev)
       : common_(cfg),
@@ -60,12 +60,6 @@ class Came final : public Optimizer<float> {
     const double keep = 1.0 - lr_ * common_.wd(p);  // decoupled, raw lr
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - lr_ * g[i]);
   }
-
-  void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    optim::update_scaled(*this, us);
-  }
-
-  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return store_.blobs(); }
 

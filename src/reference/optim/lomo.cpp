@@ -8,7 +8,7 @@ namespace gpt2::optim {
 
 namespace {
 
-class Lomo final : public Optimizer<float> {
+class Lomo final : public ScalingOptimizer {
  public:
   explicit Lomo(const json& cfg) : common_(cfg) {}
 
@@ -18,11 +18,6 @@ class Lomo final : public Optimizer<float> {
     const double keep = 1.0 - lr_ * common_.wd(p);
     for (size_t i = 0; i < p.numel; i++) w[i] = float(w[i] * keep - lr_ * g[i]);
   }
-
-  void update_many(const std::vector<TensorUpdate<float>>& us) override {
-    optim::update_scaled(*this, us);
-  }
-  bool scales_grads() const override { return true; }
 
   std::vector<StateBlob> state() override { return {}; }
 

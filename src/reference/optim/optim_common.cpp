@@ -39,11 +39,11 @@ Common::Common(const json& cfg)
   decay_vectors = v.get<bool>();
 }
 
-void update_scaled(Optimizer<float>& opt, const std::vector<TensorUpdate<float>>& us) {
+void ScalingOptimizer::update_many(const std::vector<TensorUpdate<float>>& us) {
   for (const TensorUpdate<float>& u : us) {
     if (u.grad_scale != 1.0f)
       for (size_t i = 0; i < u.p->numel; i++) u.grad[i] *= u.grad_scale;
-    opt.update(*u.p, u.param, u.master, u.grad);
+    update(*u.p, u.param, u.master, u.grad);
   }
 }
 

@@ -31,10 +31,14 @@ struct Common {
   }
 };
 
-// update_many of a reference that scales_grads(): the pipeline's clip coefficient taken
-// here, as the fp32 product its clip_scale would store (in place: the gradient is
+// A reference that scales_grads() by scaling in place: update_many takes the pipeline's
+// clip coefficient as the fp32 product its clip_scale would store (the gradient is
 // scratch), then update() on each tensor, as the CUDA twin does in its own passes.
-void update_scaled(Optimizer<float>& opt, const std::vector<TensorUpdate<float>>& us);
+class ScalingOptimizer : public Optimizer<float> {
+ public:
+  void update_many(const std::vector<TensorUpdate<float>>& us) override;
+  bool scales_grads() const override { return true; }
+};
 
 inline double sum_sq(const float* x, size_t n) {
   double s = 0;
