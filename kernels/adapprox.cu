@@ -475,7 +475,7 @@ struct LaneSizes {
   size_t bytes() const {
     const size_t ss = size_t(s_max) * s_max;
     // V, Y, Om, G (with gram_matrix's tail), W, tau
-    const size_t floats = v + y + om + gram_tail(s_max) + 4 + ss + size_t(s_max);
+    const size_t floats = v + y + om + gram_floats(s_max) + ss + size_t(s_max);
     // Gd, eigenvalues with flag and ||V||^2, scalars, Gram partial sums, reduction partials
     const size_t doubles =
         ss + size_t(s_max) + 2 + kSlots + cholesky_qr_parts(s_max) + kReduceBlocks;
@@ -559,7 +559,7 @@ struct Lane {
         ticket(dev, 1, MemCategory::workspace, name + " arrive ticket"),
         gram_parts(dev, cholesky_qr_parts(z.s_max), MemCategory::workspace,
                    name + " thin Gram64 partial sums"),
-        host_g(gram_tail(z.s_max) + 4),
+        host_g(gram_floats(z.s_max)),
         host_r(size_t(z.s_max) * z.s_max),
         host_eig(size_t(z.s_max) + 2) {
     if (z.v) V = DeviceBuffer<float>(dev, z.v, MemCategory::workspace, name + " V_t");
@@ -567,7 +567,7 @@ struct Lane {
       return DeviceBuffer<float>(dev, n, MemCategory::workspace, name + " thin " + what);
     };
     const size_t ss = size_t(z.s_max) * z.s_max;
-    Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(gram_tail(z.s_max) + 4, "Gram");
+    Y = thin(z.y, "Y"), Om = thin(z.om, "Om"), G = thin(gram_floats(z.s_max), "Gram");
     W = thin(ss, "W");
     tau = thin(size_t(z.s_max), "tau");
     dev.zero(ticket.get(), ticket.bytes());  // arrive() counts from 0
@@ -1023,14 +1023,14 @@ class Adapprox final : public Optimizer<T> {
 
   // V_t into the lane's scratch, ||V_t||^2 into the slot after its failure flag, and
   // sum D^2 (rebuilt denominator) into the lane's kSumD2.
-  template <class D>
-  void build_v(Lane& L, const ParamSpec& p, const D* g, float scale) {
+  void build_v(Lane& L, const TensorUpdate<T>& u) {
+    const ParamSpec& p = *u.p;
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     const int tiles = int(ceil_div(n, kBuildCols) * ceil_div(m, kBuildRows));
     build_second_moment<<<std::min(tiles, kBuildBlocks), kBuildCols, 0, update_stream()>>>(
-        L.V.get(), g, t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), scale,
-        L.partials.get(), L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
+        L.V.get(), dev_ptr(u.grad), t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps),
+        u.grad_scale, L.partials.get(), L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
     CUDA_CHECK_LAUNCH();
   }
 
@@ -1057,7 +1057,7 @@ class Adapprox final : public Optimizer<T> {
     const ParamSpec& p = *u.p;
     const Tensor& t = tensors_[p.id];
     if (deferrable(p)) return deferred_step(L, u);
-    build_v(L, p, dev_ptr(u.grad), u.grad_scale);
+    build_v(L, u);
     double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
     const std::vector<double> lambda = srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), &norm_sq);
     adapt(L, p, lambda, norm_sq);
@@ -1164,7 +1164,7 @@ class Adapprox final : public Optimizer<T> {
   // host_r and, for s > kSolveMax, up into the lane's W.
   std::vector<double> host_eigen(Lane& L, int s, int k) {
     L.host_vecs.resize(size_t(s) * s);
-    copy_to_host_on_update_stream(L.host_g.get(), L.G.get(), (gram_tail(s) + 4) * sizeof(float));
+    copy_to_host_on_update_stream(L.host_g.get(), L.G.get(), gram_floats(s) * sizeof(float));
     std::vector<double> eig(size_t(s) + 2);
     std::memcpy(&eig[s], L.host_g.get() + gram_tail(s), 2 * sizeof(double));
     optim::symmetric_eigen(L.host_g.get(), s, eig.data(), L.host_vecs.data());
@@ -1208,7 +1208,7 @@ class Adapprox final : public Optimizer<T> {
     const ParamSpec& p = *u.p;
     Tensor& t = tensors_[p.id];
     const Group& grp = groups_[t.group];
-    build_v(L, p, dev_ptr(u.grad), u.grad_scale);
+    build_v(L, u);
     srsi_calls_++;
     iterate(L, p, grp.s, optim::mix_seed(seed_, t_, p.id), false);
     const size_t ss = size_t(grp.s) * grp.s;

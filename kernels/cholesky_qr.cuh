@@ -35,8 +35,9 @@ void solve_cholesky_qr_r(float* Y, int m, int s, double shift, float* R, double*
 
 // G = Y^T Y (s x s, column-major fp32, summed in double as cholesky_qr_r sums it), and the
 // two doubles at tail copied to G + gram_tail(s), so that one copy brings both to the
-// host. G holds gram_tail(s) + 4 floats.
+// host. G holds gram_floats(s) floats.
 constexpr size_t gram_tail(int s) { return (size_t(s) * s + 1) / 2 * 2; }
+constexpr size_t gram_floats(int s) { return gram_tail(s) + 2 * sizeof(double) / sizeof(float); }
 void gram_matrix(const float* Y, int m, int s, float* G, const double* tail, double* parts,
                  double* scratch, unsigned* ticket);
 

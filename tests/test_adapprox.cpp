@@ -545,12 +545,12 @@ TEST_CASE("CholeskyQR's R on the GPU matches cholesky_upper", "[gpu]") {
     {  // G = Y^T Y against Eigen's in double, and the tail after it
       const double tail[2] = {1.5, -2.25};
       DeviceBuffer<double> tail_d(*dev, 2, MemCategory::workspace, "tail");
-      DeviceBuffer<float> Gd(*dev, cuda::gram_tail(s) + 4, MemCategory::workspace, "G");
+      DeviceBuffer<float> Gd(*dev, cuda::gram_floats(s), MemCategory::workspace, "G");
       dev->to_device(Y.get(), y.data(), y.size() * 4);
       dev->to_device(tail_d.get(), tail, sizeof tail);
       cuda::gram_matrix(Y.get(), m, s, Gd.get(), tail_d.get(), parts.get(), scratch.get(),
                         ticket.get());
-      std::vector<float> gram(cuda::gram_tail(s) + 4);
+      std::vector<float> gram(cuda::gram_floats(s));
       dev->to_host(gram.data(), Gd.get(), gram.size() * 4);
       double err = 0;
       for (int c = 0; c < s; c++)

@@ -1,6 +1,7 @@
 // The update pipeline: fused and after_backward give bit-identical weights for every
-// optimizer (clipping included), AdamW's own scaling of clipped gradients, NaN handling,
-// gradient accumulation, the update's stopwatch, and a tiny model memorizing one batch.
+// optimizer (clipping included), every optimizer's own scaling of clipped gradients, NaN
+// handling, gradient accumulation, the update's stopwatch, and a tiny model memorizing one
+// batch.
 #include <chrono>
 #include <cmath>
 #include <cstring>
