@@ -38,9 +38,14 @@
 // block (training update_ms 1.76 / 1.78 / 1.83 against 1.76); 4 rows in flight, alone or
 // with __launch_bounds__ asking 3 or 4 blocks an SM (1.66-1.76 against 1.66-1.70); 3 blocks
 // at 8 rows (spills, 1.85-1.89); an L2 prefetch of the next 8 rows, one or two iterations
-// ahead, at 256 or 512 rows per block (1.80-1.90). Left to try: fewer registers by keeping
-// the loaded runs as packed bf16 until they are summed, or the g^2 sums taken in the
-// pipeline's norm pass (one read of g fewer).
+// ahead, at 256 or 512 rows per block (1.80-1.90). Lost since (H100, bench_optimizers, one call,
+// two runs each, 2026-11-28): each warp's rows fetched first as raw 16-byte words (bf16 still
+// packed), then unpacked and summed (8 rows in flight for the g^2 and U^2 sweeps, 4 for CAME's
+// moment: 106 / 60 / 122 registers against 44 / 29 / 78), CAME 1.610 / 1.645 -> 1.687 /
+// 1.671 ms, Adafactor 0.980 / 0.986 -> 1.019 / 0.985, AdaLomo 1.135 / 1.156 -> 1.169 /
+// 1.152; with __launch_bounds__(256, 3) on top, CAME 1.846 / 1.810. Neither occupancy
+// nor loads in flight moves these sweeps, so what is left to try changes what they do:
+// the g^2 sums taken in the pipeline's norm pass (one read of g fewer).
 #pragma once
 #include <type_traits>
 #include <vector>
