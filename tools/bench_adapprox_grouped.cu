@@ -5,23 +5,38 @@
 // kernels/adapprox.cu's lanes do. Both run the same S-RSI up to its Gram matrix (sketch
 // given, l = 2, CholeskyQR2, G = Om^T Om) on the 49 matrices of d12 but wte, each at
 // width s, from one host thread; the tool checks that both give the same Gram matrices
-// and prints the median of 20 runs with cudaEvents, ms.
+// and prints the median of 20 runs with cudaEvents, ms. Then the grouped run's parts
+// alone, and (s = 19, 33) the same S-RSI with hand-written products, which read each V_t
+// once per product: V Om a warp per 4 rows, V^T Y and the Gram matrices as split sums
+// over chunks of rows added in order, the Cholesky in the Gram matrix's second stage.
+// Last, that S-RSI on a bf16 gradient's square, read from the gradient and squared on
+// the fly against stored in fp32 (same bits): what never storing V_t's g^2 part saves
+// (V_t = beta2 Q U^T + (1 - beta2) g^2, and V_t Om = beta2 Q (U^T Om) + (1 - beta2) g^2 Om).
 //   build/bench_adapprox_grouped            s = 19 (rank 14 + p, real text) and 33
 //   build/bench_adapprox_grouped 45         other widths (up to 64)
-// H100 80GB HBM3 (2026-11-27): s 19: chains 8.128 ms, grouped 4.342 (1.87x); s 33: 7.158
-// and 4.628 (1.55x); Gram matrices agree to 1.7e-6. 49 chains at bench_adapprox_thin's
-// 0.14-0.18 ms each (H200) add up to about the chains' time here: the four streams
-// hardly overlap, as one host thread issues ~20 calls per chain. The grouped run is 9
-// grouped SGEMMs, 8 batched kernels and the sketch's 49 copies: ~0.2 ms per launch on
-// average, where reading the 49 V_t once takes ~0.11 ms at 3 TB/s (which part weighs
-// most is not timed yet). So grouping alone would leave two S-RSIs a step at ~8.7 ms,
-// against the ~3.4 ms the update may take to stay within 10% of a d12 step.
+// H100 80GB HBM3 (2026-11-28, `bench_adapprox_grouped 19 33`), ms:
+//   s 19: chains on 4 streams 7.972, grouped 4.408 (1.81x), hand-written 1.727 (V Om
+//         0.341, V^T Y 0.283, a QR pass 0.060, Gram(Om) 0.029); from bf16 g squared on
+//         the fly 1.823 against 1.732 from the same square stored in fp32.
+//   s 33: chains 7.587, grouped 4.645, hand-written 7.781, of which V Om 2.997 on fp32
+//         V_t against 0.699 on bf16 g (both without spills, 168 and 209 registers: not
+//         explained yet); from bf16 g 3.310 in all.
+// Gram matrices within 1.7e-6 of one another every way. Earlier (2026-11-27, same card)
+// chains 8.128 / 7.158 and grouped 4.342 / 4.628. So at the widths real text settles at,
+// hand-written products over all matrices at once take 1.7 ms for one S-RSI (l = 2) of
+// each of the 49 matrices, what a step at steady ranks runs, 4.6x less than the lanes' chains
+// and 2.6x less than cuBLAS's grouped calls (~0.2 ms per launch on average, where reading the 49
+// V_t once takes ~0.11 ms at 3 TB/s): the way to Adapprox's ~3.4 ms budget (10% of a d12 step) is
+// a phase-by-phase update of every narrow matrix with kernels like these.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "cuda_timing.cuh"
@@ -30,16 +45,10 @@ namespace {
 
 constexpr int kMaxS = 64;
 
-// cholesky_upper of each matrix's Gram matrix G (s x s, column-major, upper triangle) in
-// double, one block each (a thread per row), R written over G in fp32. No failure
-// handling: the tool's matrices are well conditioned.
-__global__ void batched_cholesky(float* const* Gs, int s) {
-  __shared__ double a[kMaxS][kMaxS + 1];
-  float* G = Gs[blockIdx.x];
+// cholesky_upper in double on a (s x s, upper triangle: a[i][c] for i <= c) in place, a
+// thread per row. No failure handling: the tool's matrices are well conditioned.
+__device__ void factor_upper(double (*a)[kMaxS + 1], int s) {
   const int i = threadIdx.x;
-  for (int c = 0; c < s; c++)
-    if (i < s) a[i][c] = i <= c ? G[i + size_t(c) * s] : G[c + size_t(i) * s];
-  __syncthreads();
   for (int j = 0; j < s; j++) {
     const double r = sqrt(a[j][j]);
     __syncthreads();
@@ -50,6 +59,17 @@ __global__ void batched_cholesky(float* const* Gs, int s) {
       for (int c = i; c < s; c++) a[i][c] -= a[j][i] * a[j][c];
     __syncthreads();
   }
+}
+
+// Each matrix's Gram matrix G (s x s, column-major, upper triangle) factored, one block
+// each, R written over G in fp32 (zero below the diagonal).
+__global__ void batched_cholesky(float* const* Gs, int s) {
+  __shared__ double a[kMaxS][kMaxS + 1];
+  float* G = Gs[blockIdx.x];
+  const int i = threadIdx.x;
+  for (int c = i; c < s; c++) a[i][c] = G[i + size_t(c) * s];
+  __syncthreads();
+  factor_upper(a, s);
   for (int c = 0; c < s; c++)
     if (i < s) G[i + size_t(c) * s] = i <= c ? float(a[i][c]) : 0.f;
 }
@@ -74,12 +94,155 @@ __global__ void batched_solve(float* const* Ys, const float* const* Rs, const in
   }
 }
 
+// Y = V Om for each matrix, hand-written: a warp per 4 rows of V, its lanes along the
+// row (coalesced), S sums per row and lane, then a warp reduction. Only the read of V
+// needs DRAM; Om (n x S) stays in L1/L2 across a block's warps.
+// What the products read of V: V_t itself, or (for the part of V_t that is a fresh g^2)
+// a bf16 gradient squared as it is read, which halves the bytes.
+__device__ __forceinline__ float second(float v) { return v; }
+__device__ __forceinline__ float second(__nv_bfloat16 g) {
+  const float x = __bfloat162float(g);
+  return x * x;
+}
+
+template <int S, class E>
+__global__ void skinny_v_om(const E* const* Vs, const float* const* Oms, float* const* Ys,
+                            const int* rows, const int* cols) {
+  const int b = blockIdx.y, m = rows[b], n = cols[b], lane = threadIdx.x % 32;
+  const int r0 = (blockIdx.x * blockDim.x + threadIdx.x) / 32 * 4;
+  if (r0 >= m) return;
+  const E* V = Vs[b];
+  const float* Om = Oms[b];
+  float acc[4][S] = {};
+  for (int j = lane; j < n; j += 32) {
+    float v[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) v[r] = r0 + r < m ? second(V[size_t(r0 + r) * n + j]) : 0.f;
+#pragma unroll
+    for (int c = 0; c < S; c++) {
+      const float o = Om[j + size_t(c) * n];
+#pragma unroll
+      for (int r = 0; r < 4; r++) acc[r][c] += v[r] * o;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++)
+#pragma unroll
+    for (int c = 0; c < S; c++) {
+      float x = acc[r][c];
+      for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
+      if (lane == 0 && r0 + r < m) Ys[b][r0 + r + size_t(c) * m] = x;
+    }
+}
+
+// Rows of V (or of a thin X) per block in the split sums below: each block writes its
+// partial sums, and a second kernel adds a matrix's chunks in order, so the result does
+// not depend on the GPU's schedule.
+constexpr int kChunk = 128;
+
+// Om = V^T Y, first stage: a block per (128 columns of V, kChunk rows, matrix), a thread
+// per column j summing V[i][j] Y[i][c] over the chunk's rows (V read along its rows,
+// coalesced; the chunk of Y in shared memory). Partials: chunk k of matrix b at
+// parts[b] + k n S, laid out as Om.
+template <int S, class E>
+__global__ void skinny_vt_y_part(const E* const* Vs, const float* const* Ys, float* const* parts,
+                                 const int* rows, const int* cols) {
+  __shared__ float y[kChunk][S];
+  const int b = blockIdx.z, m = rows[b], n = cols[b], i0 = blockIdx.y * kChunk;
+  if (i0 >= m || int(blockIdx.x * blockDim.x) >= n) return;  // the whole block is outside
+  const int len = min(kChunk, m - i0);
+  for (int e = threadIdx.x; e < len * S; e += blockDim.x)
+    y[e % len][e / len] = Ys[b][i0 + e % len + size_t(e / len) * m];
+  __syncthreads();
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const E* V = Vs[b] + size_t(i0) * n + j;
+  float acc[S] = {};
+  for (int i = 0; i < len; i++) {
+    const float v = second(V[size_t(i) * n]);
+#pragma unroll
+    for (int c = 0; c < S; c++) acc[c] += v * y[i][c];
+  }
+  float* out = parts[b] + size_t(blockIdx.y) * n * S;
+#pragma unroll
+  for (int c = 0; c < S; c++) out[j + size_t(c) * n] = acc[c];
+}
+
+// Second stage: out[b] (size[b] floats) = the sum of its chunks' partials, in order.
+__global__ void sum_parts(const float* const* parts, float* const* outs, const int* rows,
+                          const int* size) {
+  const int b = blockIdx.y, chunks = (rows[b] + kChunk - 1) / kChunk;
+  const size_t total = size_t(size[b]);
+  for (size_t e = size_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += size_t(gridDim.x) * blockDim.x) {
+    float acc = 0.f;
+    for (int k = 0; k < chunks; k++) acc += parts[b][size_t(k) * total + e];
+    outs[b][e] = acc;
+  }
+}
+
+// Gram matrix X^T X of each thin X (rows[b] x S, column-major), first stage: a block
+// per (kChunk rows, matrix) with the chunk in shared memory, a thread per entry of the
+// upper triangle. Partials: chunk k at parts[b] + k S S.
+template <int S>
+__global__ void gram_part(const float* const* Xs, float* const* parts, const int* rows) {
+  __shared__ float x[kChunk][S + 1];
+  const int b = blockIdx.y, m = rows[b], i0 = blockIdx.x * kChunk;
+  if (i0 >= m) return;
+  const int len = min(kChunk, m - i0);
+  for (int e = threadIdx.x; e < len * S; e += blockDim.x)
+    x[e % len][e / len] = Xs[b][i0 + e % len + size_t(e / len) * m];
+  __syncthreads();
+  float* out = parts[b] + size_t(blockIdx.x) * S * S;
+  for (int q = threadIdx.x; q < S * S; q += blockDim.x) {
+    const int r = q % S, c = q / S;
+    if (r > c) continue;
+    float acc = 0.f;
+    for (int i = 0; i < len; i++) acc += x[i][r] * x[i][c];
+    out[q] = acc;
+  }
+}
+
+// Second stage, a block per matrix: the chunks summed in order, then either R (the
+// Cholesky factor, zero below the diagonal) or the Gram matrix itself (both triangles,
+// as cuBLAS writes it) into G.
+template <int S>
+__global__ void gram_finish(const float* const* parts, float* const* Gs, const int* rows,
+                            bool factor) {
+  __shared__ double a[kMaxS][kMaxS + 1];
+  const int b = blockIdx.x, chunks = (rows[b] + kChunk - 1) / kChunk;
+  for (int q = threadIdx.x; q < S * S; q += blockDim.x) {
+    const int r = q % S, c = q / S;
+    if (r > c) continue;
+    float acc = 0.f;
+    for (int k = 0; k < chunks; k++) acc += parts[b][size_t(k) * S * S + q];
+    a[r][c] = acc;
+  }
+  __syncthreads();
+  if (factor) factor_upper(a, S);
+  float* G = Gs[b];
+  for (int q = threadIdx.x; q < S * S; q += blockDim.x) {
+    const int r = q % S, c = q / S;
+    G[q] = r <= c ? float(a[r][c]) : factor ? 0.f : float(a[c][r]);
+  }
+}
+
 __global__ void fill(float* p, size_t n, unsigned salt, float lo) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
     unsigned h = unsigned(i) * 2654435761u ^ salt * 40503u;
     h ^= h >> 13, h *= 0x5bd1e995u, h ^= h >> 15;
     p[i] = lo + float(h & 0xffffff) / float(0x1000000);
+  }
+}
+
+// A bf16 "gradient" g = bf16(V - 0.6) and its square in fp32.
+__global__ void to_gradient(__nv_bfloat16* g, float* sq, const float* V, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    g[i] = __float2bfloat16(V[i] - 0.6f);
+    const float x = __bfloat162float(g[i]);
+    sq[i] = x * x;
   }
 }
 
@@ -163,7 +326,8 @@ int main(int argc, char** argv) {
     float **dV = pointers(V), **dOm = pointers(Om), **dY = pointers(Y), **dG = pointers(G);
     int* dRows = bench::device<int>(Ms.size());
     cudaMemcpy(dRows, Ms.data(), Ms.size() * sizeof(int), cudaMemcpyHostToDevice);
-    const int max_m = 3072;
+    int max_m = 0;  // the longest side of any matrix: what the grids below cover
+    for (const Matrix& x : mats) max_m = std::max({max_m, x.m, x.n});
     auto restart = [&](cudaStream_t st) {  // every run starts from the same sketch
       for (const Matrix& x : mats)
         cudaMemcpyAsync(x.Om, x.Om0, size_t(x.n) * s * sizeof(float), cudaMemcpyDeviceToDevice, st);
@@ -225,6 +389,93 @@ int main(int argc, char** argv) {
       }
       return out;
     };
+    auto part = [&](const char* name, const std::function<void()>& f) {
+      std::printf("  %s %.3f", name, bench::median_ms(f, 20));
+    };
+    // The same S-RSI with every product hand-written (kernels above), each stage one
+    // launch for all matrices: V Om, the split sums of V^T Y and of the Gram matrices,
+    // the Cholesky in the Gram matrix's second stage. Compiled for a few widths only.
+    std::vector<int> Ns, OmSize;
+    for (const Matrix& x : mats) Ns.push_back(x.n), OmSize.push_back(x.n * s);
+    int *dCols = bench::device<int>(Ns.size()), *dOmSize = bench::device<int>(Ns.size());
+    cudaMemcpy(dCols, Ns.data(), Ns.size() * sizeof(int), cudaMemcpyHostToDevice);
+    cudaMemcpy(dOmSize, OmSize.data(), Ns.size() * sizeof(int), cudaMemcpyHostToDevice);
+    std::vector<float*> vt_parts, gram_parts;
+    const auto chunks = [](int rows) { return (rows + kChunk - 1) / kChunk; };
+    for (const Matrix& x : mats) {
+      vt_parts.push_back(bench::device<float>(size_t(chunks(x.m)) * x.n * s));
+      gram_parts.push_back(bench::device<float>(size_t(chunks(std::max(x.m, x.n))) * s * s));
+    }
+    float **dVtParts = pointers(vt_parts), **dGramParts = pointers(gram_parts);
+    std::vector<__nv_bfloat16*> grads;
+    std::vector<float*> squares;
+    for (const Matrix& x : mats) {
+      const size_t n = size_t(x.m) * x.n;
+      grads.push_back(bench::device<__nv_bfloat16>(n)), squares.push_back(bench::device<float>(n));
+      to_gradient<<<1024, 256>>>(grads.back(), squares.back(), x.V, n);
+    }
+    __nv_bfloat16** dGrad = pointers(grads);
+    float** dSq = pointers(squares);
+    const unsigned count = unsigned(mats.size());
+    auto hand_written = [&](auto width, const std::vector<std::vector<float>>& grouped_grams) {
+      constexpr int S = decltype(width)::value;
+      auto v_om_of = [&](auto src) {
+        using E = std::remove_const_t<std::remove_pointer_t<std::remove_pointer_t<decltype(src)>>>;
+        skinny_v_om<S, E>
+            <<<dim3(((max_m + 3) / 4 * 32 + 127) / 128, count), 128>>>(src, dOm, dY, dRows, dCols);
+      };
+      auto vt_y_of = [&](auto src) {
+        using E = std::remove_const_t<std::remove_pointer_t<std::remove_pointer_t<decltype(src)>>>;
+        skinny_vt_y_part<S, E><<<dim3((max_m + 127) / 128, chunks(max_m), count), 128>>>(
+            src, dY, dVtParts, dRows, dCols);
+        sum_parts<<<dim3(64, count), 256>>>(dVtParts, dOm, dRows, dOmSize);
+      };
+      auto v_om = [&] { v_om_of(dV); };
+      auto vt_y = [&] { vt_y_of(dV); };
+      auto gram = [&](float** X, const int* rows, bool factor) {
+        gram_part<S><<<dim3(chunks(max_m), count), 256>>>(X, dGramParts, rows);
+        gram_finish<S><<<count, 64>>>(dGramParts, dG, rows, factor);
+      };
+      auto qr_pass = [&] {
+        gram(dY, dRows, true);
+        batched_solve<<<dim3((max_m + 127) / 128, count), 128>>>(dY, dG, dRows, s);
+      };
+      auto srsi_of = [&](auto src) {
+        restart(0);
+        for (int it = 0; it < 2; it++) v_om_of(src), qr_pass(), qr_pass(), vt_y_of(src);
+        gram(dOm, dCols, false);
+      };
+      auto srsi = [&] { srsi_of(dV); };
+      srsi(), cudaDeviceSynchronize();
+      const auto after = grams();
+      double worst_hand = 0;
+      for (size_t i = 0; i < after.size(); i++) {
+        double diff = 0, norm = 0;
+        for (size_t j = 0; j < after[i].size(); j++)
+          diff += std::pow(double(after[i][j]) - grouped_grams[i][j], 2),
+              norm += std::pow(double(grouped_grams[i][j]), 2);
+        worst_hand = std::max(worst_hand, std::sqrt(diff / norm));
+      }
+      std::printf("  hand-written %.3f ms (%s; Gram matrices within %.1e of grouped):",
+                  bench::median_ms(srsi, 20), cudaGetErrorString(cudaGetLastError()), worst_hand);
+      part("V Om", v_om), part("V^T Y", vt_y), part("QR pass", qr_pass);
+      part("Gram(Om)", [&] { gram(dOm, dCols, false); });
+      std::printf(" ms\n");
+      // On a bf16 gradient's square read as it goes, against the same square stored in
+      // fp32 (exact: a bf16's square fits fp32's mantissa), so the same bits.
+      srsi_of(dSq), cudaDeviceSynchronize();
+      const auto stored = grams();
+      srsi_of(dGrad), cudaDeviceSynchronize();
+      std::printf(
+          "  from g^2 stored (fp32) %.3f ms, from bf16 g squared on the fly %.3f ms "
+          "(%s; same Gram matrices: %s); V Om %.3f / %.3f, V^T Y %.3f / %.3f\n",
+          bench::median_ms([&] { srsi_of(dSq); }, 20),
+          bench::median_ms([&] { srsi_of(dGrad); }, 20), cudaGetErrorString(cudaGetLastError()),
+          grams() == stored ? "yes" : "NO", bench::median_ms([&] { v_om_of(dSq); }, 20),
+          bench::median_ms([&] { v_om_of(dGrad); }, 20),
+          bench::median_ms([&] { vt_y_of(dSq); }, 20),
+          bench::median_ms([&] { vt_y_of(dGrad); }, 20));
+    };
     now(), cudaDeviceSynchronize();
     const auto a = grams();
     grouped(), cudaDeviceSynchronize();
@@ -243,6 +494,26 @@ int main(int argc, char** argv) {
         "s %2d, %zu matrices: chains on %d streams %.3f ms, grouped %.3f ms (%.2fx); Gram "
         "matrices agree to %.1e\n",
         s, mats.size(), lanes, t_now, t_grouped, t_now / t_grouped, worst);
+    // The grouped run's parts, each alone (it runs V Om, V^T Y twice each, the Gram(Y),
+    // Cholesky and solve 4 times each, Gram(Om) once).
+    part("V Om", [&] { gemm(CUBLAS_OP_T, Mm, ones_s, Mn, dV, Mn, dOm, Mn, dY, Mm); });
+    part("V^T Y", [&] { gemm(CUBLAS_OP_N, Mn, ones_s, Mm, dV, Mn, dY, Mm, dOm, Mn); });
+    part("Gram(Y)", [&] { gemm(CUBLAS_OP_T, Ss, Ss, Mm, dY, Mm, dY, Mm, dG, Ss); });
+    part("Cholesky",
+         [&] { batched_cholesky<<<unsigned(mats.size()), (s + 31) / 32 * 32>>>(dG, s); });
+    part("solve", [&] {
+      batched_solve<<<dim3((max_m + 127) / 128, unsigned(mats.size())), 128>>>(dY, dG, dRows, s);
+    });
+    part("Gram(Om)", [&] { gemm(CUBLAS_OP_T, Ss, Ss, Mn, dOm, Mn, dOm, Mn, dG, Ss); });
+    std::printf(" ms\n");
+    if (s == 19) hand_written(std::integral_constant<int, 19>(), b);
+    if (s == 33) hand_written(std::integral_constant<int, 33>(), b);
+    for (float* x : vt_parts) cudaFree(x);
+    for (float* x : gram_parts) cudaFree(x);
+    cudaFree(dVtParts), cudaFree(dGramParts), cudaFree(dCols), cudaFree(dOmSize);
+    for (__nv_bfloat16* x : grads) cudaFree(x);
+    for (float* x : squares) cudaFree(x);
+    cudaFree(dGrad), cudaFree(dSq);
     for (const Matrix& x : mats)
       cudaFree(x.V), cudaFree(x.Om0), cudaFree(x.Om), cudaFree(x.Y), cudaFree(x.G);
     cudaFree(dV), cudaFree(dOm), cudaFree(dY), cudaFree(dG), cudaFree(dRows);
