@@ -195,6 +195,16 @@ __global__ void __launch_bounds__(kThreads) solve_rows(float* Y, int m, int s, c
   }
 }
 
+// gram_factor over Y's chunks of rows, a block per (chunk, tile of G).
+void launch_gram_factor(float* Y, int m, int s, double shift, double* parts, float* R, bool solve,
+                        float* gram, const double* tail, double* scratch, double* failed,
+                        unsigned* ticket) {
+  const int c = chunks(m, s);
+  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
+      Y, m, s, c, shift, parts, R, solve, gram, tail, scratch, failed, ticket);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void solve_rows_upper(float* Y, int m, int s, const float* R) {
@@ -207,28 +217,20 @@ size_t cholesky_qr_parts(int s) { return size_t(std::max(kParts, tiles(s))) * kT
 
 void cholesky_qr_r(const float* Y, int m, int s, double shift, float* R, double* parts,
                    double* scratch, double* failed, unsigned* ticket) {
-  const int c = chunks(m, s);
-  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
-      const_cast<float*>(Y), m, s, c, shift, parts, R, false, nullptr, nullptr, scratch, failed,
-      ticket);
-  CUDA_CHECK_LAUNCH();
+  launch_gram_factor(const_cast<float*>(Y), m, s, shift, parts, R, false, nullptr, nullptr, scratch,
+                     failed, ticket);
 }
 
 void solve_cholesky_qr_r(float* Y, int m, int s, double shift, float* R, double* parts,
                          double* scratch, double* failed, unsigned* ticket) {
   if (s > kSolveMax) fail("internal: solve_cholesky_qr_r takes s <= ", kSolveMax, ", got ", s);
-  const int c = chunks(m, s);
-  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
-      Y, m, s, c, shift, parts, R, true, nullptr, nullptr, scratch, failed, ticket);
-  CUDA_CHECK_LAUNCH();
+  launch_gram_factor(Y, m, s, shift, parts, R, true, nullptr, nullptr, scratch, failed, ticket);
 }
 
 void gram_matrix(const float* Y, int m, int s, float* G, const double* tail, double* parts,
                  double* scratch, unsigned* ticket) {
-  const int c = chunks(m, s);
-  gram_factor<<<unsigned(c * tiles(s)), kThreads, 0, update_stream()>>>(
-      const_cast<float*>(Y), m, s, c, 0, parts, nullptr, false, G, tail, scratch, nullptr, ticket);
-  CUDA_CHECK_LAUNCH();
+  launch_gram_factor(const_cast<float*>(Y), m, s, 0, parts, nullptr, false, G, tail, scratch,
+                     nullptr, ticket);
 }
 
 }  // namespace gpt2::cuda
