@@ -389,6 +389,18 @@ int main(int argc, char** argv) {
       }
       return out;
     };
+    // The largest relative Frobenius difference of any matrix's Gram matrix from ref's.
+    using Grams = std::vector<std::vector<float>>;
+    auto worst_rel = [](const Grams& x, const Grams& ref) {
+      double worst = 0;
+      for (size_t i = 0; i < x.size(); i++) {
+        double diff = 0, norm = 0;
+        for (size_t j = 0; j < x[i].size(); j++)
+          diff += std::pow(double(x[i][j]) - ref[i][j], 2), norm += std::pow(double(ref[i][j]), 2);
+        worst = std::max(worst, std::sqrt(diff / norm));
+      }
+      return worst;
+    };
     auto part = [&](const char* name, const std::function<void()>& f) {
       std::printf("  %s %.3f", name, bench::median_ms(f, 20));
     };
@@ -447,15 +459,7 @@ int main(int argc, char** argv) {
       };
       auto srsi = [&] { srsi_of(dV); };
       srsi(), cudaDeviceSynchronize();
-      const auto after = grams();
-      double worst_hand = 0;
-      for (size_t i = 0; i < after.size(); i++) {
-        double diff = 0, norm = 0;
-        for (size_t j = 0; j < after[i].size(); j++)
-          diff += std::pow(double(after[i][j]) - grouped_grams[i][j], 2),
-              norm += std::pow(double(grouped_grams[i][j]), 2);
-        worst_hand = std::max(worst_hand, std::sqrt(diff / norm));
-      }
+      const double worst_hand = worst_rel(grams(), grouped_grams);
       std::printf("  hand-written %.3f ms (%s; Gram matrices within %.1e of grouped):",
                   bench::median_ms(srsi, 20), cudaGetErrorString(cudaGetLastError()), worst_hand);
       part("V Om", v_om), part("V^T Y", vt_y), part("QR pass", qr_pass);
@@ -480,13 +484,7 @@ int main(int argc, char** argv) {
     const auto a = grams();
     grouped(), cudaDeviceSynchronize();
     const auto b = grams();
-    double worst = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-      double diff = 0, norm = 0;
-      for (size_t j = 0; j < a[i].size(); j++)
-        diff += std::pow(double(a[i][j]) - b[i][j], 2), norm += std::pow(double(a[i][j]), 2);
-      worst = std::max(worst, std::sqrt(diff / norm));
-    }
+    const double worst = worst_rel(b, a);
     CHECK(cudaGetLastError() == cudaSuccess);
     CHECK(worst < 1e-3);
     const double t_now = bench::median_ms(now, 20), t_grouped = bench::median_ms(grouped, 20);
