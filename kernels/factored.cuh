@@ -56,7 +56,7 @@
 
 namespace gpt2::cuda {
 
-constexpr int kRun = 8, kSweepThreads = 256, kTileCols = 32 * kRun, kRowsInFlight = 8;
+constexpr int kRun = 8, kSweepThreads = 256, kTileCols = 32 * kRun, kRowsPerIteration = 8;
 constexpr int kSweepWarps = kSweepThreads / 32;
 static_assert(kTileCols == kSweepThreads, "the column reduction gives each thread one column");
 
@@ -227,9 +227,9 @@ __global__ void __launch_bounds__(kSweepThreads) sweep(const __grid_constant__ J
   const int64_t i1 = i0 + s.rows_per_block < s.m ? i0 + s.rows_per_block : s.m;
   float col[kRun] = {};
   double scal = 0;
-  for (int64_t i = i0 + warp; i < i1; i += kSweepWarps * kRowsInFlight) {
+  for (int64_t i = i0 + warp; i < i1; i += kSweepWarps * kRowsPerIteration) {
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; u++) {
+    for (int u = 0; u < kRowsPerIteration; u++) {
       const int64_t r = i + u * kSweepWarps;
       float x[kRun];
       if (r < i1 && left > 0) {
@@ -425,7 +425,7 @@ class Factored {
   // more blocks only lengthen the partial sums the finishers add.
   static SweepShape shape(int64_t m, int64_t n, int sms) {
     const int64_t tiles = ceil_div(n, kTileCols), want = std::max<int64_t>(1, 2 * sms / tiles);
-    const int64_t step = kSweepWarps * kRowsInFlight;
+    const int64_t step = kSweepWarps * kRowsPerIteration;
     const int64_t rows = int64_t(ceil_div(ceil_div(m, want), step)) * step;
     return {m, n, int(rows), unsigned(tiles), ceil_div(m, rows)};
   }
