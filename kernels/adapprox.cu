@@ -113,15 +113,23 @@
 // size only cuSOLVER knows; the batched eigensolver's (~125 MB for d12, 2.7% of the
 // peak when it had its own buffer) borrows the V_t scratch, idle when it runs.
 // Side lanes (optimizer.adapprox.lanes, default 8): the pieces above are latency-bound
-// and leave most of the GPU idle, so update_many() queues every matrix but the largest
-// (largest first) for that many host threads, each with a lane of its own (stream, V_t
-// scratch sized for the largest matrix but one, thin buffers, cuBLAS and cuSOLVER
-// handles); the largest and the vectors run on the calling thread meanwhile. A lane
-// takes the next matrix when it is done with one, rank loop and host syncs included.
-// The threads live as long as the optimizer; settle() hands their work to the update
-// stream, at the end of update_many() or, with overlap() (fused, one GPU), when the
-// pipeline reuses a gradient buffer and at the end of backward. The weights and state are
-// those of update() on each tensor in turn, bit for bit (tested). H100, same call,
+// and leave most of the GPU idle, so they ran on that many host threads, each with a
+// lane of its own (stream, V_t scratch sized for the largest matrix but one, thin
+// buffers, cuBLAS and cuSOLVER handles), the largest and the vectors on the calling
+// thread meanwhile, and update_many() waited for them. Since 2026-11-28 they are "split"
+// (update_many): the update needs V_t, not its factors, which only the next step's V_t
+// reads, so every matrix's V_t is kept (kept_, no lane scratch) and the weights updated
+// from it on the calling thread; the lanes' threads (lane 0 now one as well, for the
+// largest) factorize it after update_many() returns, beside the next step's forward.
+// H100, Brown d12 B 16, median of steps 101-120 (tools/bench_adapprox.sh, AdamW in the
+// same call), every rank at 16 (FIXED=16): 34.80 ms a step, update_ms 4.31 (AdamW 31.20,
+// 1.24); the lanes before, in another call, 34.90 and 5.63 (AdamW 30.80). A temporary
+// profiler: join() waits 0.2 ms on the host, the factorizations being done long before;
+// with none queued at all (state wrong, a timing floor) 33.20 ms and 3.17: beside the
+// forward and the finish they still cost ~2 ms of the step. The kept V_t: d12 B 16's
+// plan 6.89 -> 7.12 GiB (measured peak 7.19, +0.98%).
+// The weights and state are those of update() on each tensor in turn, bit for bit
+// (tested). The lanes before the split, H100, same call,
 // against one lane: bench_optimizers --only adapprox (every rank at 192, deferred)
 // 88.8 / 98.3 -> 49.9 / 51.5 ms, its first step (every rank grows from 1) 1829 -> 910
 // ms; bench_train d12 B 16 (real gradients, steps 11-30, the rank loop still running)
@@ -490,17 +498,24 @@ struct LaneSizes {
 struct Sizes {
   LaneSizes main, side;  // lane 0 (every matrix), each side lane (all but the largest)
   int side_lanes = 0;
-  int largest = -1;  // the id of the matrix side lanes are not sized for
-  size_t vec = 1;                             // the vectors' D, side by side
+  bool split = false;  // side lanes: V_t kept, factorized beside the next step (Adapprox::split_)
+  int largest = -1;    // the id of the matrix side lanes are not sized for
+  size_t vec = 1;      // the vectors' D, side by side
+  size_t kept = 1;     // split: every matrix's V_t
   size_t side_cols = 1, grams = 1, eigs = 1;  // deferred S-RSIs: columns past k_max, Gram64, eigenvalues
   int matrices = 0;
 
   size_t bytes() const {
-    // The lanes, the vectors' D, the deferred S-RSIs' columns, the vectors' scalars and
-    // partials, the deferred Gram matrices and eigenvalues, and the batch info.
-    return main.bytes() + side_lanes * side.bytes() + (vec + side_cols) * sizeof(float) +
-           size_t(kSlots + kReduceBlocks) * kMaxJobs * sizeof(double) +
-           (grams + eigs) * sizeof(double) + (size_t(matrices) + 1) * sizeof(int);
+    // The lanes, the vectors' D, scalars and partials; split: the kept V_t, each matrix's
+    // scalars and ||V_t||^2, the builds' partials and ticket; else the deferred S-RSIs'
+    // columns, Gram matrices, eigenvalues and batch info.
+    size_t b = main.bytes() + side_lanes * side.bytes() + vec * sizeof(float) +
+               size_t(kSlots + kReduceBlocks) * kMaxJobs * sizeof(double);
+    if (split)
+      return b + kept * sizeof(float) +
+             (size_t(matrices) * (kSlots + 1) + kReduceBlocks) * sizeof(double) + sizeof(unsigned);
+    return b + side_cols * sizeof(float) + (grams + eigs) * sizeof(double) +
+           (size_t(matrices) + 1) * sizeof(int);
   }
 };
 
@@ -526,6 +541,13 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
     if (p.is_matrix() && &p != largest) z.side.add(p, st.thin_cols(p)), fits++;
   z.side_lanes = fits >= 2 ? st.lanes : 0;
   if (largest) z.largest = largest->id;
+  z.split = z.side_lanes > 0;
+  if (z.split) {  // the lanes read the kept V_t: no scratch of their own
+    z.main.v = z.side.v = 0;
+    z.kept = 0;
+    for (const ParamSpec& p : table.params)
+      if (p.is_matrix()) z.kept += p.numel;
+  }
   return z;
 }
 
@@ -563,6 +585,7 @@ struct Lane {
         host_r(size_t(z.s_max) * z.s_max),
         host_eig(size_t(z.s_max) + 2) {
     if (z.v) V = DeviceBuffer<float>(dev, z.v, MemCategory::workspace, name + " V_t");
+    vt = V.get();
     auto thin = [&](size_t n, const char* what) {
       return DeviceBuffer<float>(dev, n, MemCategory::workspace, name + " thin " + what);
     };
@@ -594,6 +617,8 @@ struct Lane {
   double* flag() { return eig.get() + (eig.size() - 2); }  // failure flag, then ||V_t||^2
 
   cudaStream_t stream = nullptr;  // null: the update stream
+  float* vt = nullptr;  // the V_t its S-RSIs read: V, or (split) a matrix's share of the kept V_t
+  int srsi_count = 0;   // S-RSIs run on this lane, Householder redos included
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t params = nullptr;
@@ -618,13 +643,17 @@ class Adapprox final : public Optimizer<T> {
       : common_(cfg), s_(cfg), seed_(seed), dev_(dev), store_(dev) {
     const Sizes z = sizes(s_, table);
     largest_ = z.largest;
-    size_t side = 1;
+    split_ = z.split;
+    size_t side = 1, kept = 0;
+    int mat = 0;
     for (const ParamSpec& p : table.params) {  // same blobs, same order as the reference
       Tensor t;
       if (p.is_matrix()) {
         t.k_max = s_.rule(p).k_max;
         t.nonzero = t.k_max;
         t.rows = int(p.rows), t.cols = int(p.cols);
+        t.kept = kept, t.mat = mat++;
+        kept += p.numel;
         t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
         t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
         t.rank_err = store_.add(p, "adapprox.rank_err", 2);
@@ -649,6 +678,7 @@ class Adapprox final : public Optimizer<T> {
       tensors_.push_back(t);
     }
     lanes_.push_back(std::make_unique<Lane>(dev, z.main, "adapprox"));
+    if (split_) lanes_[0]->make_side();
     for (int l = 1; l <= z.side_lanes; l++) {
       lanes_.push_back(std::make_unique<Lane>(dev, z.side, "adapprox lane " + std::to_string(l)));
       lanes_.back()->make_side();
@@ -666,13 +696,30 @@ class Adapprox final : public Optimizer<T> {
       grams += size_t(g.capacity) * g.s * g.s, eigs += size_t(g.capacity) * g.s, matrices += g.capacity;
     }
     // The groups' offsets end where sizes() says, so the plan is what is allocated here.
-    if (side != z.side_cols || grams != z.grams || eigs != z.eigs || matrices != z.matrices)
+    if (side != z.side_cols || grams != z.grams || eigs != z.eigs || matrices != z.matrices ||
+        (split_ && kept != z.kept))
       fail("internal: Adapprox's workspace layout disagrees with its sizes()");
-    side_ = DeviceBuffer<float>(dev, z.side_cols, MemCategory::workspace,
-                                "adapprox thin deferred S-RSI, iterate columns past k_max");
-    batch_grams_ = DeviceBuffer<double>(dev, z.grams, MemCategory::workspace, "adapprox thin deferred Gram64 batch");
-    batch_eig_ = DeviceBuffer<double>(dev, z.eigs, MemCategory::workspace, "adapprox thin deferred eigenvalues");
-    batch_info_ = DeviceBuffer<int>(dev, size_t(z.matrices) + 1, MemCategory::workspace, "adapprox deferred cuSOLVER info");
+    if (split_) {
+      kept_ =
+          DeviceBuffer<float>(dev, z.kept, MemCategory::workspace, "adapprox V_t of every matrix");
+      kept_scal_ =
+          DeviceBuffer<double>(dev, size_t(z.matrices) * (kSlots + 1), MemCategory::workspace,
+                               "adapprox matrices' scalars and ||V_t||^2");
+      kept_partials_ = DeviceBuffer<double>(dev, kReduceBlocks, MemCategory::workspace,
+                                            "adapprox builds' reduction partials");
+      kept_ticket_ =
+          DeviceBuffer<unsigned>(dev, 1, MemCategory::workspace, "adapprox builds' arrive ticket");
+      dev.zero(kept_ticket_.get(), kept_ticket_.bytes());
+    } else {
+      side_ = DeviceBuffer<float>(dev, z.side_cols, MemCategory::workspace,
+                                  "adapprox thin deferred S-RSI, iterate columns past k_max");
+      batch_grams_ = DeviceBuffer<double>(dev, z.grams, MemCategory::workspace,
+                                          "adapprox thin deferred Gram64 batch");
+      batch_eig_ = DeviceBuffer<double>(dev, z.eigs, MemCategory::workspace,
+                                        "adapprox thin deferred eigenvalues");
+      batch_info_ = DeviceBuffer<int>(dev, size_t(z.matrices) + 1, MemCategory::workspace,
+                                      "adapprox deferred cuSOLVER info");
+    }
     Lane& L0 = *lanes_[0];
     for (auto& lane : lanes_) {  // cuSOLVER's work for the matrices each lane takes
       Lane& L = *lane;
@@ -702,6 +749,7 @@ class Adapprox final : public Optimizer<T> {
     // go in as many calls as it takes to fit.
     size_t batch_bytes = 1, batch_host_bytes = 1;
     for (Group& g : groups_) {
+      if (split_) break;  // nothing is deferred: no batched eigensolver
       auto work = [&](int count, size_t* host) {
         size_t c = 0;
         CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(
@@ -714,12 +762,14 @@ class Adapprox final : public Optimizer<T> {
       batch_bytes = std::max(batch_bytes, c), batch_host_bytes = std::max(batch_host_bytes, ch);
     }
     batch_work_bytes_ = batch_bytes;
-    if (batch_bytes > L0.V.bytes())
+    if (!split_ && batch_bytes > L0.V.bytes())
       batch_work_ = DeviceBuffer<char>(dev, batch_bytes, MemCategory::workspace, "adapprox deferred syevBatched work");
     L0.eig_host_work.resize(std::max(L0.eig_host_work.size(), batch_host_bytes));
     int device = 0;
     CUDA_CHECK(cudaGetDevice(&device));
-    for (size_t l = 1; l < lanes_.size(); l++) servers_.emplace_back([this, l, device] { serve(int(l), device); });
+    if (split_)
+      for (size_t l = 0; l < lanes_.size(); l++)
+        servers_.emplace_back([this, l, device] { serve(int(l), device); });
   }
   ~Adapprox() override {
     {
@@ -739,23 +789,28 @@ class Adapprox final : public Optimizer<T> {
   }
 
   void begin_step(int64_t t, float lr) override {
-    finish_deferred();
+    if (!split_) finish_deferred();
     t_ = t, lr_ = lr;
     set_step({t, lr});  // the stochastic-rounding streams' step
-    srsi_calls_ = 0;
+    joined_ = false;
   }
 
-  // As the reference's: the mean rank over the matrices kept here, this step's S-RSIs (a
+  // As the reference's: the mean rank over the matrices kept here, the S-RSIs (a
   // Householder redo counts as one more) and the largest rank (past k + p = kSolveMax a
-  // matrix leaves the one-launch paths).
+  // matrix leaves the one-launch paths). Split, each matrix as its latest finished
+  // factorization left it: that of the step before, which runs beside this one's forward.
   std::vector<std::pair<std::string, double>> step_stats() const override {
-    double ranks = 0, widest = 0;
+    double ranks = 0, widest = 0, srsis = 0;
     int matrices = 0;
+    const std::lock_guard<std::mutex> lock(pool_mutex_);
     for (const Tensor& t : tensors_)
-      if (t.rank_err) ranks += t.rank, widest = std::max(widest, double(t.rank)), matrices++;
+      if (t.rank_err) {
+        ranks += t.shown_rank, widest = std::max(widest, double(t.shown_rank)), matrices++;
+        if (t.shown_step == t_ || split_) srsis += t.shown_srsi;
+      }
     if (matrices == 0) return {};
     return {{"adapprox_rank", ranks / matrices},
-            {"adapprox_srsi", double(srsi_calls_.load())},
+            {"adapprox_srsi", srsis},
             {"adapprox_rank_max", widest}};
   }
 
@@ -763,67 +818,77 @@ class Adapprox final : public Optimizer<T> {
     update_one({&p, param, master, grad});
   }
 
-  // One tensor on this thread (lane 0), on grad_scale * grad.
+  // One tensor on this thread (lane 0 bound to the update stream), on grad_scale * grad.
   void update_one(const TensorUpdate<T>& u) {
-    Lane& L = *lanes_[0];
-    L.bind();
     if (!u.p->is_matrix()) return update_vectors({&u});
+    Lane& L = *lanes_[0];
     Tensor& t = tensors_[u.p->id];
-    if (t.queued || t.slot >= 0) finish_deferred();  // updated again without begin_step
+    if (split_) {
+      join();  // lane 0 and the factors are this thread's again
+      refresh(t);
+      L.bind();
+      const Scratch x = kept_scratch(t);
+      build_v(u, x);
+      if (!finish_late()) finish_matrix(u, x);
+      factorize(L, u, t_);
+      if (finish_late()) finish_matrix(u, x);
+      return;
+    }
+    L.bind();
+    if (t.slot >= 0) finish_deferred();  // updated again without begin_step
     refresh(t);
     matrix_step(L, u);
   }
 
-  // The same arithmetic as update() on each in turn, on other threads and streams: the
-  // matrices a side lane holds are queued for optimizer.adapprox.lanes host threads, each
-  // with its own lane (a stream, V_t scratch, thin buffers, cuBLAS and cuSOLVER handles),
-  // so that many S-RSIs (small GEMMs and Choleskys, eigensolves, and the host syncs of
-  // the rank loop) run at once; the vectors (in batches) and the largest matrix go
-  // through this thread meanwhile. Each tensor's arithmetic is the same whichever lane
-  // runs it; only the order of the deferred Gram matrices in their batch changes, and
-  // the batched eigensolver treats each alone. Unless overlap() was asked for, the call
-  // settles its own work before it returns.
+  // The same arithmetic as update() on each in turn. Split (side lanes): V_t of every
+  // matrix is built into its share of the kept V_t and the weights updated from it on
+  // this thread, a few launches for all; the factorizations (S-RSIs, rank loop, host
+  // syncs) are queued for the lanes' host threads (lane 0 takes the largest, the side
+  // lanes the rest), each with a stream, thin buffers and handles of its own, and run
+  // beside whatever the caller queues next (the next step's forward): Q_t, U_t are
+  // first read by the next step's V_t, which waits for them (join()). Where the finish
+  // needs the factorization (the "refactored" denominator reads Q_t U_t^T, cos guidance
+  // writes the clipped D over V_t) this call waits for its lanes before finishing.
+  // Without side lanes, everything on this thread.
   void update_many(const std::vector<TensorUpdate<T>>& us) override {
-    for (const TensorUpdate<T>& u : us) {
-      const Tensor& t = tensors_[u.p->id];
-      if (t.queued || t.slot >= 0) {  // updated again without begin_step
-        finish_deferred();
-        break;
-      }
+    std::vector<const TensorUpdate<T>*> matrices, vectors;
+    for (const TensorUpdate<T>& u : us) (u.p->is_matrix() ? matrices : vectors).push_back(&u);
+    if (split_) {
+      bool again = !joined_;  // the step's first call takes the last step's factors
+      for (const TensorUpdate<T>* u : matrices) again = again || tensors_[u->p->id].queued;
+      if (again) join();
     }
-    std::vector<const TensorUpdate<T>*> side, rest, vectors;
-    for (const TensorUpdate<T>& u : us) {
-      const ParamSpec& p = *u.p;
-      if (!p.is_matrix()) {
-        vectors.push_back(&u);
-        continue;
-      }
-      refresh(tensors_[p.id]);  // before anything runs on another thread
-      // By identity, not size: a matrix as large as the largest but of another shape
-      // would not fit a side lane's thin buffers.
-      (lanes_.size() > 1 && p.id != largest_ ? side : rest).push_back(&u);
+    for (const TensorUpdate<T>* u : matrices) refresh(tensors_[u->p->id]);
+    if (!split_) {
+      for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
+        update_vectors(
+            {vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
+      for (const TensorUpdate<T>* u : matrices) update_one(*u);
+      return;
     }
-    // Largest first, so that the lanes end together (which lane runs a matrix changes
-    // no bit of it).
-    std::stable_sort(side.begin(), side.end(), [](const TensorUpdate<T>* a, const TensorUpdate<T>* b) {
-      return a->p->numel > b->p->numel;
-    });
-    for (const TensorUpdate<T>* u : side)  // their gradients are final
-      CUDA_CHECK(cudaEventRecord(tensors_[u->p->id].ready, update_stream()));
-    {
-      const std::lock_guard<std::mutex> lock(pool_mutex_);
-      Call& call = calls_.emplace_back();
-      for (const TensorUpdate<T>* u : side) {
-        queue_.push_back({*u, &call});
-        call.left++, call.ids.push_back(u->p->id);  // counted once queued
-        tensors_[u->p->id].queued = true;
-      }
-    }
-    work_cv_.notify_all();
+    // Largest first: its factorization is the longest.
+    std::stable_sort(matrices.begin(), matrices.end(),
+                     [](const TensorUpdate<T>* a, const TensorUpdate<T>* b) {
+                       return a->p->numel > b->p->numel;
+                     });
+    for (const TensorUpdate<T>* u : matrices) build_v(*u, kept_scratch(tensors_[u->p->id]));
+    // Released before the finish, not after: H100, Brown d12 B 16 at rank 16, one call,
+    // 34.30 ms a step (update_ms 3.09) against 34.70 (2.93), AdamW 30.95.
+    release(matrices);
+    if (finish_late()) join();
     for (size_t at = 0; at < vectors.size(); at += kMaxJobs)
       update_vectors({vectors.begin() + at, vectors.begin() + std::min(vectors.size(), at + kMaxJobs)});
-    for (const TensorUpdate<T>* u : rest) update_one(*u);
-    if (!overlap_) settle(0);
+    std::vector<FinishJob<device_t<T>>> jobs;
+    for (const TensorUpdate<T>* u : matrices) {
+      Tensor& t = tensors_[u->p->id];
+      if (finish_late()) {
+        finish_matrix(*u, kept_scratch(t));
+        continue;
+      }
+      jobs.push_back(finish_job(*u, kept_scratch(t)));
+      if (jobs.size() == size_t(kMaxJobs) || u == matrices.back())
+        finish_jobs(jobs, kept_partials_, true), jobs.clear();
+    }
   }
 
   // Every gradient read multiplies by grad_scale (build_second_moment, the finish's
@@ -831,32 +896,9 @@ class Adapprox final : public Optimizer<T> {
   // over every gradient, which update_ms counts.
   bool scales_grads() const override { return true; }
 
-  // With side lanes, update_many() may return before they have queued its matrices'
-  // work: the fused pipeline then goes on with backward (H200, d12 B 16 fused, Brown
-  // text: see the README's Adapprox section).
-  bool overlap() override { return overlap_ = lanes_.size() > 1; }
-
-  void settle(int keep) override {
-    std::unique_lock<std::mutex> lock(pool_mutex_);
-    while (int(calls_.size()) > keep) {
-      Call& call = calls_.front();
-      done_cv_.wait(lock, [&] { return call.left == 0; });
-      for (int id : call.ids) {
-        Tensor& t = tensors_[id];
-        CUDA_CHECK(cudaStreamWaitEvent(update_stream(), t.done, 0));
-        t.queued = false;
-      }
-      calls_.pop_front();
-    }
-    if (error_) {
-      const std::exception_ptr e = error_;
-      error_ = nullptr;
-      std::rethrow_exception(e);
-    }
-  }
-
   std::vector<StateBlob> state() override {
-    finish_deferred();  // settles first
+    join();
+    finish_deferred();
     for (Tensor& t : tensors_)
       if (t.rank_err && !t.stale) {
         const float host[2] = {float(t.rank), t.xi_bar};
@@ -877,13 +919,19 @@ class Adapprox final : public Optimizer<T> {
     // Columns of Q and U past it are zero (the rank loop zeroes those it wrote past the
     // rank it keeps, and only those: two memsets a matrix and step fewer at a steady rank).
     int nonzero = 0;
-    bool queued = false;  // in an update_many() call not yet settled
-    cudaEvent_t ready = nullptr, done = nullptr;  // side lanes: its gradient, its update
+    bool queued = false;                          // split: its factorization is queued or running
+    cudaEvent_t ready = nullptr, done = nullptr;  // split: its V_t built, its factors written
+    // step_stats()'s view (pool_mutex_): the rank and S-RSIs of its latest factorization,
+    // and the step that ran it.
+    int shown_rank = 0, shown_srsi = 0;
+    int64_t shown_step = 0;
     int group = 0;       // groups_ entry of its s
     size_t side = 0;     // its iterate columns past k_max in side_ (Y's, then Om's)
     int slot = -1;       // position in its group's batch while its S-RSI is deferred
     int rows = 0, cols = 0;
     double norm_sq = 0;  // ||V_t||^2 of the deferred S-RSI
+    size_t kept = 0;     // split: its V_t's offset in kept_
+    int mat = 0;         // its place among the matrices (kept_scal_)
   };
   // The matrices of one thin width s: their deferred Gram matrices sit side by side (at
   // most capacity of them) for one batched eigensolver call.
@@ -894,40 +942,102 @@ class Adapprox final : public Optimizer<T> {
     int info = 0;              // offset into batch_info_
   };
 
-  // Side lane l's host thread: takes the next queued matrix, runs its update on the
-  // lane's stream once its gradient is final, and marks it done, until the destructor
-  // stops it with the queue empty.
+  // Where a matrix's V_t and its sums go: a lane's scratch, or (split) its share of the
+  // kept V_t and scalars, with the builds' own partials and ticket.
+  struct Scratch {
+    float* V;
+    double *scal, *norm_sq;  // kSlots scalars (kSumD2 first), ||V_t||^2
+    DeviceBuffer<double>* partials;
+    unsigned* ticket;
+  };
+  static Scratch lane_scratch(Lane& L) {
+    return {L.V.get(), L.scal.get(), L.flag() + 1, &L.partials, L.ticket.get()};
+  }
+  Scratch kept_scratch(const Tensor& t) {
+    double* scal = kept_scal_.get() + size_t(t.mat) * (kSlots + 1);
+    return {kept_.get() + t.kept, scal, scal + kSlots, &kept_partials_, kept_ticket_.get()};
+  }
+
+  // The finish reads this step's factors (Q_t U_t^T for the "refactored" denominator)
+  // or writes over V_t (cos guidance's clipped D), so it follows the factorization.
+  bool finish_late() const { return s_.refactored || (s_.cos_guidance && s_.beta1 > 0); }
+
+  // Queues the matrices' factorizations, each to start once what the update stream has
+  // queued so far is done (their V_t built).
+  void release(const std::vector<const TensorUpdate<T>*>& matrices) {
+    for (const TensorUpdate<T>* u : matrices)
+      CUDA_CHECK(cudaEventRecord(tensors_[u->p->id].ready, update_stream()));
+    {
+      const std::lock_guard<std::mutex> lock(pool_mutex_);
+      Call& call = calls_.emplace_back();
+      for (const TensorUpdate<T>* u : matrices) {
+        queue_.push_back({*u, &call, t_});
+        call.left++, call.ids.push_back(u->p->id);  // counted once queued
+        tensors_[u->p->id].queued = true;
+      }
+    }
+    work_cv_.notify_all();
+  }
+
+  // Waits for every queued factorization: its host thread done, its stream work ordered
+  // before the update stream's next; then rethrows a lane's error.
+  void join() {
+    std::unique_lock<std::mutex> lock(pool_mutex_);
+    while (!calls_.empty()) {
+      Call& call = calls_.front();
+      done_cv_.wait(lock, [&] { return call.left == 0; });
+      for (int id : call.ids) {
+        Tensor& t = tensors_[id];
+        CUDA_CHECK(cudaStreamWaitEvent(update_stream(), t.done, 0));
+        t.queued = false;
+      }
+      calls_.pop_front();
+    }
+    joined_ = true;
+    if (!error_) return;
+    const std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+
+  // Lane l's host thread: takes the next queued factorization it may run (lane 0 the
+  // largest matrix's, which only its thin buffers fit; the side lanes the others') once
+  // the matrix's V_t is built, and marks it done, until the destructor stops it.
   void serve(int l, int device) {
     Lane& L = *lanes_[l];
     std::unique_ptr<cuda::UpdateStreamScope> scope;
     try {
       CUDA_CHECK(cudaSetDevice(device));
       scope = std::make_unique<cuda::UpdateStreamScope>(L.stream);
-      L.bind();
     } catch (...) {
       const std::lock_guard<std::mutex> lock(pool_mutex_);
       if (!error_) error_ = std::current_exception();
     }
+    auto mine = [&](const Job& job) { return (job.u.p->id == largest_) == (l == 0); };
     for (;;) {
       Job job{};
       {
         std::unique_lock<std::mutex> lock(pool_mutex_);
-        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        job = queue_.front();
-        queue_.pop_front();
+        auto next = queue_.end();
+        work_cv_.wait(lock, [&] {
+          next = std::find_if(queue_.begin(), queue_.end(), mine);
+          return stop_ || next != queue_.end();
+        });
+        if (next == queue_.end()) return;
+        job = *next;
+        queue_.erase(next);
       }
-      const TensorUpdate<T>& u = job.u;
-      const Tensor& t = tensors_[u.p->id];
+      const Tensor& t = tensors_[job.u.p->id];
       try {
         if (!scope) fail("internal: Adapprox lane ", l, " has no stream");
+        L.bind();  // lane 0's handles were the calling thread's in between
         CUDA_CHECK(cudaStreamWaitEvent(L.stream, t.ready, 0));
-        matrix_step(L, u);
+        factorize(L, job.u, job.t);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(pool_mutex_);
         if (!error_) error_ = std::current_exception();
       }
-      // Also after an error: what the lane queued before it still orders settle()'s wait.
+      // Also after an error: what the lane queued before it still orders join()'s wait.
       if (scope) cudaEventRecord(t.done, L.stream);
       {
         const std::lock_guard<std::mutex> lock(pool_mutex_);
@@ -935,6 +1045,28 @@ class Adapprox final : public Optimizer<T> {
       }
       done_cv_.notify_all();
     }
+  }
+
+  // Spec 6.5 steps 2-4 for a matrix whose V_t is kept (split), on lane L: AS-RSI of
+  // step `step` into (Q, U), the rank and xi_bar.
+  void factorize(Lane& L, const TensorUpdate<T>& u, int64_t step) {
+    const ParamSpec& p = *u.p;
+    Tensor& t = tensors_[p.id];
+    const int before = L.srsi_count;
+    L.vt = kept_.get() + t.kept;
+    // ||V_t||^2 rides with the S-RSI's first Gram matrix (gram_matrix's tail).
+    CUDA_CHECK(cudaMemcpyAsync(L.flag() + 1, kept_scratch(t).norm_sq, sizeof(double),
+                               cudaMemcpyDeviceToDevice, update_stream()));
+    const uint64_t seed = optim::mix_seed(seed_, step, p.id);
+    double norm_sq = 0;
+    const std::vector<double> lambda = srsi(L, p, t.rank, seed, &norm_sq);
+    adapt(L, p, lambda, norm_sq, seed);
+    show(t, L.srsi_count - before, step);
+  }
+
+  void show(Tensor& t, int srsis, int64_t step) {
+    const std::lock_guard<std::mutex> lock(pool_mutex_);
+    t.shown_rank = t.rank, t.shown_srsi = srsis, t.shown_step = step;
   }
 
   // rank and xi_bar from the device after state() handed out the blobs.
@@ -1021,57 +1153,64 @@ class Adapprox final : public Optimizer<T> {
     finish_jobs(finishing, vec_partials_, false);
   }
 
-  // V_t into the lane's scratch, ||V_t||^2 into the slot after its failure flag, and
-  // sum D^2 (rebuilt denominator) into the lane's kSumD2.
-  void build_v(Lane& L, const TensorUpdate<T>& u) {
+  // V_t into x.V, ||V_t||^2 and sum D^2 (rebuilt denominator) into x's slots.
+  void build_v(const TensorUpdate<T>& u, const Scratch& x) {
     const ParamSpec& p = *u.p;
     const Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     const int tiles = int(ceil_div(n, kBuildCols) * ceil_div(m, kBuildRows));
     build_second_moment<<<std::min(tiles, kBuildBlocks), kBuildCols, 0, update_stream()>>>(
-        L.V.get(), dev_ptr(u.grad), t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps),
-        u.grad_scale, L.partials.get(), L.ticket.get(), L.flag() + 1, L.scal.get() + kSumD2);
+        x.V, dev_ptr(u.grad), t.Q, t.U, m, n, t.rank, float(s_.beta2), float(s_.eps), u.grad_scale,
+        x.partials->get(), x.ticket, x.norm_sq, x.scal + kSumD2);
     CUDA_CHECK_LAUNCH();
   }
 
-  // Steps 5-8 for a matrix whose V_hat fills the lane's V scratch: with the rebuilt
-  // denominator, sum D^2 came with V_t (build_v) and the finish recomputes D; with the
-  // refactored one, D is formed in place and summed first.
-  void finish_matrix(Lane& L, const TensorUpdate<T>& u) {
-    const ParamSpec& p = *u.p;
-    const device_t<T>* g = dev_ptr(u.grad);
-    FinishJob<device_t<T>> job = finish_job(p, u.param, u.master, L.V.get(), L.scal.get(), 1);
+  // A matrix's share of a finish_jobs() launch, V_hat in x.V: with the rebuilt
+  // denominator, sum D^2 came with V_t (build_v) and the finish recomputes D from V_t
+  // and g; with the refactored one, D is formed in place first (finish_matrix).
+  FinishJob<device_t<T>> finish_job(const TensorUpdate<T>& u, const Scratch& x) const {
+    FinishJob<device_t<T>> job = finish_job(*u.p, u.param, u.master, x.V, x.scal, 1);
+    if (!s_.refactored) job.g = dev_ptr(u.grad), job.scale = u.grad_scale, job.eps = float(s_.eps);
+    return job;
+  }
+
+  // Steps 5-8 for one matrix (the refactored denominator's D summed first).
+  void finish_matrix(const TensorUpdate<T>& u, const Scratch& x) {
     if (s_.refactored) {
-      matrix_direction<<<elementwise_blocks(p.numel), kThreads, 0, update_stream()>>>(
-          L.V.get(), g, u.grad_scale, p.numel, float(s_.eps));
+      matrix_direction<<<elementwise_blocks(u.p->numel), kThreads, 0, update_stream()>>>(
+          x.V, dev_ptr(u.grad), u.grad_scale, u.p->numel, float(s_.eps));
       CUDA_CHECK_LAUNCH();
-      return finish_jobs({job}, L.partials, false);
     }
-    job.g = g, job.scale = u.grad_scale, job.eps = float(s_.eps);
-    finish_jobs({job}, L.partials, true);
+    finish_jobs({finish_job(u, x)}, *x.partials, !s_.refactored);
   }
 
   // Spec 6.5 steps 1-4 on lane L: V_t, AS-RSI into (Q, U), D over the V_t scratch; then
   // steps 5-8.
   void matrix_step(Lane& L, const TensorUpdate<T>& u) {
     const ParamSpec& p = *u.p;
-    const Tensor& t = tensors_[p.id];
-    if (deferrable(p)) return deferred_step(L, u);
-    build_v(L, u);
-    double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
-    const std::vector<double> lambda = srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), &norm_sq);
-    adapt(L, p, lambda, norm_sq);
-    finish_matrix(L, u);
+    Tensor& t = tensors_[p.id];
+    const int before = L.srsi_count;
+    if (deferrable(p)) {
+      deferred_step(L, u);
+    } else {
+      build_v(u, lane_scratch(L));
+      double norm_sq = 0;  // arrives with the first S-RSI's eigenvalues
+      const uint64_t seed = optim::mix_seed(seed_, t_, p.id);
+      const std::vector<double> lambda = srsi(L, p, t.rank, seed, &norm_sq);
+      adapt(L, p, lambda, norm_sq, seed);
+      finish_matrix(u, lane_scratch(L));
+    }
+    show(t, L.srsi_count - before, t_);
   }
 
   // as_rsi (srsi.cpp) from the first S-RSI's eigenvalues on, step for step: grow while
   // the error is above xi_thr, shrink with hysteresis, then rank, xi_bar and (with the
   // "refactored" denominator) Q_t U_t^T into the V_t scratch.
-  void adapt(Lane& L, const ParamSpec& p, std::vector<double> lambda, double norm_sq) {
+  void adapt(Lane& L, const ParamSpec& p, std::vector<double> lambda, double norm_sq,
+             uint64_t seed) {
     Tensor& t = tensors_[p.id];
     const int m = int(p.rows), n = int(p.cols);
     const optim::RankRule rule = s_.rule(p);
-    const uint64_t seed = optim::mix_seed(seed_, t_, p.id);
     auto rel_error = [&](double kept) {
       return norm_sq > 0 ? std::sqrt(std::max(0.0, norm_sq - kept) / norm_sq) : 0.0;
     };
@@ -1100,8 +1239,8 @@ class Adapprox final : public Optimizer<T> {
     t.nonzero = rank, t.rank = rank, t.xi_bar = float(s_.rho * t.xi_bar + (1 - s_.rho) * xi);
     if (s_.refactored) {  // V_hat = Q_t U_t^T instead of the rebuilt V_t
       const float one = 1.f, zero = 0.f;
-      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m, &zero,
-                               L.V.get(), n));
+      CUBLAS_CHECK(cublasSgemm(L.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, m, rank, &one, t.U, n, t.Q, m,
+                               &zero, L.vt, n));
     }
   }
 
@@ -1116,7 +1255,7 @@ class Adapprox final : public Optimizer<T> {
     k = std::min(k, full);
     const int s = std::min(k + rule.p, full);
     const float one = 1.f, zero = 0.f;
-    srsi_calls_++;
+    L.srsi_count++;
     iterate(L, p, s, seed, householder);
     const bool host = s <= kHostSolveMax;
     const std::vector<double> eig = host ? host_eigen(L, s, k) : device_eigen(L, s);
@@ -1186,7 +1325,7 @@ class Adapprox final : public Optimizer<T> {
   void iterate(Lane& L, const ParamSpec& p, int s, uint64_t seed, bool householder) {
     const int m = int(p.rows), n = int(p.cols);
     const float one = 1.f, zero = 0.f;
-    float *V = L.V.get(), *Y = L.Y.get(), *Om = L.Om.get();
+    float *V = L.vt, *Y = L.Y.get(), *Om = L.Om.get();
     sketch<<<elementwise_blocks(size_t(n) * s), kThreads, 0, update_stream()>>>(Om, size_t(n) * s, seed,
                                                                                  L.flag());
     CUDA_CHECK_LAUNCH();
@@ -1208,14 +1347,12 @@ class Adapprox final : public Optimizer<T> {
     const ParamSpec& p = *u.p;
     Tensor& t = tensors_[p.id];
     const Group& grp = groups_[t.group];
-    build_v(L, u);
-    srsi_calls_++;
-    iterate(L, p, grp.s, optim::mix_seed(seed_, t_, p.id), false);
+    build_v(u, lane_scratch(L));
+    L.srsi_count++;
+    const uint64_t seed = optim::mix_seed(seed_, t_, p.id);
+    iterate(L, p, grp.s, seed, false);
     const size_t ss = size_t(grp.s) * grp.s;
-    {
-      const std::lock_guard<std::mutex> lock(batch_mutex_);
-      t.slot = groups_[t.group].count++;
-    }
+    t.slot = groups_[t.group].count++;
     double* gram = batch_grams_.get() + grp.gram + size_t(t.slot) * ss;
     widen_checked<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(gram, L.G.get(), ss, L.flag());
     CUDA_CHECK_LAUNCH();
@@ -1223,10 +1360,7 @@ class Adapprox final : public Optimizer<T> {
     copy_to_host_on_update_stream(flag_norm, L.flag(), sizeof(flag_norm));
     t.norm_sq = flag_norm[1];
     if (flag_norm[0] == 0) {
-      {
-        const std::lock_guard<std::mutex> lock(batch_mutex_);
-        pending_.push_back(p.id);
-      }
+      pending_.push_back(p.id);
       const int m = t.rows, n = t.cols, k = t.rank;
       const size_t extra = size_t(grp.s - k);
       auto stash = [&](float* to, float* side, const float* from, size_t rows) {
@@ -1240,16 +1374,15 @@ class Adapprox final : public Optimizer<T> {
       identity<<<ceil_div(ss, kThreads), kThreads, 0, update_stream()>>>(gram, grp.s);
       CUDA_CHECK_LAUNCH();
       t.slot = -1;
-      adapt(L, p, srsi(L, p, t.rank, optim::mix_seed(seed_, t_, p.id), nullptr, true), t.norm_sq);
+      adapt(L, p, srsi(L, p, t.rank, seed, nullptr, true), t.norm_sq, seed);
     }
-    finish_matrix(L, u);
+    finish_matrix(u, lane_scratch(L));
   }
 
   // The deferred S-RSIs' second half: batched eigensolver calls per group, one copy of
   // all eigenvalues, then per matrix xi_bar (its rank stays k_max) and Q = Y W, U = Om W.
   // A slot whose S-RSI failed holds the identity and no pending matrix.
   void finish_deferred() {
-    settle(0);  // every lane's Gram matrices are in
     if (pending_.empty() && std::all_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.count == 0; }))
       return;
     Lane& L = *lanes_[0];
@@ -1330,9 +1463,11 @@ class Adapprox final : public Optimizer<T> {
   Device& dev_;
   optim::StateStore store_;
   std::vector<Tensor> tensors_;
-  std::vector<std::unique_ptr<Lane>> lanes_;  // [0] on the update stream; then the side lanes
-  // The side lanes' host threads (serve), a queue of matrices, and the update_many()
-  // calls not yet settled, oldest first (a deque: a queued job's Call stays put).
+  // [0] for every matrix (split: its thread takes the largest's factorization); then the
+  // side lanes.
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  // Split: the lanes' host threads (serve), a queue of factorizations, and the
+  // update_many() calls not yet joined, oldest first (a deque: a queued job's Call stays put).
   struct Call {
     int left = 0;  // its matrices not yet done
     std::vector<int> ids;
@@ -1340,17 +1475,18 @@ class Adapprox final : public Optimizer<T> {
   struct Job {
     TensorUpdate<T> u;
     Call* call;
+    int64_t t;  // the step, for its sketch's seed (begin_step moves t_ on meanwhile)
   };
   std::vector<std::thread> servers_;
   std::deque<Job> queue_;
   std::deque<Call> calls_;
-  std::mutex pool_mutex_;  // queue_, calls_, error_, stop_
+  mutable std::mutex pool_mutex_;  // queue_, calls_, error_, stop_, Tensor::shown_*
   std::condition_variable work_cv_, done_cv_;
-  std::exception_ptr error_;  // the first a side lane met, for settle() to throw
-  bool stop_ = false, overlap_ = false;
-  int largest_ = -1;  // the matrix that stays on lane 0 (Sizes::largest)
-  std::mutex batch_mutex_;                     // deferred slots and pending_, across lanes
-  std::atomic<int> srsi_calls_{0};             // this step's, on every lane
+  std::exception_ptr error_;  // the first a lane met, for join() to throw
+  bool stop_ = false;
+  bool split_ = false;   // side lanes: sizes()'s split
+  bool joined_ = false;  // join() ran since begin_step
+  int largest_ = -1;     // the matrix only lane 0 is sized for (Sizes::largest)
   DeviceBuffer<float> dvec_;
   DeviceBuffer<double> vec_scal_;  // slot-major: slot k of vector i at k * kMaxJobs + i
   DeviceBuffer<double> vec_partials_;
@@ -1362,6 +1498,9 @@ class Adapprox final : public Optimizer<T> {
   std::vector<Group> groups_;
   std::vector<int> pending_;  // ids of the matrices whose S-RSI waits in finish_deferred()
   DeviceBuffer<float> side_;
+  DeviceBuffer<float> kept_;  // split: V_t of every matrix
+  DeviceBuffer<double> kept_scal_, kept_partials_;
+  DeviceBuffer<unsigned> kept_ticket_;
   DeviceBuffer<double> batch_grams_, batch_eig_;
   DeviceBuffer<int> batch_info_;
   int64_t t_ = 0;

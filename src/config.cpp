@@ -246,13 +246,6 @@ std::string resolved_update(const json& cfg) {
   return name == "lomo" || name == "adalomo" ? "fused" : "after_backward";
 }
 
-bool overlapped_update(const json& cfg, bool cuda, int world) {
-  const json& opt = cfg.at("optimizer");
-  return cuda && world == 1 && resolved_update(cfg) == "fused" &&
-         opt.at("name").get<std::string>() == "adapprox" &&
-         opt.at("adapprox").at("lanes").get<int>() > 0;
-}
-
 double resolved_grad_clip(const json& cfg) {
   const json& clip = cfg.at("train").at("grad_clip");
   if (!clip.is_null()) return clip.get<double>();

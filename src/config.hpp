@@ -84,9 +84,4 @@ std::string resolved_update(const json& cfg);
 // train.grad_clip with null resolved: 1.0 after_backward, 0 (off) fused.
 double resolved_grad_clip(const json& cfg);
 
-// Whether fused updates run beside backward on host threads of their own (Adapprox's
-// side lanes, optimizer.adapprox.lanes > 0, on one GPU; Optimizer::overlap): the fused
-// gradient arena is then double-buffered, as it is for world > 1.
-bool overlapped_update(const json& cfg, bool cuda, int world);
-
 }  // namespace gpt2

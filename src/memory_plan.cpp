@@ -49,9 +49,7 @@ MemoryPlan plan_memory(const json& cfg, bool cuda, int world) {
     b[int(MemCategory::master_weights)] = table.total * 4;
   const bool fused = resolved_update(cfg) == "fused";
   const bool late = tr["late_wte_grad"].get<bool>();
-  b[int(MemCategory::grads)] =
-      grad_memory_plan(table, fused, world, late, overlapped_update(cfg, cuda, world)).grad_elems *
-      p.elem_size;
+  b[int(MemCategory::grads)] = grad_memory_plan(table, fused, world, late).grad_elems * p.elem_size;
   // NCCL's scratch for host values; CPU ranks talk over sockets and allocate nothing.
   if (world > 1 && cuda) b[int(MemCategory::communication)] = kCommScratchDoubles * sizeof(double);
   // ZeRO-1: the largest rank's share of the optimizer state (the plan is per GPU).

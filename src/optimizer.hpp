@@ -63,15 +63,6 @@ class Optimizer {
   // device memory, which begin_step rewrites, and never wait for the host. The CUDA
   // optimizers but Adapprox (host round trips for its ranks) say yes.
   virtual bool replayable() const { return false; }
-  // Asks that update_many() may return before its work is queued on the update stream,
-  // so that the host goes on queueing backward while the update's own host work (Adapprox's
-  // rank loop) runs on other threads; the caller then owes settle(). Returns whether it
-  // will; the others say no and stay synchronous.
-  virtual bool overlap() { return false; }
-  // Makes the update stream wait for the work of every update_many() call but the last
-  // `keep`, once that work is queued (the host waits for that much), and passes on any
-  // error it met. Must come before anything else reads what those calls wrote.
-  virtual void settle(int keep) { (void)keep; }
   virtual std::vector<StateBlob> state() = 0;
   // What the last step did beyond the update itself, as (name, value) for the progress
   // line and the metrics log: Adapprox's mean rank and S-RSI count. Most say nothing.

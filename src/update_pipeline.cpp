@@ -43,11 +43,11 @@ std::vector<size_t> group_sizes(const ParamTable& table) {
 }  // namespace
 
 GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world,
-                                bool late_wte_grad, bool overlapped) {
+                                bool late_wte_grad) {
   if (!fused) return {table.total, 0};
   const std::vector<size_t> group_size = group_sizes(table);
   const size_t largest = *std::max_element(group_size.begin(), group_size.end());
-  const size_t arena = largest * (world > 1 || overlapped ? 2 : 1);
+  const size_t arena = largest * (world > 1 ? 2 : 1);
   return {(late_wte_grad ? 0 : table.get(ParamKind::wte).storage) + arena, arena};
 }
 
@@ -149,13 +149,13 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
   FusedSink(UpdatePipeline& pipe, const ParamTable& table, Device& dev)
       : pipe_(pipe),
         dev_(dev),
-        halves_(pipe.comm_.world() > 1 || pipe.overlapped_ ? 2 : 1),
+        halves_(pipe.comm_.world() > 1 ? 2 : 1),
         own_wte_grad_(pipe.model_.wte_grad_home()
                           ? DeviceBuffer<T>()
                           : DeviceBuffer<T>(dev, table.get(ParamKind::wte).storage,
                                             MemCategory::grads, "wte gradient")),
         wte_grad_(own_wte_grad_.get() ? own_wte_grad_.get() : pipe.model_.wte_grad_home()),
-        arena_(dev, grad_memory_plan(table, true, pipe.comm_.world(), false, pipe.overlapped_).arena_elems,
+        arena_(dev, grad_memory_plan(table, true, pipe.comm_.world()).arena_elems,
                MemCategory::grads,
                halves_ > 1 ? "gradient arena (two layers)" : "gradient arena (one layer)"),
         half_elems_(arena_.size() / halves_),
@@ -178,7 +178,6 @@ class UpdatePipeline<T>::FusedSink final : public GradSink<T> {
         group_ = group_of(p), used_ = 0, done_ = 0;
         half_ = (half_ + 1) % halves_;
         pipe_.comm_.wait_mark(half_);  // the updates that last read this half are done
-        if (pipe_.overlapped_) pipe_.opt_.settle(1);  // all but the last group's (other half)
         dev_.zero(arena_.get() + half_ * half_elems_, group_storage_[group_ + 2] * sizeof(T));
       }
       g = arena_.get() + half_ * half_elems_ + used_;
@@ -238,10 +237,6 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
     : model_(model), opt_(opt), gops_(gops), dev_(dev), comm_(comm) {
   const json& tr = cfg["train"];
   fused_ = resolved_update(cfg) == "fused";
-  overlapped_ = fused_ && comm.world() == 1 && opt.overlap();
-  if (overlapped_ != overlapped_update(cfg, dev.is_cuda(), comm.world()))
-    fail("internal: the optimizer ", overlapped_ ? "overlaps" : "does not overlap",
-         " its updates with backward, and the memory plan says otherwise");
   two_pass_ = tr["two_pass_clip"].get<bool>();
   skip_nan_ = tr["nan_policy"].get<std::string>() == "skip";
   accum_ = tr["grad_accum_steps"].get<int>();
@@ -279,15 +274,9 @@ UpdatePipeline<T>::UpdatePipeline(const json& cfg, GPT2<T>& model, Optimizer<T>&
   inputs_.resize(n), targets_.resize(n);
 }
 
-// An error may leave updates queued on the optimizer's threads (Optimizer::settle): they
-// run to their end before the gradient arena and master weights they read are freed.
+// Out of line: the sinks are incomplete types in the header.
 template <class T>
-UpdatePipeline<T>::~UpdatePipeline() {
-  try {
-    opt_.settle(0);
-  } catch (...) {  // the error that cut the step short is already on its way
-  }
-}
+UpdatePipeline<T>::~UpdatePipeline() = default;
 
 template <class T>
 void UpdatePipeline<T>::set_weights(const std::vector<float>& host) {
@@ -439,7 +428,6 @@ typename UpdatePipeline<T>::StepResult UpdatePipeline<T>::step(
     forward(false);
   }
   run(replay_backward_.get(), [&] { model_.backward(*fused_sink_); });
-  if (overlapped_) opt_.settle(0);
   comm_.join();
   return {float(loss), total_norm(), false};
 }

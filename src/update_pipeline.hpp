@@ -44,11 +44,11 @@ struct GradMemoryPlan {
 };
 // Gradient memory for a mode: after_backward = the whole parameter buffer; fused = wte's
 // storage + the largest group announced together (a layer, or lnf, or wpe), twice that
-// group with world > 1 or overlapped updates (overlapped_update: double-buffered so
-// communication or the update overlaps backward). With train.late_wte_grad, wte's
-// gradient lives in activation memory instead (GPT2::wte_grad_home()).
+// group with world > 1 (double-buffered so communication overlaps backward). With
+// train.late_wte_grad, wte's gradient lives in activation memory instead
+// (GPT2::wte_grad_home()).
 GradMemoryPlan grad_memory_plan(const ParamTable& table, bool fused, int world = 1,
-                                bool late_wte_grad = false, bool overlapped = false);
+                                bool late_wte_grad = false);
 
 // ZeRO-1 (train.zero1, after_backward): which rank keeps each tensor's optimizer state
 // and updates it. Whole tensors, so the factored and low-rank optimizers keep their
@@ -152,7 +152,6 @@ class UpdatePipeline {
   Device& dev_;
   Comm& comm_;
   bool fused_, two_pass_, skip_nan_, zero1_;
-  bool overlapped_ = false;  // fused updates return early and are settled (Optimizer::overlap)
   std::vector<int> owners_;  // ZeRO-1: the rank that updates each tensor
   int accum_;
   float clip_norm_, clip_value_, clip_coef_ = 1.0f;
