@@ -127,7 +127,9 @@
 // profiler: join() waits 0.2 ms on the host, the factorizations being done long before;
 // with none queued at all (state wrong, a timing floor) 33.20 ms and 3.17: beside the
 // forward and the finish they still cost ~2 ms of the step. The kept V_t: d12 B 16's
-// plan 6.89 -> 7.12 GiB (measured peak 7.19, +0.98%).
+// plan 6.89 -> 7.12 GiB (measured peak 7.19, +0.98%). Then the finish 4-wide (finish_kernel;
+// same call): 34.30 ms, update_ms 3.09 (AdamW 30.95, 1.25); with no factorization 32.05
+// and 2.52.
 // The weights and state are those of update() on each tensor in turn, bit for bit
 // (tested). The lanes before the split, H100, same call,
 // against one lane: bench_optimizers --only adapprox (every rank at 192, deferred)
@@ -265,6 +267,13 @@ constexpr double kCholeskyShift = 1e-12;
 // is loaded once per tile, Q's rows come from shared memory (kBuildK columns at a time,
 // 4 rows a load). The sums: per block in double, then the last block to finish (arrive)
 // adds the blocks' partials in index order (a fixed grid: the same bits every run).
+// D = x / (sqrt(max(V, 0)) + eps) for x = scale g, each rounding IEEE and spelled out, so
+// that build_second_moment's sum D^2 and the finish's recomputed D agree whatever the
+// compiler's flags.
+__device__ __forceinline__ float rebuilt_d(float x, float v, float eps) {
+  return __fdiv_rn(x, __fadd_rn(__fsqrt_rn(fmaxf(v, 0.f)), eps));
+}
+
 constexpr int kBuildRows = 16, kBuildCols = 256, kBuildK = 64, kBuildBlocks = kReduceBlocks / 2;
 
 template <class D>
@@ -309,7 +318,7 @@ __global__ void __launch_bounds__(kBuildCols)
       const size_t at = size_t(i0 + r) * n + j;
       const float x = to_f(g[at]) * scale;
       const float v = b2 * acc[r] + (1.f - b2) * x * x;
-      const float d = x / (sqrtf(fmaxf(v, 0.f)) + eps);
+      const float d = rebuilt_d(x, v, eps);
       V[at] = v;
       v2 += double(v) * v, d2 += double(d) * d;
     }
@@ -428,8 +437,27 @@ struct FinishJob {
   float wd;
   const D* g = nullptr;
   float scale = 1, eps = 0;
+  bool vec = false;  // set by finish_jobs()
 };
 
+// One element of finish_kernel, its roundings spelled out (__f*_rn) so that the 4-wide
+// and the element path give the same bits (adamw.cu found the compiler fusing different
+// products into FMAs in each). x: D, or with g V_t; m1 (if any) and w updated in place.
+template <class D>
+__device__ __forceinline__ void finish_element(const FinishJob<D>& j, Pass pass, float clip,
+                                               float beta1, float lr, float guide, float& x,
+                                               float g, float& m1, float& w) {
+  if (pass != kApply) {
+    if (j.g) x = rebuilt_d(__fmul_rn(g, j.scale), x, j.eps);
+    x = __fdiv_rn(x, clip);
+    if (j.m1) m1 = __fadd_rn(__fmul_rn(beta1, m1), __fmul_rn(__fsub_rn(1.f, beta1), x));
+    if (pass == kClip) return;
+  }
+  const float step = j.m1 ? m1 : x;
+  w = __fsub_rn(w, __fmul_rn(lr, __fadd_rn(__fmul_rn(guide, step), __fmul_rn(j.wd, w))));
+}
+
+// j.vec: dir, m1, g and the weights aligned for 4-wide accesses (aligned()).
 template <class D>
 __global__ void finish_kernel(const __grid_constant__ Jobs<FinishJob<D>> b, Pass pass,
                               double clip_d, float beta1, float lr) {
@@ -441,21 +469,39 @@ __global__ void finish_kernel(const __grid_constant__ Jobs<FinishJob<D>> b, Pass
   const float clip = float(fmax(1.0, sqrt(s[0] / double(j.n)) / clip_d));
   const float guide =
       pass == kApply ? float((1 + s[j.stride] / (sqrt(s[0] * s[2 * j.stride]) + 1e-12)) / 2) : 1.f;
-  for (size_t i = st.start; i < j.n; i += st.step) {
-    float x = 0;
-    if (pass != kApply) {
-      x = j.dir[i];
-      if (j.g) x = to_f(j.g[i]) * j.scale / (sqrtf(fmaxf(x, 0.f)) + j.eps);
-      x = x / clip;
-      if (j.m1) j.m1[i] = beta1 * j.m1[i] + (1.f - beta1) * x;
+  const bool reads_dir = pass != kApply, writes_w = pass != kClip;
+  for (size_t q = st.start; 4 * q < j.n; q += st.step) {
+    const size_t i0 = 4 * q;
+    if (j.vec && i0 + 4 <= j.n) {
+      F4 x{}, g{}, m{}, ww{};
+      if (reads_dir) x = load4(j.dir + i0);
+      if (reads_dir && j.g) g = load4(j.g + i0);
+      if (j.m1) m = load4(j.m1 + i0);
+      if (writes_w) ww = w.master ? load4(w.master + i0) : load4(w.param + i0);
+      for (int e = 0; e < 4; e++)
+        finish_element(j, pass, clip, beta1, lr, guide, x.x[e], g.x[e], m.x[e], ww.x[e]);
+      if (j.m1 && reads_dir) store4(j.m1 + i0, m);
       if (pass == kClip) {
-        j.dir[i] = x;
-        continue;
+        store4(j.dir + i0, x);
+      } else if (w.master) {
+        store4(w.master + i0, ww), store4(w.param + i0, ww);
+      } else if constexpr (std::is_same_v<D, float>) {
+        store4(w.param + i0, ww);
+      } else {
+        for (int e = 0; e < 4; e++) w.store(i0 + e, ww.x[e]);  // bf16, stochastic rounding
       }
+      continue;
     }
-    const float step = j.m1 ? j.m1[i] : x;
-    const float old = w.load(i);
-    w.store(i, old - lr * (guide * step + j.wd * old));
+    for (size_t i = i0; i < j.n && i < i0 + 4; i++) {
+      float x = reads_dir ? j.dir[i] : 0.f, g = reads_dir && j.g ? to_f(j.g[i]) : 0.f;
+      float m = j.m1 ? j.m1[i] : 0.f, ww = writes_w ? w.load(i) : 0.f;
+      finish_element(j, pass, clip, beta1, lr, guide, x, g, m, ww);
+      if (j.m1 && reads_dir) j.m1[i] = m;
+      if (pass == kClip)
+        j.dir[i] = x;
+      else
+        w.store(i, ww);
+    }
   }
 }
 
@@ -470,6 +516,10 @@ __global__ void identity(double* a, int s) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < s * s; i += gridDim.x * blockDim.x)
     a[i] = i % (s + 1) == 0 ? 1.0 : 0.0;
 }
+
+// A vector's share of the vectors' D buffer: whole 16-byte words, so that every share
+// starts aligned for finish_kernel's 4-wide path.
+inline size_t vec_span(size_t n) { return (n + 3) / 4 * 4; }
 
 // One lane's buffers: the V_t scratch (v floats) and the thin iterates of matrices up to
 // s_max wide (Y m x s, Om n x s).
@@ -526,7 +576,7 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
   const ParamSpec* largest = nullptr;
   for (const ParamSpec& p : table.params) {
     if (!p.is_matrix()) {
-      z.vec += p.numel;
+      z.vec += vec_span(p.numel);
       continue;
     }
     const int s = st.thin_cols(p), k_max = st.rule(p).k_max;
@@ -546,7 +596,7 @@ Sizes sizes(const optim::Settings& st, const ParamTable& table) {
     z.main.v = z.side.v = 0;
     z.kept = 0;
     for (const ParamSpec& p : table.params)
-      if (p.is_matrix()) z.kept += p.numel;
+      if (p.is_matrix()) z.kept += vec_span(p.numel);
   }
   return z;
 }
@@ -653,7 +703,7 @@ class Adapprox final : public Optimizer<T> {
         t.nonzero = t.k_max;
         t.rows = int(p.rows), t.cols = int(p.cols);
         t.kept = kept, t.mat = mat++;
-        kept += p.numel;
+        kept += vec_span(p.numel);  // 16-byte aligned for the finish's 4-wide path
         t.Q = store_.add(p, "adapprox.Q", size_t(p.rows) * t.k_max);
         t.U = store_.add(p, "adapprox.U", size_t(p.cols) * t.k_max);
         t.rank_err = store_.add(p, "adapprox.rank_err", 2);
@@ -1108,9 +1158,13 @@ class Adapprox final : public Optimizer<T> {
     std::vector<SumJob<Squares<float>>> d2;
     for (const J& j : jobs) d2.push_back({{j.dir}, j.n, slot(j, kSumD2)});
     if (!summed) sum_jobs(d2, partials);
+    std::vector<J> vjobs = jobs;
+    for (J& j : vjobs)
+      j.vec = aligned(j.dir, 16) && aligned(j.m1, 16) && aligned(j.g, 4 * sizeof(*j.g)) &&
+              aligned(j.w.param, 4 * sizeof(*j.w.param)) && aligned(j.w.master, 16);
     auto run = [&](Pass pass) {
       launch_jobs(
-          jobs, [](const J& j) { return elementwise_blocks(j.n); },
+          vjobs, [](const J& j) { return elementwise_blocks((j.n + 3) / 4); },
           [&](const Jobs<J>& b, unsigned grid) {
             finish_kernel<<<grid, kThreads, 0, update_stream()>>>(b, pass, s_.clip, float(s_.beta1),
                                                                   lr_);
@@ -1142,7 +1196,7 @@ class Adapprox final : public Optimizer<T> {
       jobs.push_back({Dir, tensors_[p.id].v, dev_ptr<T>(us[i]->grad), us[i]->grad_scale, p.numel});
       finishing.push_back(
           finish_job(p, us[i]->param, us[i]->master, Dir, vec_scal_.get() + i, kMaxJobs));
-      at += p.numel;
+      at += vec_span(p.numel);
     }
     launch_jobs(
         jobs, [](const VectorJob<device_t<T>>& j) { return elementwise_blocks(j.n); },

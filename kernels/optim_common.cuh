@@ -215,6 +215,31 @@ void sum_jobs(const std::vector<SumJob<F>>& jobs, DeviceBuffer<double>& partials
       });
 }
 
+// Four consecutive elements as fp32, loaded or stored in one access (16 bytes of fp32, 8
+// of bf16, rounded to nearest on the way out); the caller checks alignment (aligned()).
+struct F4 {
+  float x[4];
+};
+__device__ __forceinline__ F4 load4(const float* p) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  return {{t.x, t.y, t.z, t.w}};
+}
+__device__ __forceinline__ F4 load4(const __nv_bfloat16* p) {
+  const uint2 t = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&t.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&t.y));
+  return {{a.x, a.y, b.x, b.y}};
+}
+__device__ __forceinline__ void store4(float* p, const F4& v) {
+  *reinterpret_cast<float4*>(p) = make_float4(v.x[0], v.x[1], v.x[2], v.x[3]);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const F4& v) {
+  uint2 t;
+  *reinterpret_cast<__nv_bfloat162*>(&t.x) = __floats2bfloat162_rn(v.x[0], v.x[1]);
+  *reinterpret_cast<__nv_bfloat162*>(&t.y) = __floats2bfloat162_rn(v.x[2], v.x[3]);
+  *reinterpret_cast<uint2*>(p) = t;
+}
+
 // Whether p (null counts as aligned: an absent buffer) is a multiple of `bytes`, for the
 // kernels' vector paths.
 inline bool aligned(const void* p, size_t bytes) {
