@@ -220,7 +220,6 @@
 #include <cusolverDn.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
