@@ -18,7 +18,9 @@ struct RankRule {
 struct Settings {
   double beta1, beta2, eps, clip, xi_thr, rho;
   int k0, k_min, k_max, rank_divisor, delta_k, l, p;
-  int lanes;  // GPU only: host threads + streams beside the update stream (none on the CPU)
+  // GPU only: side lanes, host threads + streams that factorize beside the update stream
+  // (and with any, V_t of every matrix kept for them); none on the CPU.
+  int lanes;
   bool cos_guidance, refactored;
 
   explicit Settings(const json& cfg)
